@@ -1,0 +1,244 @@
+"""The backend driver interface of the async-migration blueprint.
+
+The names follow the Cinder blueprint "async volume migration between
+backends" so the code can be held against it:
+
+* ``migrate_volume`` runs on the SOURCE backend (for example a move between
+  pools of one array);
+* ``migrate_volume_target`` runs on the TARGET backend: it takes the source
+  LUN over as a remote LUN, serves I/O at once and copies in the background;
+* ``complete_migration_target`` watches that background copy and, once it is
+  done, releases the remote LUN.
+
+Nothing here knows about Airflow or Cinder: the same adapter serves the DAG
+and the Cinder volume driver.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+@dataclass(frozen=True)
+class Volume:
+    """The LUN a migration is about: its name on the arrays and its size."""
+
+    name: str
+    size: int  # bytes
+    pool: str | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where ``migrate_volume`` should put the volume: backend and pool."""
+
+    backend: str
+    pool: str
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """How an NBD client reaches an export of a LUN."""
+
+    host: str
+    port: int
+    export: str
+
+    @property
+    def uri(self) -> str:
+        return f"nbd://{self.host}:{self.port}/{self.export}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "driver_volume_type": "nbd", "uri": self.uri}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConnectionInfo:
+        return cls(host=str(data["host"]), port=int(data["port"]), export=str(data["export"]))
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    name: str
+    total_bytes: int
+    free_bytes: int
+    allocated_bytes: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an array offers: its pools and whether it can take LUNs over."""
+
+    name: str
+    kind: str
+    takeover: bool
+    pool_move: bool
+    pools: tuple[PoolInfo, ...] = field(default_factory=tuple)
+
+    def pool(self, name: str) -> PoolInfo | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+class MigrationState(str, enum.Enum):
+    """State of a background copy on the target array."""
+
+    COPYING = "copying"
+    PAUSED = "paused"
+    WAITING_FOR_SOURCE = "waiting_for_source"  # source unreachable; retried by the array
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({MigrationState.DONE, MigrationState.FAILED})
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One look at a background copy."""
+
+    state: MigrationState
+    bytes_done: int
+    bytes_total: int
+    rate_bps: float = 0.0
+    eta_seconds: float | None = None
+    message: str = ""
+
+    @property
+    def percent(self) -> float:
+        return 100.0 if not self.bytes_total else 100.0 * self.bytes_done / self.bytes_total
+
+    def describe(self) -> str:
+        eta = "-" if self.eta_seconds is None else f"{self.eta_seconds:.0f}s"
+        text = (
+            f"{self.state.value}: {self.percent:5.1f}% "
+            f"({self.bytes_done / MiB:.0f}/{self.bytes_total / MiB:.0f} MiB) "
+            f"at {self.rate_bps / MiB:.1f} MiB/s, ETA {eta}"
+        )
+        return f"{text}; {self.message}" if self.message else text
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MigrationProgress:
+        return cls(
+            state=MigrationState(data["state"]),
+            bytes_done=int(data["bytes_done"]),
+            bytes_total=int(data["bytes_total"]),
+            rate_bps=float(data.get("rate_bps") or 0.0),
+            eta_seconds=None if data.get("eta_seconds") is None else float(data["eta_seconds"]),
+            message=str(data.get("message") or ""),
+        )
+
+
+class BackendDriver(abc.ABC):
+    """One storage array as the migration flow sees it.
+
+    Subclasses implement the LUN lifecycle; the migration methods default to
+    "cannot do it" so that an array without migration features still works
+    as a source or target of the generic host copy.
+    """
+
+    name: str
+
+    # ---- LUN lifecycle -------------------------------------------------
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Pools with total and free space, and the migration features."""
+
+    @abc.abstractmethod
+    def create_lun(self, name: str, size: int, pool: str) -> dict[str, Any]:
+        """Create an empty LUN of ``size`` bytes in ``pool``; returns its record."""
+
+    @abc.abstractmethod
+    def delete_lun(self, name: str) -> None:
+        """Delete a LUN. Refused while it is exported for takeover or being copied."""
+
+    @abc.abstractmethod
+    def extend_lun(self, name: str, size: int) -> dict[str, Any]:
+        """Grow a LUN to ``size`` bytes. Refused while it is being copied."""
+
+    @abc.abstractmethod
+    def get_lun(self, name: str) -> dict[str, Any]:
+        """The LUN's record; raises NotFound."""
+
+    @abc.abstractmethod
+    def list_luns(self) -> list[dict[str, Any]]:
+        """Every LUN's record."""
+
+    @abc.abstractmethod
+    def export_lun(self, name: str) -> ConnectionInfo:
+        """Export the LUN to a server (idempotent); returns NBD connection info."""
+
+    @abc.abstractmethod
+    def unexport_lun(self, name: str) -> None:
+        """Remove the server export (idempotent)."""
+
+    @abc.abstractmethod
+    def export_for_takeover(self, name: str, initiator: str) -> ConnectionInfo:
+        """Export the LUN to another array that will take it over.
+
+        While this export exists the LUN cannot be deleted. Idempotent for
+        the same initiator; a second initiator is refused.
+        """
+
+    @abc.abstractmethod
+    def release_takeover(self, name: str) -> None:
+        """Drop the takeover export (idempotent). Call only once the target is complete."""
+
+    # ---- migration (blueprint) ------------------------------------------
+    def migrate_volume(self, volume: Volume, dest: Destination) -> tuple[bool, dict[str, Any] | None]:
+        """Source-driver migration.
+
+        Returns ``(moved, model_update)``. ``moved`` False means this backend
+        cannot do it and the caller tries ``migrate_volume_target`` on the
+        target backend next. When ``moved`` is True the volume is complete at
+        ``dest`` and the caller commits.
+        """
+        return False, None
+
+    def migrate_volume_target(
+        self,
+        volume: Volume,
+        source: BackendDriver,
+        *,
+        pool: str,
+        speed_bps: int | None = None,
+    ) -> tuple[bool, bool, dict[str, Any] | None]:
+        """Target-driver migration: take the source LUN over.
+
+        Returns ``(moved, migration_async, model_update)``:
+
+        * ``moved`` False: this backend cannot take the LUN over; the caller
+          falls back to the generic host copy.
+        * ``moved`` True, ``migration_async`` False: the volume is complete on
+          this backend; the caller commits.
+        * ``moved`` True, ``migration_async`` True: the LUN already serves
+          reads and writes on this backend (``model_update`` holds its
+          location) while the data is copied in the background; the caller
+          marks the volume ``migrating_attachable`` and polls
+          ``complete_migration_target`` until a terminal state.
+
+        Idempotent: a second call for a LUN already taken over from the same
+        source returns the same answer without a second takeover.
+        """
+        return False, False, None
+
+    def complete_migration_target(self, volume: Volume) -> MigrationProgress:
+        """Look at the background copy of ``volume`` (does not block).
+
+        Returns its progress. Once the state is DONE the remote LUN has been
+        released on this array: the target is complete and the caller may
+        release and delete the source LUN. FAILED means the copy cannot go
+        on; the source is still intact.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not take LUNs over")

@@ -1,0 +1,589 @@
+"""The reference lab array (alpha, beta): LUNs on one qemu-storage-daemon.
+
+Each LUN is a qcow2 image in a pool directory, opened in the daemon as a
+file node under a qcow2 node and exported over NBD. A takeover attaches the
+source LUN as a read-only remote NBD node, puts a new local qcow2 overlay
+over it, exports the overlay at once and streams the data into the overlay
+with ``block-stream``. A pool move mirrors the LUN into a new image in the
+other pool and switches over (``blockdev-mirror`` + ``job-complete``).
+
+Crash safety (DESIGN.md section 4):
+* the inventory is written before a node is exposed, and a LUN that is
+  still being copied is always reopened WITH its remote backing: its
+  overlay header is never trusted for that;
+* the copy is flushed every ``flush_interval`` seconds (config), so a restart
+  re-copies little (``block-stream`` skips allocated clusters);
+* a copy or move is recorded as finished only after a flush of the new
+  image, and the source of a move is deleted only after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import nbd
+
+from include.backends.base import ConnectionInfo, MigrationState
+from include.backends.errors import BackendError, Conflict, InvalidRequest, NotFound
+from include.lab.apiserver import Router, optional_int, require_name, require_size
+from include.lab.array_core import ArrayConfig, BaseArray
+from include.lab.procutil import nodelay_listener
+from include.lab.qsd import QMPCommandError, StorageDaemon
+
+log = logging.getLogger(__name__)
+
+CLUSTER = 64 * 1024
+MONITOR_INTERVAL = 0.5
+RESUME_RETRY = 2.0
+RATE_WINDOW = 5.0  # seconds of history for the copy rate
+
+
+class ReferenceArray(BaseArray):
+    takeover = True
+    pool_move = True
+
+    def __init__(self, config: ArrayConfig) -> None:
+        super().__init__(config)
+        for pool in config.pools:
+            (config.state_dir / "pools" / pool).mkdir(parents=True, exist_ok=True)
+        self.listener = nodelay_listener(config.host, config.nbd_port)
+        self.daemon = StorageDaemon(config.state_dir / "run", self.listener.fileno(), config.state_dir / "qsd.log")
+        self.qmp = None
+        self.active: set[str] = set()  # LUNs whose nodes are open in the daemon
+        self.samples: dict[str, list[tuple[float, int]]] = {}  # copy progress history
+        self.last_flush: dict[str, float] = {}
+        self.last_resume: dict[str, float] = {}
+        self.monitor: threading.Thread | None = None
+
+    # ---- naming ----------------------------------------------------------------
+    @staticmethod
+    def node(lun: dict[str, Any], gen: int | None = None) -> str:
+        return f"{lun['id']}g{lun['gen'] if gen is None else gen}"
+
+    @staticmethod
+    def remote_node(lun: dict[str, Any]) -> str:
+        return f"{lun['id']}r"
+
+    @staticmethod
+    def job_id(lun: dict[str, Any], kind: str) -> str:
+        return f"{lun['id']}{kind}"  # kind: "c" copy, "m" move
+
+    def image_path(self, lun: dict[str, Any], pool: str | None = None, gen: int | None = None) -> Path:
+        pool = pool or lun["pool"]
+        gen = lun["gen"] if gen is None else gen
+        return self.config.state_dir / "pools" / pool / f"{lun['name']}.{gen}.qcow2"
+
+    @staticmethod
+    def export_name(lun: dict[str, Any], kind: str) -> str:
+        return lun["name"] if kind == "server" else f"takeover-{lun['name']}"
+
+    # ---- start / stop / rebuild -----------------------------------------------------
+    def start(self) -> None:
+        self.qmp = self.daemon.start()
+        with self.lock:
+            for lun in self.inventory.luns.values():
+                self._rebuild(lun)
+            self._remove_orphan_images()
+        self.monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
+        self.monitor.start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.monitor is not None:
+            self.monitor.join(5)
+        with self.lock:
+            for lun in self.inventory.luns.values():
+                if lun["name"] in self.active:
+                    try:
+                        self._flush(self.node(lun))
+                    except BackendError as exc:
+                        log.warning("flush of %s at stop failed: %s", lun["name"], exc)
+        self.daemon.stop()
+        self.listener.close()
+
+    def _rebuild(self, lun: dict[str, Any]) -> None:
+        """Open a LUN's nodes, exports and job as the inventory records them."""
+        if lun.get("move"):
+            # an unfinished move is dropped: the old image is complete and still current
+            move = lun.pop("move")
+            self.image_path(lun, move["pool"], move["gen"]).unlink(missing_ok=True)
+            lun["error"] = f"move to pool {move['pool']} was interrupted by an array restart; run it again"
+            self.inventory.save()
+        try:
+            if lun.get("copy"):
+                self._add_remote(lun)
+            self._add_image(lun, self.image_path(lun), self.node(lun), backing=self._backing(lun))
+            self.active.add(lun["name"])
+            for kind in ("server", "takeover"):
+                if lun.get(f"{kind}_export"):
+                    self._dp_export(lun, kind)
+            if lun.get("copy"):
+                self._start_copy_job(lun)
+        except BackendError as exc:
+            # typically the source of a copy is down: the monitor retries; clients
+            # get "no such export" meanwhile, never the overlay without its backing
+            log.warning("LUN %s not rebuilt yet: %s", lun["name"], exc)
+            self._close_nodes(lun)
+
+    def _backing(self, lun: dict[str, Any]) -> str | None:
+        return self.remote_node(lun) if lun.get("copy") else None
+
+    def _remove_orphan_images(self) -> None:
+        known = {self.image_path(lun) for lun in self.inventory.luns.values()}
+        for path in (self.config.state_dir / "pools").glob("*/*.qcow2"):
+            if path not in known:
+                log.warning("removing %s: not in the inventory", path)
+                path.unlink()
+
+    # ---- node helpers -----------------------------------------------------------
+    def _add_image(self, lun: dict[str, Any], path: Path, node: str, backing: str | None) -> None:
+        self.qmp.execute(
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": node,
+                "discard": "unmap",
+                "backing": backing,
+                "file": {"driver": "file", "filename": str(path), "node-name": f"{node}f", "discard": "unmap"},
+            },
+        )
+
+    def _add_remote(self, lun: dict[str, Any]) -> None:
+        src = lun["copy"]["source"]
+        self.qmp.execute(
+            "blockdev-add",
+            {
+                "driver": "nbd",
+                "node-name": self.remote_node(lun),
+                "read-only": True,
+                "server": {"type": "inet", "host": src["host"], "port": str(src["port"])},
+                "export": src["export"],
+                "reconnect-delay": self.config.reconnect_delay,
+            },
+        )
+
+    def _del_node(self, node: str) -> None:
+        try:
+            self.qmp.execute("blockdev-del", {"node-name": node})
+        except QMPCommandError as exc:
+            if "find node" not in exc.desc and "Cannot find" not in exc.desc:
+                raise
+
+    def _close_nodes(self, lun: dict[str, Any]) -> None:
+        """Best effort: drop every node, export and job of a LUN (used on failures)."""
+        for kind in ("server", "takeover"):
+            self._del_export(lun, kind)
+        for job in ("c", "m"):
+            try:
+                self.qmp.execute("job-cancel", {"id": self.job_id(lun, job)})
+                self.qmp.execute("job-dismiss", {"id": self.job_id(lun, job)})
+            except QMPCommandError:
+                pass
+        for node in (self.node(lun), self.remote_node(lun)):
+            try:
+                self._del_node(node)
+            except QMPCommandError as exc:
+                log.warning("could not close node %s: %s", node, exc)
+        self.active.discard(lun["name"])
+
+    def _del_export(self, lun: dict[str, Any], kind: str) -> None:
+        try:
+            self.qmp.execute("block-export-del", {"id": f"{lun['id']}{kind[0]}", "mode": "hard"})
+        except QMPCommandError:
+            return
+        # removal is asynchronous: wait until the id is gone so it can be reused
+        for _ in range(100):
+            ids = {e["id"] for e in self.qmp.execute("query-block-exports")}
+            if f"{lun['id']}{kind[0]}" not in ids:
+                return
+            time.sleep(0.05)
+
+    def _flush(self, node: str) -> None:
+        """Flush a node to disk through a private NBD export (QMP has no flush command)."""
+        export_id, name = f"{node}x", f"_flush-{node}"
+        self.qmp.execute("block-export-add", {"type": "nbd", "id": export_id, "node-name": node, "name": name})
+        try:
+            h = nbd.NBD()
+            h.set_export_name(name)
+            h.connect_tcp(self.config.host, str(self.config.nbd_port))
+            try:
+                h.flush()
+            finally:
+                h.shutdown()
+        except nbd.Error as exc:
+            raise BackendError(f"flush of node {node} failed: {exc}") from None
+        finally:
+            self.qmp.execute("block-export-del", {"id": export_id, "mode": "hard"})
+
+    # ---- data plane of the lifecycle -------------------------------------------------
+    def new_record(self, name: str, pool: str, size: int) -> dict[str, Any]:
+        return {**super().new_record(name, pool, size), "id": "l" + secrets.token_hex(6), "gen": 0}
+
+    def _create_image(self, path: Path, size: int) -> None:
+        run = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={CLUSTER}", str(path), str(size)],
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode:
+            raise BackendError(f"qemu-img create failed: {run.stderr.strip()}")
+
+    def _dp_create(self, lun: dict[str, Any]) -> None:
+        path = self.image_path(lun)
+        self._create_image(path, lun["size"])
+        try:
+            self._add_image(lun, path, self.node(lun), backing=None)
+        except BackendError:
+            path.unlink(missing_ok=True)
+            raise
+        self.active.add(lun["name"])
+
+    def _dp_delete(self, lun: dict[str, Any]) -> None:
+        self._close_nodes(lun)
+        self.image_path(lun).unlink(missing_ok=True)
+
+    def _require_active(self, lun: dict[str, Any]) -> None:
+        if lun["name"] not in self.active:
+            raise Conflict(f"LUN {lun['name']} is not open yet (its source is unreachable); try again later")
+
+    def _dp_extend(self, lun: dict[str, Any], size: int) -> None:
+        self._require_active(lun)
+        self.qmp.execute("block_resize", {"node-name": self.node(lun), "size": size})
+
+    def _dp_export(self, lun: dict[str, Any], kind: str) -> ConnectionInfo:
+        self._require_active(lun)
+        export_id = f"{lun['id']}{kind[0]}"
+        if export_id not in {e["id"] for e in self.qmp.execute("query-block-exports")}:
+            self.qmp.execute(
+                "block-export-add",
+                {
+                    "type": "nbd",
+                    "id": export_id,
+                    "node-name": self.node(lun),
+                    "name": self.export_name(lun, kind),
+                    "writable": True,
+                },
+            )
+        return self.connection(self.export_name(lun, kind))
+
+    def _dp_unexport(self, lun: dict[str, Any], kind: str) -> None:
+        self._del_export(lun, kind)
+
+    def view(self, lun: dict[str, Any]) -> dict[str, Any]:
+        out = super().view(lun)
+        out["open"] = lun["name"] in self.active
+        return out
+
+    # ---- takeover -------------------------------------------------------------------
+    def take_over(self, body: dict[str, Any]) -> dict[str, Any]:
+        name, size = require_name(body), require_size(body)
+        pool = body.get("pool")
+        if not isinstance(pool, str):
+            raise InvalidRequest("'pool' must be a pool name")
+        speed = optional_int(body, "speed_bps")
+        src = body.get("source")
+        if not isinstance(src, dict):
+            raise InvalidRequest("'source' must be an object with host, port, export and array")
+        try:
+            source = {
+                "host": str(src["host"]),
+                "port": int(src["port"]),
+                "export": str(src["export"]),
+                "array": require_name(src, "array"),
+            }
+        except (KeyError, TypeError, ValueError):
+            raise InvalidRequest("'source' must be an object with host, port, export and array") from None
+        if source["array"] == self.config.name:
+            raise InvalidRequest("a LUN cannot be taken over from its own array; use a pool move")
+        with self.lock:
+            if name in self.inventory.luns:
+                raise Conflict(f"array {self.config.name} already has a LUN named {name}")
+            self.check_space(pool, size)
+            lun = self.new_record(name, pool, size)
+            lun["copy"] = {
+                "source": source,
+                "speed_bps": self.config.default_speed_bps if speed is None else speed,
+                "paused": False,
+                "started": time.time(),
+                "bytes_done": 0,
+            }
+            lun["server_export"] = True
+            path = self.image_path(lun)
+            self._create_image(path, size)
+            try:
+                self._add_remote(lun)
+                remote_size = self._node_size(self.remote_node(lun))
+                if remote_size != size:
+                    raise InvalidRequest(f"source LUN is {remote_size} bytes, not {size}")
+                self._add_image(lun, path, self.node(lun), backing=self.remote_node(lun))
+                # recorded before it is exposed: a restart reopens it with its backing
+                self.inventory.luns[name] = lun
+                self.inventory.save()
+                self.active.add(name)
+                self._dp_export(lun, "server")
+                self._start_copy_job(lun)
+            except BaseException:
+                self._close_nodes(lun)
+                path.unlink(missing_ok=True)
+                if self.inventory.luns.pop(name, None) is not None:
+                    self.inventory.save()
+                raise
+            return self.view(lun)
+
+    def _node_size(self, node: str) -> int:
+        for info in self.qmp.execute("query-named-block-nodes", {"flat": True}):
+            if info["node-name"] == node:
+                return int(info["image"]["virtual-size"])
+        raise NotFound(f"node {node} not found")
+
+    def _start_copy_job(self, lun: dict[str, Any]) -> None:
+        copy = lun["copy"]
+        args: dict[str, Any] = {
+            "job-id": self.job_id(lun, "c"),
+            "device": self.node(lun),
+            "on-error": "stop",
+            "auto-dismiss": False,
+        }
+        if copy["speed_bps"]:
+            args["speed"] = copy["speed_bps"]
+        self.qmp.execute("block-stream", args)
+        if copy["paused"]:
+            self.qmp.execute("job-pause", {"id": self.job_id(lun, "c")})
+        self.samples[lun["name"]] = []
+        self.last_flush[lun["name"]] = time.monotonic()
+
+    def _copy_job(self, lun: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        jid = self.job_id(lun, "c")
+        job = next((j for j in self.qmp.execute("query-jobs") if j["id"] == jid), None)
+        block_job = next((j for j in self.qmp.execute("query-block-jobs") if j["device"] == jid), None)
+        return job, block_job
+
+    def migration(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            lun = self.lun(name)
+            copy = lun.get("copy")
+            if not copy:
+                done = lun.get("migration")
+                if not done:
+                    raise NotFound(f"LUN {name} has no migration on array {self.config.name}")
+                return done
+            return self._progress(lun)
+
+    def _progress(self, lun: dict[str, Any]) -> dict[str, Any]:
+        copy = lun["copy"]
+        size = lun["size"]
+        if lun["name"] not in self.active:
+            state, message = MigrationState.WAITING_FOR_SOURCE, copy.get("error") or "source unreachable"
+            done = copy.get("bytes_done", 0)
+            return self._progress_json(state, done, size, 0.0, message)
+        job, block_job = self._copy_job(lun)
+        done = int(job["current-progress"]) if job else copy.get("bytes_done", 0)
+        total = int(job["total-progress"]) if job and job["total-progress"] else size
+        message = ""
+        if copy["paused"]:
+            state = MigrationState.PAUSED
+        elif block_job and block_job.get("io-status", "ok") != "ok" or (job and job["status"] == "paused"):
+            state, message = MigrationState.WAITING_FOR_SOURCE, "I/O error on the copy; retrying"
+        else:
+            state = MigrationState.COPYING
+        rate = self._rate(lun["name"])
+        return self._progress_json(state, done, total, rate, message or copy.get("error", ""))
+
+    @staticmethod
+    def _progress_json(state: MigrationState, done: int, total: int, rate: float, message: str) -> dict[str, Any]:
+        eta = (total - done) / rate if rate > 0 else None
+        return {
+            "state": state.value,
+            "bytes_done": done,
+            "bytes_total": total,
+            "rate_bps": rate,
+            "eta_seconds": eta,
+            "message": message,
+        }
+
+    def _rate(self, name: str) -> float:
+        samples = self.samples.get(name) or []
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+            return 0.0
+        return max(samples[-1][1] - samples[0][1], 0) / (samples[-1][0] - samples[0][0])
+
+    def _copy_control(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            lun = self.lun(name)
+            copy = lun.get("copy")
+            if not copy:
+                raise Conflict(f"LUN {name} has no copy running")
+            jid = self.job_id(lun, "c")
+            job = self._copy_job(lun)[0] if lun["name"] in self.active else None
+            if job is not None and job["status"] == "concluded":
+                raise Conflict(f"the copy of LUN {name} has just ended; look at its migration state")
+            live = job is not None
+            if action == "pause" and not copy["paused"]:
+                if live:
+                    self.qmp.execute("job-pause", {"id": jid})
+                copy["paused"] = True
+            elif action == "resume" and copy["paused"]:
+                if live:
+                    self.qmp.execute("job-resume", {"id": jid})
+                copy["paused"] = False
+            elif action == "speed":
+                speed = optional_int(body, "speed_bps")
+                if speed is None:
+                    raise InvalidRequest("'speed_bps' is required (0 = unlimited)")
+                if live:
+                    self.qmp.execute("block-job-set-speed", {"device": jid, "speed": speed})
+                copy["speed_bps"] = speed
+            self.inventory.save()
+            return self._progress(lun)
+
+    # ---- pool move -----------------------------------------------------------------
+    def move(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        pool = require_name(body, "pool")
+        with self.lock:
+            lun = self.lun(name)
+            if lun.get("move") and lun["move"]["pool"] == pool:
+                return self.view(lun)  # already on its way there
+            self.check_idle(lun, "move")
+            self._require_active(lun)
+            if pool == lun["pool"]:
+                raise InvalidRequest(f"LUN {name} is already in pool {pool}")
+            self.check_space(pool, lun["size"])
+            gen = lun["gen"] + 1
+            path = self.image_path(lun, pool, gen)
+            self._create_image(path, lun["size"])
+            try:
+                self._add_image(lun, path, self.node(lun, gen), backing=None)
+                lun["move"] = {"pool": pool, "gen": gen, "started": time.time()}
+                lun.pop("error", None)
+                self.inventory.save()
+                self.qmp.execute(
+                    "blockdev-mirror",
+                    {
+                        "job-id": self.job_id(lun, "m"),
+                        "device": self.node(lun),
+                        "target": self.node(lun, gen),
+                        "sync": "full",
+                        "auto-dismiss": False,
+                    },
+                )
+            except BaseException:
+                lun.pop("move", None)
+                self.inventory.save()
+                self._del_node(self.node(lun, gen))
+                path.unlink(missing_ok=True)
+                raise
+            return self.view(lun)
+
+    # ---- monitor -------------------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        while not self.stopping.wait(MONITOR_INTERVAL):
+            try:
+                with self.lock:
+                    self._monitor_once()
+            except Exception:
+                log.exception("monitor pass failed")
+
+    def _monitor_once(self) -> None:
+        jobs = {j["id"]: j for j in self.qmp.execute("query-jobs")}
+        now = time.monotonic()
+        for lun in list(self.inventory.luns.values()):
+            name = lun["name"]
+            if name not in self.active:
+                if now - self.last_resume.get(name, 0) >= RESUME_RETRY:
+                    self.last_resume[name] = now
+                    self._rebuild(lun)
+                continue
+            if lun.get("copy"):
+                self._watch_copy(lun, jobs.get(self.job_id(lun, "c")), now)
+            if lun.get("move"):
+                self._watch_move(lun, jobs.get(self.job_id(lun, "m")))
+
+    def _watch_copy(self, lun: dict[str, Any], job: dict[str, Any] | None, now: float) -> None:
+        name, copy = lun["name"], lun["copy"]
+        if job is None:
+            self._start_copy_job(lun)
+            return
+        samples = self.samples.setdefault(name, [])
+        samples.append((now, int(job["current-progress"])))
+        while samples and now - samples[0][0] > RATE_WINDOW:
+            samples.pop(0)
+        if job["status"] == "concluded":
+            if job.get("error"):
+                copy["error"] = job["error"]
+                log.warning("copy of %s stopped: %s; restarting it", name, job["error"])
+                self.qmp.execute("job-dismiss", {"id": job["id"]})
+                self.inventory.save()
+            else:
+                self._finish_copy(lun, job)
+            return
+        if job["status"] == "paused" and not copy["paused"] and now - self.last_resume.get(name, 0) >= RESUME_RETRY:
+            # on-error=stop paused it (source unreachable): try again
+            self.last_resume[name] = now
+            self.qmp.execute("job-resume", {"id": job["id"]})
+        if now - self.last_flush.get(name, 0) >= self.config.flush_interval:
+            self.last_flush[name] = now
+            done = int(job["current-progress"])
+            self._flush(self.node(lun))
+            if done != copy.get("bytes_done"):
+                copy["bytes_done"] = done
+                copy.pop("error", None)
+                self.inventory.save()
+
+    def _finish_copy(self, lun: dict[str, Any], job: dict[str, Any]) -> None:
+        """The stream ended: make it durable, then forget the remote LUN."""
+        self._flush(self.node(lun))
+        copy = lun.pop("copy")
+        elapsed = max(time.time() - copy["started"], 1e-6)
+        lun["taken_over_from"] = copy["source"]["array"]
+        lun["migration"] = self._progress_json(MigrationState.DONE, lun["size"], lun["size"], lun["size"] / elapsed, "")
+        lun["migration"]["seconds"] = round(elapsed, 3)
+        self.inventory.save()
+        self.qmp.execute("job-dismiss", {"id": job["id"]})
+        self._del_node(self.remote_node(lun))
+        self.samples.pop(lun["name"], None)
+        log.info("copy of %s finished in %.1f s; remote LUN released", lun["name"], elapsed)
+
+    def _watch_move(self, lun: dict[str, Any], job: dict[str, Any] | None) -> None:
+        move = lun["move"]
+        if job is None:
+            return
+        if job["status"] == "ready":
+            self.qmp.execute("job-complete", {"id": job["id"]})
+        elif job["status"] == "concluded":
+            self.qmp.execute("job-dismiss", {"id": job["id"]})
+            old_node, old_path = self.node(lun), self.image_path(lun)
+            new_gen, new_pool = move["gen"], move["pool"]
+            if job.get("error"):
+                lun.pop("move")
+                lun["error"] = f"move to pool {new_pool} failed: {job['error']}"
+                self.inventory.save()
+                self._del_node(self.node(lun, new_gen))
+                self.image_path(lun, new_pool, new_gen).unlink(missing_ok=True)
+                return
+            self._flush(self.node(lun, new_gen))
+            lun.pop("move")
+            lun["gen"], lun["pool"] = new_gen, new_pool
+            self.inventory.save()
+            self._del_node(old_node)  # its file node goes with it
+            old_path.unlink(missing_ok=True)
+            log.info("LUN %s moved to pool %s", lun["name"], new_pool)
+
+    # ---- routes -------------------------------------------------------------------
+    def routes(self) -> Router:
+        r = super().routes()
+        lun = r"/v1/luns/(?P<name>[^/]+)"
+        r.add("POST", "/v1/takeovers", lambda m, b: self.take_over(b))
+        r.add("POST", lun + "/move", lambda m, b: self.move(m["name"], b))
+        r.add("GET", lun + "/migration", lambda m, b: self.migration(m["name"]))
+        r.add(
+            "POST",
+            lun + "/migration/(?P<action>pause|resume|speed)",
+            lambda m, b: self._copy_control(m["name"], m["action"], b),
+        )
+        return r

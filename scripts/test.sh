@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (scripts/bootstrap.sh) and run every check: lint, format, tests.
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,72 @@
+"""Shared fixtures: a real lab (alpha, beta, gamma) in a temporary folder on free ports."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from include.backends.base import MiB
+from include.lab import verify
+from include.lab.lab import Lab
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("lab"))
+    # short timers so crash tests run quickly: a remote LUN fails I/O after 2 s
+    # without its source, and a copy is flushed every second
+    lab.configure(reconnect_delay=2, flush_interval=1.0)
+    lab.up()
+    try:
+        yield lab
+    finally:
+        results = lab.down()
+        assert all(results.values()), f"arrays that did not stop: {results}"
+
+
+@pytest.fixture
+def lun_name():
+    return f"volume-{uuid.uuid4()}"
+
+
+def fill_pattern(size: int, seed: int, *, hole_every: int = 4) -> bytes:
+    """Random data with every ``hole_every``-th MiB left as zeros (holes on a sparse LUN)."""
+    rng = random.Random(seed)
+    out = bytearray(size)
+    for off in range(0, size, MiB):
+        if (off // MiB) % hole_every:
+            out[off : off + MiB] = rng.randbytes(min(MiB, size - off))
+    return bytes(out)
+
+
+@pytest.fixture
+def make_lun(lab):
+    """Create a LUN on an array, fill it with a pattern; removes it (and its takeover) afterwards."""
+    made = []
+
+    def make(array: str, name: str, size: int, *, pool: str = "pool1", seed: int = 1) -> bytes:
+        backend = lab.backend(array)
+        backend.create_lun(name, size, pool)
+        made.append((array, name))
+        data = fill_pattern(size, seed)
+        handle = verify.connect(backend.export_lun(name).uri)
+        for off in range(0, size, 4 * MiB):
+            block = data[off : off + 4 * MiB]
+            if any(block):
+                handle.pwrite(block, off)
+        handle.flush()
+        handle.shutdown()
+        backend.unexport_lun(name)
+        return data
+
+    yield make
+    for array, name in made:
+        backend = lab.backend(array)
+        try:
+            backend.release_takeover(name)
+            backend.unexport_lun(name)
+            backend.delete_lun(name)
+        except Exception:  # already deleted by the test, or the array is down
+            pass
