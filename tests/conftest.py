@@ -10,6 +10,7 @@ import pytest
 from include.backends.base import MiB
 from include.lab import verify
 from include.lab.lab import Lab
+from include.lab.procutil import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +71,27 @@ def make_lun(lab):
             backend.delete_lun(name)
         except Exception:  # already deleted by the test, or the array is down
             pass
+
+
+def wait_done(target, volume, timeout=120.0):
+    """Poll ``complete_migration_target`` until a terminal state; returns the last progress."""
+    progress = None
+
+    def done():
+        nonlocal progress
+        progress = target.complete_migration_target(volume)
+        return progress.state.terminal
+
+    assert wait_until(done, timeout, 0.2), f"copy not finished after {timeout} s: {progress}"
+    return progress
+
+
+def finish_and_remove(target, volume):
+    """Let a takeover run to its end unthrottled, then remove the target LUN."""
+    try:
+        target.set_migration_speed(volume, 0)
+    except Exception:  # already ended
+        pass
+    wait_done(target, volume)
+    target.unexport_lun(volume.name)
+    target.delete_lun(volume.name)

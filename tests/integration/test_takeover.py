@@ -14,22 +14,11 @@ from include.backends.base import MiB, MigrationState, Volume
 from include.backends.errors import Conflict
 from include.lab import verify
 from include.lab.procutil import wait_until
+from tests.conftest import wait_done
 
 pytestmark = pytest.mark.integration
 
 SIZE = 64 * MiB
-
-
-def wait_done(target, volume, timeout=120.0):
-    progress = None
-
-    def done():
-        nonlocal progress
-        progress = target.complete_migration_target(volume)
-        return progress.state.terminal
-
-    assert wait_until(done, timeout, 0.2), f"copy not finished after {timeout} s: {progress}"
-    return progress
 
 
 @pytest.mark.parametrize("source_array", ["gamma", "beta"])
