@@ -228,6 +228,10 @@ class BaseArray:
     def export(self, name: str) -> dict[str, Any]:
         with self.lock:
             lun = self.lun(name)
+            if lun.get("takeover_export"):
+                # a server writing here would write behind the back of the array taking it over
+                initiator = lun["takeover_export"]["initiator"]
+                raise Conflict(f"cannot export LUN {name} to a server: it is being taken over by array {initiator}")
             info = self._dp_export(lun, "server")
             if not lun.get("server_export"):
                 lun["server_export"] = True
@@ -251,6 +255,8 @@ class BaseArray:
                 raise Conflict(f"LUN {name} is already exported for takeover by array {current['initiator']}")
             if not current:
                 self.check_idle(lun, "export for takeover")
+                if lun.get("server_export"):
+                    raise Conflict(f"cannot export LUN {name} for takeover: it is exported to a server (in use)")
             info = self._dp_export(lun, "takeover")
             if not current:
                 lun["takeover_export"] = {"initiator": initiator, "since": time.time()}

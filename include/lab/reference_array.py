@@ -507,7 +507,9 @@ class ReferenceArray(BaseArray):
     def _watch_copy(self, lun: dict[str, Any], job: dict[str, Any] | None, now: float) -> None:
         name, copy = lun["name"], lun["copy"]
         if job is None:
-            self._start_copy_job(lun)
+            if now - self.last_resume.get(name, 0) >= RESUME_RETRY:
+                self.last_resume[name] = now
+                self._start_copy_job(lun)
             return
         samples = self.samples.setdefault(name, [])
         samples.append((now, int(job["current-progress"])))

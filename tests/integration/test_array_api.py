@@ -98,6 +98,7 @@ def test_lun_under_takeover_is_protected(lab, make_lun, lun_name):
     with pytest.raises(Conflict, match="already exported for takeover"):
         beta.migrate_volume_target(volume, gamma, pool="pool1")
     assert all(lun["name"] != lun_name for lun in beta.list_luns())
+    refused(gamma, Conflict, "being taken over by array alpha", gamma.export_lun, lun_name)
     # the target: no extend, delete or move while the data is copied
     refused(alpha, Conflict, "still being copied", alpha.extend_lun, lun_name, 32 * MiB)
     refused(alpha, Conflict, "still being copied", alpha.delete_lun, lun_name)
@@ -128,6 +129,7 @@ def test_create_extend_export_delete(array, lun_name):
         handle.flush()
         handle.shutdown()
         refused(backend, Conflict, "exported to a server", backend.delete_lun, lun_name)
+        refused(backend, Conflict, "exported to a server", backend.export_for_takeover, lun_name, "beta")
         backend.unexport_lun(lun_name)
         backend.unexport_lun(lun_name)  # idempotent
     finally:
