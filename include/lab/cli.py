@@ -1,9 +1,9 @@
 """``lab``: start, stop and look at the lab arrays; run the takeover demo.
 
-    lab up        install what is missing, start alpha, beta, gamma
-    lab down      stop exactly the processes the lab started (by PID)
-    lab status    PIDs, ports, pools and LUN counts
-    lab demo      a takeover from gamma to alpha with I/O during the copy
+lab up        install what is missing, start alpha, beta, gamma
+lab down      stop exactly the processes the lab started (by PID)
+lab status    PIDs, ports, pools and LUN counts
+lab demo      a takeover from gamma to alpha with I/O during the copy
 """
 
 from __future__ import annotations
