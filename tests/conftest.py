@@ -53,8 +53,8 @@ def make_lun(lab):
         made.append((array, name))
         data = fill_pattern(size, seed)
         handle = verify.connect(backend.export_lun(name).uri)
-        for off in range(0, size, 4 * MiB):
-            block = data[off : off + 4 * MiB]
+        for off in range(0, size, MiB):  # zero MiBs stay holes
+            block = data[off : off + MiB]
             if any(block):
                 handle.pwrite(block, off)
         handle.flush()
@@ -65,12 +65,11 @@ def make_lun(lab):
     yield make
     for array, name in made:
         backend = lab.backend(array)
-        try:
-            backend.release_takeover(name)
-            backend.unexport_lun(name)
-            backend.delete_lun(name)
-        except Exception:  # already deleted by the test, or the array is down
-            pass
+        for cleanup in (backend.release_takeover, backend.unexport_lun, backend.delete_lun):
+            try:
+                cleanup(name)
+            except Exception:  # already deleted by the test, or the array is down
+                pass
 
 
 def wait_done(target, volume, timeout=120.0):

@@ -31,6 +31,7 @@ import nbd
 
 from include.backends.base import ConnectionInfo, MigrationState
 from include.backends.errors import BackendError, Conflict, InvalidRequest, NotFound
+from include.backends.progress import RateMeter
 from include.lab.apiserver import Router, optional_int, require_name, require_size
 from include.lab.array_core import ArrayConfig, BaseArray
 from include.lab.procutil import nodelay_listener
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 CLUSTER = 64 * 1024
 MONITOR_INTERVAL = 0.5
 RESUME_RETRY = 2.0
-RATE_WINDOW = 5.0  # seconds of history for the copy rate
 
 
 class ReferenceArray(BaseArray):
@@ -56,7 +56,7 @@ class ReferenceArray(BaseArray):
         self.daemon = StorageDaemon(config.state_dir / "run", self.listener.fileno(), config.state_dir / "qsd.log")
         self.qmp = None
         self.active: set[str] = set()  # LUNs whose nodes are open in the daemon
-        self.samples: dict[str, list[tuple[float, int]]] = {}  # copy progress history
+        self.meters: dict[str, RateMeter] = {}  # copy rate per LUN
         self.last_flush: dict[str, float] = {}
         self.last_resume: dict[str, float] = {}
         self.monitor: threading.Thread | None = None
@@ -355,7 +355,7 @@ class ReferenceArray(BaseArray):
         self.qmp.execute("block-stream", args)
         if copy["paused"]:
             self.qmp.execute("job-pause", {"id": self.job_id(lun, "c")})
-        self.samples[lun["name"]] = []
+        self.meters[lun["name"]] = RateMeter(lun["size"])
         self.last_flush[lun["name"]] = time.monotonic()
 
     def _copy_job(self, lun: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -392,7 +392,8 @@ class ReferenceArray(BaseArray):
             state, message = MigrationState.WAITING_FOR_SOURCE, "I/O error on the copy; retrying"
         else:
             state = MigrationState.COPYING
-        rate = self._rate(lun["name"])
+        meter = self.meters.get(lun["name"])
+        rate = meter.rate() if meter else 0.0
         return self._progress_json(state, done, total, rate, message or copy.get("error", ""))
 
     @staticmethod
@@ -406,12 +407,6 @@ class ReferenceArray(BaseArray):
             "eta_seconds": eta,
             "message": message,
         }
-
-    def _rate(self, name: str) -> float:
-        samples = self.samples.get(name) or []
-        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
-            return 0.0
-        return max(samples[-1][1] - samples[0][1], 0) / (samples[-1][0] - samples[0][0])
 
     def _copy_control(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -511,10 +506,7 @@ class ReferenceArray(BaseArray):
                 self.last_resume[name] = now
                 self._start_copy_job(lun)
             return
-        samples = self.samples.setdefault(name, [])
-        samples.append((now, int(job["current-progress"])))
-        while samples and now - samples[0][0] > RATE_WINDOW:
-            samples.pop(0)
+        self.meters.setdefault(name, RateMeter(lun["size"])).add(now, int(job["current-progress"]))
         if job["status"] == "concluded":
             if job.get("error"):
                 copy["error"] = job["error"]
@@ -548,7 +540,7 @@ class ReferenceArray(BaseArray):
         self.inventory.save()
         self.qmp.execute("job-dismiss", {"id": job["id"]})
         self._del_node(self.remote_node(lun))
-        self.samples.pop(lun["name"], None)
+        self.meters.pop(lun["name"], None)
         log.info("copy of %s finished in %.1f s; remote LUN released", lun["name"], elapsed)
 
     def _watch_move(self, lun: dict[str, Any], job: dict[str, Any] | None) -> None:
