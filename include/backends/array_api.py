@@ -148,12 +148,15 @@ class ReferenceArrayBackend(ArrayApiBackend):
         *,
         pool: str,
         speed_bps: int | None = None,
+        mode: str | None = None,
     ) -> tuple[bool, bool, dict[str, Any] | None]:
         """Take ``volume`` over from ``source`` (see BackendDriver).
 
-        The source exports the LUN for this array; this array attaches it as
-        a remote LUN under a local overlay, exports the overlay to servers at
-        once and streams the data in the background.
+        The source exports the LUN for this array, which attaches it as a
+        remote LUN and serves it to servers at once. ``mode`` "stream" (the
+        array's default) puts a local overlay over the remote LUN and streams
+        the data into it; "mirror" serves the remote LUN through an active
+        mirror that keeps the source current until the local copy is in sync.
         """
         try:
             lun = self.get_lun(volume.name)
@@ -171,6 +174,8 @@ class ReferenceArrayBackend(ArrayApiBackend):
             }
             if speed_bps is not None:
                 body["speed_bps"] = speed_bps
+            if mode is not None:
+                body["mode"] = mode
             lun = self.request("POST", "/v1/takeovers", body)
         elif not lun.get("copy") and lun.get("taken_over_from") != source.name:
             # a LUN of that name that this array did not take over from source

@@ -213,8 +213,13 @@ class BackendDriver(abc.ABC):
         *,
         pool: str,
         speed_bps: int | None = None,
+        mode: str | None = None,
     ) -> tuple[bool, bool, dict[str, Any] | None]:
         """Target-driver migration: take the source LUN over.
+
+        ``pool`` is the target pool, ``speed_bps`` a copy throttle (None: the
+        array's default, 0: unlimited), ``mode`` a copy mode the array offers
+        (None: its default).
 
         Returns ``(moved, migration_async, model_update)``:
 

@@ -38,6 +38,7 @@ class ArrayConfig:
     default_speed_bps: int = 0  # background copy throttle, 0 = unlimited
     reconnect_delay: int = 5  # seconds a remote LUN waits for its source before failing I/O
     flush_interval: float = 5.0  # seconds between flushes of a copy (bounds re-copy after a crash)
+    default_copy_mode: str = "stream"  # takeover mode when a request names none: "stream" or "mirror"
 
     @classmethod
     def load(cls, path: Path) -> ArrayConfig:

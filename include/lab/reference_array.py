@@ -1,11 +1,22 @@
 """The reference lab array (alpha, beta): LUNs on one qemu-storage-daemon.
 
-Each LUN is a qcow2 image in a pool directory, opened in the daemon as a
-file node under a qcow2 node and exported over NBD. A takeover attaches the
-source LUN as a read-only remote NBD node, puts a new local qcow2 overlay
-over it, exports the overlay at once and streams the data into the overlay
-with ``block-stream``. A pool move mirrors the LUN into a new image in the
-other pool and switches over (``blockdev-mirror`` + ``job-complete``).
+Each LUN is an image in a pool directory (qcow2, or raw for a LUN taken over
+in mirror mode), opened in the daemon under a format node and exported over
+NBD. A pool move mirrors the LUN into a new image in the other pool and
+switches over (``blockdev-mirror`` + ``job-complete``).
+
+A takeover has two modes:
+
+* ``stream`` (the default): the source LUN becomes a read-only remote NBD
+  node under a new local qcow2 overlay; the overlay is exported at once and
+  ``block-stream`` copies the data into it. Client writes land on the target
+  only; client reads of uncopied regions go through to the source (and are
+  kept in the overlay by the stream's copy-on-read filter).
+* ``mirror``: the export serves the remote node itself and an active mirror
+  (``blockdev-mirror``, ``copy-mode: write-blocking``) copies it into a new
+  local raw image, writing every client write to both; once in sync the
+  array switches the export over to the local image. Until then the source
+  stays current, so an abort loses nothing.
 
 Crash safety (DESIGN.md section 4):
 * the inventory is written before a node is exposed, and a LUN that is
@@ -14,7 +25,11 @@ Crash safety (DESIGN.md section 4):
 * the copy is flushed every ``flush_interval`` seconds (config), so a restart
   re-copies little (``block-stream`` skips allocated clusters);
 * a copy or move is recorded as finished only after a flush of the new
-  image, and the source of a move is deleted only after that.
+  image, and the source of a move is deleted only after that;
+* in mirror mode the source is authoritative until the mirror is in sync;
+  from then on (recorded before the switch is asked for) every acknowledged
+  write is on the local raw image, which keeps no metadata in memory, so a
+  restart serves the local image.
 """
 
 from __future__ import annotations
@@ -40,8 +55,13 @@ from include.lab.qsd import QMPCommandError, StorageDaemon
 log = logging.getLogger(__name__)
 
 CLUSTER = 64 * 1024
+COPY_MODES = ("stream", "mirror")
 MONITOR_INTERVAL = 0.5
 RESUME_RETRY = 2.0
+
+
+def image_format(lun: dict[str, Any]) -> str:
+    return lun.get("format", "qcow2")
 
 
 class ReferenceArray(BaseArray):
@@ -77,7 +97,14 @@ class ReferenceArray(BaseArray):
     def image_path(self, lun: dict[str, Any], pool: str | None = None, gen: int | None = None) -> Path:
         pool = pool or lun["pool"]
         gen = lun["gen"] if gen is None else gen
-        return self.config.state_dir / "pools" / pool / f"{lun['name']}.{gen}.qcow2"
+        return self.config.state_dir / "pools" / pool / f"{lun['name']}.{gen}.{image_format(lun)}"
+
+    def serving_node(self, lun: dict[str, Any]) -> str:
+        """The node the LUN's exports serve: the remote one while a mirror is not in sync yet."""
+        copy = lun.get("copy")
+        if copy and copy["mode"] == "mirror" and copy["phase"] == "sync":
+            return self.remote_node(lun)
+        return self.node(lun)
 
     @staticmethod
     def export_name(lun: dict[str, Any], kind: str) -> str:
@@ -101,7 +128,7 @@ class ReferenceArray(BaseArray):
             for lun in self.inventory.luns.values():
                 if lun["name"] in self.active:
                     try:
-                        self._flush(self.node(lun))
+                        self._flush(self.serving_node(lun))
                     except BackendError as exc:
                         log.warning("flush of %s at stop failed: %s", lun["name"], exc)
         self.daemon.stop()
@@ -115,9 +142,17 @@ class ReferenceArray(BaseArray):
             self.image_path(lun, move["pool"], move["gen"]).unlink(missing_ok=True)
             lun["error"] = f"move to pool {move['pool']} was interrupted by an array restart; run it again"
             self.inventory.save()
+        copy = lun.get("copy")
+        if copy and copy["mode"] == "mirror" and copy["phase"] == "ready":
+            # the mirror was in sync: every acknowledged write is on the local image
+            self._record_copy_done(lun)
+            copy = None
         try:
-            if lun.get("copy"):
+            if copy:
                 self._add_remote(lun)
+            if copy and copy["mode"] == "mirror":
+                # the source is authoritative: copy it again into an empty image
+                self._create_image(self.image_path(lun), lun["size"], "raw", replace=True)
             self._add_image(lun, self.image_path(lun), self.node(lun), backing=self._backing(lun))
             self.active.add(lun["name"])
             for kind in ("server", "takeover"):
@@ -132,27 +167,27 @@ class ReferenceArray(BaseArray):
             self._close_nodes(lun)
 
     def _backing(self, lun: dict[str, Any]) -> str | None:
-        return self.remote_node(lun) if lun.get("copy") else None
+        copy = lun.get("copy")
+        return self.remote_node(lun) if copy and copy["mode"] == "stream" else None
 
     def _remove_orphan_images(self) -> None:
         known = {self.image_path(lun) for lun in self.inventory.luns.values()}
-        for path in (self.config.state_dir / "pools").glob("*/*.qcow2"):
-            if path not in known:
+        for path in (self.config.state_dir / "pools").glob("*/*.*"):
+            if path.suffix in (".qcow2", ".raw") and path not in known:
                 log.warning("removing %s: not in the inventory", path)
                 path.unlink()
 
     # ---- node helpers -----------------------------------------------------------
     def _add_image(self, lun: dict[str, Any], path: Path, node: str, backing: str | None) -> None:
-        self.qmp.execute(
-            "blockdev-add",
-            {
-                "driver": "qcow2",
-                "node-name": node,
-                "discard": "unmap",
-                "backing": backing,
-                "file": {"driver": "file", "filename": str(path), "node-name": f"{node}f", "discard": "unmap"},
-            },
-        )
+        options: dict[str, Any] = {
+            "driver": image_format(lun),
+            "node-name": node,
+            "discard": "unmap",
+            "file": {"driver": "file", "filename": str(path), "node-name": f"{node}f", "discard": "unmap"},
+        }
+        if options["driver"] == "qcow2":
+            options["backing"] = backing  # always explicit: the header is never trusted for it
+        self.qmp.execute("blockdev-add", options)
 
     def _add_remote(self, lun: dict[str, Any]) -> None:
         src = lun["copy"]["source"]
@@ -161,7 +196,7 @@ class ReferenceArray(BaseArray):
             {
                 "driver": "nbd",
                 "node-name": self.remote_node(lun),
-                "read-only": True,
+                "read-only": lun["copy"]["mode"] == "stream",  # a mirror writes through to the source
                 "server": {"type": "inet", "host": src["host"], "port": str(src["port"])},
                 "export": src["export"],
                 "reconnect-delay": self.config.reconnect_delay,
@@ -225,18 +260,19 @@ class ReferenceArray(BaseArray):
     def new_record(self, name: str, pool: str, size: int) -> dict[str, Any]:
         return {**super().new_record(name, pool, size), "id": "l" + secrets.token_hex(6), "gen": 0}
 
-    def _create_image(self, path: Path, size: int) -> None:
+    def _create_image(self, path: Path, size: int, fmt: str, *, replace: bool = False) -> None:
+        if replace:
+            path.unlink(missing_ok=True)
+        options = ["-o", f"cluster_size={CLUSTER}"] if fmt == "qcow2" else []
         run = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={CLUSTER}", str(path), str(size)],
-            capture_output=True,
-            text=True,
+            ["qemu-img", "create", "-q", "-f", fmt, *options, str(path), str(size)], capture_output=True, text=True
         )
         if run.returncode:
             raise BackendError(f"qemu-img create failed: {run.stderr.strip()}")
 
     def _dp_create(self, lun: dict[str, Any]) -> None:
         path = self.image_path(lun)
-        self._create_image(path, lun["size"])
+        self._create_image(path, lun["size"], image_format(lun))
         try:
             self._add_image(lun, path, self.node(lun), backing=None)
         except BackendError:
@@ -265,7 +301,7 @@ class ReferenceArray(BaseArray):
                 {
                     "type": "nbd",
                     "id": export_id,
-                    "node-name": self.node(lun),
+                    "node-name": self.serving_node(lun),
                     "name": self.export_name(lun, kind),
                     "writable": True,
                 },
@@ -278,6 +314,9 @@ class ReferenceArray(BaseArray):
     def view(self, lun: dict[str, Any]) -> dict[str, Any]:
         out = super().view(lun)
         out["open"] = lun["name"] in self.active
+        out["format"] = image_format(lun)
+        if lun.get("copy"):
+            out["copy_mode"] = lun["copy"]["mode"]
         return out
 
     # ---- takeover -------------------------------------------------------------------
@@ -287,6 +326,9 @@ class ReferenceArray(BaseArray):
         if not isinstance(pool, str):
             raise InvalidRequest("'pool' must be a pool name")
         speed = optional_int(body, "speed_bps")
+        mode = body.get("mode") or self.config.default_copy_mode
+        if mode not in COPY_MODES:
+            raise InvalidRequest(f"'mode' must be one of {', '.join(COPY_MODES)}")
         src = body.get("source")
         if not isinstance(src, dict):
             raise InvalidRequest("'source' must be an object with host, port, export and array")
@@ -306,7 +348,10 @@ class ReferenceArray(BaseArray):
                 raise Conflict(f"array {self.config.name} already has a LUN named {name}")
             self.check_space(pool, size)
             lun = self.new_record(name, pool, size)
+            lun["format"] = "raw" if mode == "mirror" else "qcow2"
             lun["copy"] = {
+                "mode": mode,
+                "phase": "sync",
                 "source": source,
                 "speed_bps": self.config.default_speed_bps if speed is None else speed,
                 "paused": False,
@@ -315,13 +360,13 @@ class ReferenceArray(BaseArray):
             }
             lun["server_export"] = True
             path = self.image_path(lun)
-            self._create_image(path, size)
+            self._create_image(path, size, lun["format"])
             try:
                 self._add_remote(lun)
                 remote_size = self._node_size(self.remote_node(lun))
                 if remote_size != size:
                     raise InvalidRequest(f"source LUN is {remote_size} bytes, not {size}")
-                self._add_image(lun, path, self.node(lun), backing=self.remote_node(lun))
+                self._add_image(lun, path, self.node(lun), backing=self._backing(lun))
                 # recorded before it is exposed: a restart reopens it with its backing
                 self.inventory.luns[name] = lun
                 self.inventory.save()
@@ -344,15 +389,22 @@ class ReferenceArray(BaseArray):
 
     def _start_copy_job(self, lun: dict[str, Any]) -> None:
         copy = lun["copy"]
-        args: dict[str, Any] = {
-            "job-id": self.job_id(lun, "c"),
-            "device": self.node(lun),
-            "on-error": "stop",
-            "auto-dismiss": False,
-        }
+        args: dict[str, Any] = {"job-id": self.job_id(lun, "c"), "auto-dismiss": False}
         if copy["speed_bps"]:
             args["speed"] = copy["speed_bps"]
-        self.qmp.execute("block-stream", args)
+        if copy["mode"] == "stream":
+            self.qmp.execute("block-stream", {**args, "device": self.node(lun), "on-error": "stop"})
+        else:
+            self.qmp.execute(
+                "blockdev-mirror",
+                {
+                    **args,
+                    "device": self.remote_node(lun),
+                    "target": self.node(lun),
+                    "sync": "full",
+                    "copy-mode": "write-blocking",
+                },
+            )
         if copy["paused"]:
             self.qmp.execute("job-pause", {"id": self.job_id(lun, "c")})
         self.meters[lun["name"]] = RateMeter(lun["size"])
@@ -451,7 +503,7 @@ class ReferenceArray(BaseArray):
             self.check_space(pool, lun["size"])
             gen = lun["gen"] + 1
             path = self.image_path(lun, pool, gen)
-            self._create_image(path, lun["size"])
+            self._create_image(path, lun["size"], image_format(lun))
             try:
                 self._add_image(lun, path, self.node(lun, gen), backing=None)
                 lun["move"] = {"pool": pool, "gen": gen, "started": time.time()}
@@ -512,15 +564,28 @@ class ReferenceArray(BaseArray):
                 copy["error"] = job["error"]
                 log.warning("copy of %s stopped: %s; restarting it", name, job["error"])
                 self.qmp.execute("job-dismiss", {"id": job["id"]})
+                if copy["mode"] == "mirror":
+                    # no switch happened: the source is still authoritative; start over into an empty image
+                    copy["phase"] = "sync"
+                    self.inventory.save()
+                    self._del_node(self.node(lun))
+                    self._create_image(self.image_path(lun), lun["size"], "raw", replace=True)
+                    self._add_image(lun, self.image_path(lun), self.node(lun), backing=None)
                 self.inventory.save()
             else:
                 self._finish_copy(lun, job)
+            return
+        if job["status"] == "ready" and copy["phase"] == "sync":
+            # in sync, and every new write goes to both: from here on the local image is authoritative
+            copy["phase"] = "ready"
+            self.inventory.save()
+            self.qmp.execute("job-complete", {"id": job["id"]})
             return
         if job["status"] == "paused" and not copy["paused"] and now - self.last_resume.get(name, 0) >= RESUME_RETRY:
             # on-error=stop paused it (source unreachable): try again
             self.last_resume[name] = now
             self.qmp.execute("job-resume", {"id": job["id"]})
-        if now - self.last_flush.get(name, 0) >= self.config.flush_interval:
+        if copy["mode"] == "stream" and now - self.last_flush.get(name, 0) >= self.config.flush_interval:
             self.last_flush[name] = now
             done = int(job["current-progress"])
             self._flush(self.node(lun))
@@ -530,18 +595,22 @@ class ReferenceArray(BaseArray):
                 self.inventory.save()
 
     def _finish_copy(self, lun: dict[str, Any], job: dict[str, Any]) -> None:
-        """The stream ended: make it durable, then forget the remote LUN."""
+        """The copy ended (the mirror switched over): make it durable, then forget the remote LUN."""
         self._flush(self.node(lun))
+        self._record_copy_done(lun)
+        self.qmp.execute("job-dismiss", {"id": job["id"]})
+        self._del_node(self.remote_node(lun))
+        self.meters.pop(lun["name"], None)
+
+    def _record_copy_done(self, lun: dict[str, Any]) -> None:
         copy = lun.pop("copy")
         elapsed = max(time.time() - copy["started"], 1e-6)
         lun["taken_over_from"] = copy["source"]["array"]
         lun["migration"] = self._progress_json(MigrationState.DONE, lun["size"], lun["size"], lun["size"] / elapsed, "")
         lun["migration"]["seconds"] = round(elapsed, 3)
+        lun["migration"]["mode"] = copy["mode"]
         self.inventory.save()
-        self.qmp.execute("job-dismiss", {"id": job["id"]})
-        self._del_node(self.remote_node(lun))
-        self.meters.pop(lun["name"], None)
-        log.info("copy of %s finished in %.1f s; remote LUN released", lun["name"], elapsed)
+        log.info("%s copy of %s done after %.1f s; remote LUN released", copy["mode"], lun["name"], elapsed)
 
     def _watch_move(self, lun: dict[str, Any], job: dict[str, Any] | None) -> None:
         move = lun["move"]

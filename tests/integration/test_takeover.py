@@ -21,13 +21,15 @@ pytestmark = pytest.mark.integration
 SIZE = 64 * MiB
 
 
-@pytest.mark.parametrize("source_array", ["gamma", "beta"])
-def test_takeover_serves_io_during_copy_and_ends_identical(lab, make_lun, lun_name, source_array):
+@pytest.mark.parametrize(
+    ("source_array", "mode"), [("gamma", "stream"), ("beta", "stream"), ("gamma", "mirror"), ("beta", "mirror")]
+)
+def test_takeover_serves_io_during_copy_and_ends_identical(lab, make_lun, lun_name, source_array, mode):
     source, alpha = lab.backend(source_array), lab.backend("alpha")
     initial = make_lun(source_array, lun_name, SIZE)
     volume = Volume(lun_name, SIZE)
 
-    moved, is_async, update = alpha.migrate_volume_target(volume, source, pool="pool2", speed_bps=16 * MiB)
+    moved, is_async, update = alpha.migrate_volume_target(volume, source, pool="pool2", speed_bps=16 * MiB, mode=mode)
     assert (moved, is_async) == (True, True)
     assert update["pool"] == "pool2" and update["provider_location"].endswith("/" + lun_name)
     # a second call (a retried task) does not take it over twice
@@ -60,6 +62,7 @@ def test_takeover_serves_io_during_copy_and_ends_identical(lab, make_lun, lun_na
     handle.shutdown()
     lun = alpha.get_lun(lun_name)
     assert lun["taken_over_from"] == source_array and lun["copy"] is False and lun["pool"] == "pool2"
+    assert lun["format"] == {"stream": "qcow2", "mirror": "raw"}[mode]
 
     # the target is complete: the source may now go
     source.release_takeover(lun_name)
@@ -196,6 +199,35 @@ def test_source_crash_gives_errors_never_wrong_data_then_completes(lab, make_lun
     handle.flush()
     content = verify.read_all(handle, SIZE)
     assert model.crash_violations(content) == []
+    handle.shutdown()
+    alpha.unexport_lun(lun_name)
+    alpha.delete_lun(lun_name)
+
+
+def test_mirror_target_crash_keeps_every_acknowledged_write(lab, make_lun, lun_name):
+    beta, alpha = lab.backend("beta"), lab.backend("alpha")
+    initial = make_lun("beta", lun_name, SIZE)
+    volume = Volume(lun_name, SIZE)
+    alpha.migrate_volume_target(volume, beta, pool="pool1", speed_bps=8 * MiB, mode="mirror")
+    model = verify.DataModel(SIZE, initial)
+    handle = verify.connect(alpha.export_lun(lun_name).uri)
+    rng = random.Random(13)
+    stats = verify.random_io(handle, model, 60, rng, max_size=256 * 1024, flush_every=4)
+    assert stats.errors == [] and stats.mismatches == []
+    assert alpha.complete_migration_target(volume).state is MigrationState.COPYING
+    lab.kill("alpha")
+    lab.start("alpha")
+    # until the mirror is in sync the source is authoritative, and it got every
+    # acknowledged write (flushed or not): nothing may be missing
+    handle = verify.connect(alpha.export_lun(lun_name).uri)
+    assert model.mismatches(verify.read_all(handle, SIZE)) == []
+    stats = verify.random_io(handle, model, 40, rng, max_size=256 * 1024)
+    assert stats.errors == [] and stats.mismatches == []
+    alpha.set_migration_speed(volume, 0)
+    assert wait_done(alpha, volume).state is MigrationState.DONE
+    handle.flush()
+    model.flushed()
+    assert model.mismatches(verify.read_all(handle, SIZE)) == []
     handle.shutdown()
     alpha.unexport_lun(lun_name)
     alpha.delete_lun(lun_name)
