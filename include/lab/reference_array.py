@@ -233,17 +233,30 @@ class ReferenceArray(BaseArray):
         for kind in ("server", "takeover"):
             self._del_export(lun, kind)
         for job in ("c", "m"):
-            try:
-                self.qmp.execute("job-cancel", {"id": self.job_id(lun, job)})
-                self.qmp.execute("job-dismiss", {"id": self.job_id(lun, job)})
-            except QMPCommandError:
-                pass
+            self._cancel_job(self.job_id(lun, job))
         for node in (self.node(lun), self.remote_node(lun)):
             try:
                 self._del_node(node)
             except QMPCommandError as exc:
                 log.warning("could not close node %s: %s", node, exc)
         self.active.discard(lun["name"])
+
+    def _cancel_job(self, job_id: str) -> None:
+        """Cancel a job if it exists and wait (bounded) until it is gone, so its nodes can be closed."""
+        for _ in range(100):
+            job = next((j for j in self.qmp.execute("query-jobs") if j["id"] == job_id), None)
+            if job is None:
+                return
+            try:
+                if job["status"] == "concluded":
+                    self.qmp.execute("job-dismiss", {"id": job_id})
+                elif job["status"] not in ("aborting", "waiting", "pending"):
+                    # force: a mirror in sync is cancelled without switching over
+                    self.qmp.execute("block-job-cancel", {"device": job_id, "force": True})
+            except QMPCommandError as exc:
+                log.debug("job %s: %s", job_id, exc)
+            time.sleep(0.05)
+        log.warning("job %s did not go away", job_id)
 
     def _del_export(self, lun: dict[str, Any], kind: str) -> None:
         try:
@@ -398,6 +411,26 @@ class ReferenceArray(BaseArray):
                     self.inventory.save()
                 raise
             return self.view(lun)
+
+    def abort_takeover(self, name: str) -> None:
+        """Cancel a takeover whose copy has not finished and delete the target LUN.
+
+        The source LUN is untouched (a stream never writes it; a mirror wrote
+        every client write to it). Whatever clients wrote to the target only
+        is lost, so the flow aborts only before the volume was attachable, or
+        on an operator's explicit request.
+        """
+        with self.lock:
+            lun = self.lun(name)
+            if not lun.get("copy"):
+                raise Conflict(f"LUN {name} has no takeover in progress (its copy has finished or never ran)")
+            if lun.get("server_export") and lun["copy"]["mode"] == "stream":
+                log.warning("aborting the takeover of %s: writes made on this array are dropped", name)
+            self._close_nodes(lun)
+            self.image_path(lun).unlink(missing_ok=True)
+            del self.inventory.luns[name]
+            self.inventory.save()
+            self.meters.pop(name, None)
 
     def _node_size(self, node: str) -> int:
         for info in self.qmp.execute("query-named-block-nodes", {"flat": True}):
@@ -660,6 +693,7 @@ class ReferenceArray(BaseArray):
         r = super().routes()
         lun = r"/v1/luns/(?P<name>[^/]+)"
         r.add("POST", "/v1/takeovers", lambda m, b: self.take_over(b))
+        r.add("DELETE", "/v1/takeovers/(?P<name>[^/]+)", lambda m, b: self.abort_takeover(m["name"]))
         r.add("POST", lun + "/move", lambda m, b: self.move(m["name"], b))
         r.add("GET", lun + "/migration", lambda m, b: self.migration(m["name"]))
         r.add(

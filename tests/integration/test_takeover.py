@@ -11,10 +11,10 @@ import nbd
 import pytest
 
 from include.backends.base import MiB, MigrationState, Volume
-from include.backends.errors import Conflict
+from include.backends.errors import Conflict, NotFound
 from include.lab import verify
 from include.lab.procutil import wait_until
-from tests.conftest import wait_done
+from tests.conftest import finish_and_remove, wait_done
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +231,25 @@ def test_mirror_target_crash_keeps_every_acknowledged_write(lab, make_lun, lun_n
     handle.shutdown()
     alpha.unexport_lun(lun_name)
     alpha.delete_lun(lun_name)
+
+
+@pytest.mark.parametrize("mode", ["stream", "mirror"])
+def test_abort_deletes_target_and_leaves_source_intact(lab, make_lun, lun_name, mode):
+    gamma, alpha = lab.backend("gamma"), lab.backend("alpha")
+    initial = make_lun("gamma", lun_name, SIZE)
+    volume = Volume(lun_name, SIZE)
+    alpha.migrate_volume_target(volume, gamma, pool="pool1", speed_bps=4 * MiB, mode=mode)
+    time.sleep(1.0)
+    alpha.abort_migration_target(volume)
+    assert all(lun["name"] != lun_name for lun in alpha.list_luns())
+    assert not list((lab.config("alpha").state_dir / "pools").glob(f"*/{lun_name}.*"))
+    with pytest.raises(NotFound):
+        alpha.abort_migration_target(volume)
+    gamma.release_takeover(lun_name)
+    handle = verify.connect(gamma.export_lun(lun_name).uri)
+    assert verify.read_all(handle, SIZE) == initial
+    handle.shutdown()
+    gamma.unexport_lun(lun_name)
+    # the same LUN can be taken over again afterwards
+    alpha.migrate_volume_target(volume, gamma, pool="pool1", speed_bps=0, mode=mode)
+    finish_and_remove(alpha, volume)
