@@ -377,11 +377,13 @@ class Bench:
         except BackendError as exc:
             log(f"could not delete {array}/{name}: {exc}")
 
-    def take_over(self, source: str, name: str, speed_bps: int | None = None) -> tuple[Volume, str]:
+    def take_over(
+        self, source: str, name: str, speed_bps: int | None = None, mode: str | None = None
+    ) -> tuple[Volume, str]:
         vol = Volume(name, self.size)
         self.lab.backend(source).unexport_lun(name)  # the server export is not needed by a takeover
         moved, is_async, _ = self.alpha.migrate_volume_target(
-            vol, self.lab.backend(source), pool="pool1", speed_bps=speed_bps
+            vol, self.lab.backend(source), pool="pool1", speed_bps=speed_bps, mode=mode
         )
         if not (moved and is_async):
             raise RuntimeError(f"takeover of {source}/{name} answered moved={moved} async={is_async}")
@@ -469,14 +471,15 @@ class Bench:
                 notes=f"p99 r {res['read_p99_ms']} ms; " + cpu_note(cpu.result, res["fio_cpu_pct"]),
             )
 
-    def throttles(self) -> list[tuple[str, int | None]]:
+    def throttles(self) -> list[tuple[str, int | None, str | None]]:
+        """(label, speed_bps, mode) of each run of section 2: the defaults, then fixed throttles."""
         default = self.lab.config("alpha").default_speed_bps
         label = "default (unlimited)" if not default else f"default ({default / MiB:.0f} MiB/s)"
-        out: list[tuple[str, int | None]] = [(label, None)]
+        out: list[tuple[str, int | None, str | None]] = [(label, None, None), (f"mirror mode, {label}", None, "mirror")]
         for t in self.args.throttles:
             if t == 0 and not default:
                 continue  # the default already is unlimited
-            out.append(("unlimited" if t == 0 else f"{t} MiB/s", int(t * MiB)))
+            out.append(("unlimited" if t == 0 else f"{t} MiB/s", int(t * MiB), None))
         return out
 
     def section2(self, hot: bool = False) -> None:
@@ -484,14 +487,14 @@ class Bench:
         what = "client IOPS during takeover" + (", hot set" if hot else "")
         sources = [("gamma", "src-g")] if hot else [("gamma", "src-g"), ("beta", "src-b")]
         for source, name in sources:
-            for label, speed in self.throttles():
+            for label, speed, mode in self.throttles():
                 if self.over_budget():
                     self.row(sec, what, f"{source}->alpha", label, notes="skipped: time budget")
                     continue
                 log(f"{sec}: fio during takeover {source}->alpha at {label}")
-                key = f"{sec}_{source}_{label.split()[0]}"
+                key = f"{sec}_{source}_{mode or 'stream'}_{speed if speed is not None else 'default'}"
                 try:
-                    self.details[key] = d = self._during_copy(source, name, speed, hot)
+                    self.details[key] = d = self._during_copy(source, name, speed, hot, mode)
                 except Exception as exc:
                     log(traceback.format_exc())
                     self.details[key] = {"error": str(exc)}
@@ -524,11 +527,13 @@ class Bench:
         """Section 2 with the client on a hot set (last eighth of the LUN): the throttle then governs the copy."""
         self.section2(hot=True)
 
-    def _during_copy(self, source: str, name: str, speed: int | None, hot: bool) -> dict[str, Any]:
+    def _during_copy(
+        self, source: str, name: str, speed: int | None, hot: bool, mode: str | None = None
+    ) -> dict[str, Any]:
         log_dir = Path(tempfile.mkdtemp(prefix="fio-", dir=self.work))
         offset, size = self.hot_region() if hot else (0, self.size)
         plain = self.baseline.get("hot" if hot else "full")
-        vol, uri = self.take_over(source, name, speed)
+        vol, uri = self.take_over(source, name, speed, mode)
         poller = Poller(self.alpha, vol, limit=self.runtime + 60 + self.size / (5 * MiB))
         poller.start()
         try:
@@ -555,6 +560,7 @@ class Bench:
         return {
             "source": source,
             "speed_bps": speed,
+            "mode": mode or "stream",
             "region": [offset, size],
             "fio": res,
             "cpu": cpu.result,
