@@ -188,15 +188,16 @@ class BaseArray:
             "pools": pools,
         }
 
+    def check_new_lun(self, name: str, pool: str, size: int) -> None:
+        """Refuse a new LUN whose name is taken or that does not fit its pool."""
+        if name in self.inventory.luns:
+            raise Conflict(f"array {self.config.name} already has a LUN named {name}")
+        self.check_space(pool, size)
+
     def create_lun(self, body: dict[str, Any]) -> dict[str, Any]:
-        name, size = require_name(body), require_size(body)
-        pool = body.get("pool")
-        if not isinstance(pool, str):
-            raise InvalidRequest("'pool' must be a pool name")
+        name, size, pool = require_name(body), require_size(body), require_name(body, "pool")
         with self.lock:
-            if name in self.inventory.luns:
-                raise Conflict(f"array {self.config.name} already has a LUN named {name}")
-            self.check_space(pool, size)
+            self.check_new_lun(name, pool, size)
             lun = self.new_record(name, pool, size)
             self._dp_create(lun)
             self.inventory.luns[name] = lun

@@ -353,10 +353,7 @@ class ReferenceArray(BaseArray):
 
     # ---- takeover -------------------------------------------------------------------
     def take_over(self, body: dict[str, Any]) -> dict[str, Any]:
-        name, size = require_name(body), require_size(body)
-        pool = body.get("pool")
-        if not isinstance(pool, str):
-            raise InvalidRequest("'pool' must be a pool name")
+        name, size, pool = require_name(body), require_size(body), require_name(body, "pool")
         speed = optional_int(body, "speed_bps")
         mode = body.get("mode") or self.config.default_copy_mode
         if mode not in COPY_MODES:
@@ -376,9 +373,7 @@ class ReferenceArray(BaseArray):
         if source["array"] == self.config.name:
             raise InvalidRequest("a LUN cannot be taken over from its own array; use a pool move")
         with self.lock:
-            if name in self.inventory.luns:
-                raise Conflict(f"array {self.config.name} already has a LUN named {name}")
-            self.check_space(pool, size)
+            self.check_new_lun(name, pool, size)
             lun = self.new_record(name, pool, size)
             lun["format"] = "raw" if mode == "mirror" else "qcow2"
             lun["copy"] = {

@@ -21,6 +21,16 @@ pytestmark = pytest.mark.integration
 SIZE = 64 * MiB
 
 
+def check_and_remove(target, name, handle, model):
+    """Flush, compare the whole LUN with the model of every write, then remove the target LUN."""
+    handle.flush()
+    model.flushed()
+    assert model.mismatches(verify.read_all(handle, SIZE)) == []
+    handle.shutdown()
+    target.unexport_lun(name)
+    target.delete_lun(name)
+
+
 @pytest.mark.parametrize(
     ("source_array", "mode"), [("gamma", "stream"), ("beta", "stream"), ("gamma", "mirror"), ("beta", "mirror")]
 )
@@ -166,12 +176,7 @@ def test_target_crash_mid_copy_keeps_flushed_writes_and_resumes(lab, make_lun, l
     # (the full read above went through the copy-on-read filter of the stream,
     # so the copy may already be over)
     assert wait_done(alpha, volume).state is MigrationState.DONE
-    handle.flush()
-    model.flushed()
-    assert model.mismatches(verify.read_all(handle, SIZE)) == []
-    handle.shutdown()
-    alpha.unexport_lun(lun_name)
-    alpha.delete_lun(lun_name)
+    check_and_remove(alpha, lun_name, handle, model)
 
 
 def test_source_crash_gives_errors_never_wrong_data_then_completes(lab, make_lun, lun_name):
@@ -225,12 +230,7 @@ def test_mirror_target_crash_keeps_every_acknowledged_write(lab, make_lun, lun_n
     assert stats.errors == [] and stats.mismatches == []
     alpha.set_migration_speed(volume, 0)
     assert wait_done(alpha, volume).state is MigrationState.DONE
-    handle.flush()
-    model.flushed()
-    assert model.mismatches(verify.read_all(handle, SIZE)) == []
-    handle.shutdown()
-    alpha.unexport_lun(lun_name)
-    alpha.delete_lun(lun_name)
+    check_and_remove(alpha, lun_name, handle, model)
 
 
 @pytest.mark.parametrize("mode", ["stream", "mirror"])
