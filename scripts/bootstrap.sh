@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs on Debian 12: the lab's data-plane
-# programs (apt) and the project's virtualenv (.venv). Idempotent and quiet
-# when there is nothing to do; run as root (or with sudo available).
+# programs and OpenStack services (apt), the project's virtualenv (.venv) and
+# Keystone's (.venv-keystone). Idempotent and quiet when there is nothing to
+# do; run as root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,10 @@ APT_PACKAGES=(
   libnbd-bin          # nbdsh, nbdcopy, nbdfuse
   python3-venv
   python3-pip
+  postgresql          # the lab's database server (Keystone, Cinder); its own cluster per lab
+  rabbitmq-server     # the lab's message queue (Cinder); its own node per lab
+  build-essential     # uWSGI builds from source in .venv-keystone
+  python3-dev
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -29,16 +34,30 @@ if ((${#missing[@]})); then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# libnbd's Python binding is built for Debian's interpreter: base the venv on it.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import nbd' 2>/dev/null; then
-  echo "bootstrap: creating .venv from /usr/bin/python3" >&2
-  rm -rf .venv
-  /usr/bin/python3 -m venv --system-site-packages .venv
-fi
-stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "bootstrap: installing Python requirements" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-  echo "$want" >"$stamp"
-fi
+# make_venv DIR CHECK_IMPORT VENV_ARGS REQUIREMENTS...: a virtualenv from Debian's
+# /usr/bin/python3, (re)installed when its requirements files change.
+make_venv() {
+  local dir=$1 check=$2 venv_args=$3
+  shift 3
+  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "$check" 2>/dev/null; then
+    echo "bootstrap: creating $dir from /usr/bin/python3" >&2
+    rm -rf "$dir"
+    # shellcheck disable=SC2086
+    /usr/bin/python3 -m venv $venv_args "$dir"
+  fi
+  local stamp="$dir/.requirements.sha256" want
+  want=$(cat "$@" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: installing $* into $dir" >&2
+    local reqs=()
+    for r in "$@"; do reqs+=(-r "$r"); done
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
+    echo "$want" >"$stamp"
+  fi
+}
+
+# The project's own: libnbd's Python binding is built for Debian's interpreter, hence system site packages.
+make_venv .venv "import nbd" --system-site-packages requirements.txt requirements-dev.txt
+# Keystone and Cinder run from virtualenvs of their own (their dependencies are not the project's).
+make_venv .venv-keystone "import sys" "" requirements-keystone.txt
+make_venv .venv-cinder "import sys" "" requirements-cinder.txt

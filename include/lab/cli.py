@@ -1,9 +1,10 @@
-"""``lab``: start, stop and look at the lab arrays; run the takeover demo.
+"""``lab``: start, stop and look at the lab; run the takeover demo.
 
-lab up        install what is missing, start alpha, beta, gamma
+lab up        install what is missing, start the arrays alpha, beta, gamma and
+              the services PostgreSQL, RabbitMQ, Keystone (--arrays-only: not these)
 lab down      stop exactly the processes the lab started (by PID)
-lab status    PIDs, ports, pools and LUN counts
-lab demo      a takeover from gamma to alpha with I/O during the copy
+lab status    PIDs, ports, pools and LUN counts; the services' PIDs, ports and memory
+lab demo      a takeover from gamma to alpha with I/O during the copy (arrays only)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("LAB_ROOT", DEFAULT_ROOT)))
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up")
+    up = sub.add_parser("up")
+    up.add_argument("--arrays-only", action="store_true", help="do not start PostgreSQL, RabbitMQ and Keystone")
     sub.add_parser("down")
     sub.add_parser("status")
     demo = sub.add_parser("demo")
@@ -34,14 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             pids = lab.up()
-            print(json.dumps(lab.status(), indent=1))
+            if not args.arrays_only:
+                pids.update(lab.services.up())
+            print(json.dumps(status(lab), indent=1))
             print(f"lab up: {', '.join(f'{n} pid {p}' for n, p in pids.items())}")
+            if not args.arrays_only:
+                print(f"credentials: source {lab.services.root}/openrc-admin (or openrc-member)")
         elif args.command == "down":
-            results = lab.down()
+            results = lab.services.down()
+            results.update(lab.down())
             print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
             return 0 if all(results.values()) else 1
         elif args.command == "status":
-            print(json.dumps(lab.status(), indent=1))
+            print(json.dumps(status(lab), indent=1))
         elif args.command == "demo":
             from include.lab.demo import run_demo
 
@@ -55,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lab {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def status(lab: Lab) -> dict[str, list[dict[str, object]]]:
+    return {"arrays": lab.status(), "services": lab.services.status()}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 ``Lab(root)`` keeps everything under ``root``: one folder per array with its
 config (0600: it holds the API token), inventory, images, logs and PID file.
 The same class serves the ``lab`` command and the tests, which start their
-own lab in a temporary folder on free ports.
+own lab in a temporary folder on free ports. The lab's OpenStack services
+(PostgreSQL, RabbitMQ, Keystone) are ``lab.services`` (``services.py``), under
+``root/services``; ``Lab.up`` and ``Lab.down`` handle the arrays only.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
 from include.backends.base import GiB
 from include.backends.errors import BackendError
 from include.lab.array_core import ArrayConfig
 from include.lab.procutil import pid_alive, stop_pid, wait_until
+
+if TYPE_CHECKING:
+    from include.lab.services import Services
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = PROJECT_ROOT / ".lab"
@@ -53,6 +59,16 @@ class Lab:
     def __init__(self, root: Path = DEFAULT_ROOT) -> None:
         self.root = Path(root)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # children of this process, reaped on stop
+        self._services: Services | None = None
+
+    @property
+    def services(self) -> Services:
+        """PostgreSQL, RabbitMQ and Keystone under ``root/services``: started by the lab command, not by ``up``."""
+        if self._services is None:
+            from include.lab.services import Services  # it imports this module
+
+            self._services = Services(self.root / "services")
+        return self._services
 
     # ---- configuration --------------------------------------------------------
     def array_dir(self, name: str) -> Path:

@@ -78,3 +78,39 @@ def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     except ProcessLookupError:
         return True
     return wait_until(lambda: not pid_alive(pid), 5.0)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants that are alive (parents from /proc/<pid>/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if pid_alive(p):
+            tree.append(p)
+            todo.extend(children.get(p, []))
+    return tree
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants, KiB (VmRSS summed: shared pages count per process)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue
+    return total
