@@ -1,9 +1,11 @@
 """``lab``: start, stop and look at the lab; run the takeover demo.
 
-lab up        install what is missing, start the arrays alpha, beta, gamma and
-              the services PostgreSQL, RabbitMQ, Keystone (--arrays-only: not these)
+lab up        install what is missing, start the arrays alpha, beta, gamma, the
+              services PostgreSQL, RabbitMQ, Keystone, and Cinder 29 with the
+              lab's drivers and extension (--arrays-only: the arrays alone)
 lab down      stop exactly the processes the lab started (by PID)
-lab status    PIDs, ports, pools and LUN counts; the services' PIDs, ports and memory
+lab status    PIDs, ports, pools and LUN counts; the services' PIDs, ports and memory;
+              Cinder's services
 lab demo      a takeover from gamma to alpha with I/O during the copy (arrays only)
 """
 
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from include.backends.errors import BackendError
+from include.lab.cinder import CinderLab
 from include.lab.lab import DEFAULT_ROOT, Lab
 
 
@@ -38,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
             pids = lab.up()
             if not args.arrays_only:
                 pids.update(lab.services.up())
+                pids.update(cinder_of(lab).up())
             print(json.dumps(status(lab), indent=1))
             print(f"lab up: {', '.join(f'{n} pid {p}' for n, p in pids.items())}")
             if not args.arrays_only:
                 print(f"credentials: source {lab.services.root}/openrc-admin (or openrc-member)")
         elif args.command == "down":
-            results = lab.services.down()
+            results = cinder_of(lab).down()
+            results.update(lab.services.down())
             results.update(lab.down())
             print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
             return 0 if all(results.values()) else 1
@@ -64,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cinder_of(lab: Lab) -> CinderLab:
+    return CinderLab(lab.root / "cinder", lab, lab.services)
+
+
 def status(lab: Lab) -> dict[str, list[dict[str, object]]]:
-    return {"arrays": lab.status(), "services": lab.services.status()}
+    return {"arrays": lab.status(), "services": lab.services.status(), "cinder": cinder_of(lab).status()}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""Cinder volume drivers for the lab arrays: thin wrappers over include/backends.
+
+Configure a backend section of cinder.conf with::
+
+    volume_driver = include.cinder_plugin.drivers.ReferenceArrayDriver   # or PlainArrayDriver
+    volume_backend_name = alpha
+    lab_array_name = alpha
+    lab_array_url = http://127.0.0.1:PORT
+    lab_array_token_file = /path/to/token        # the array's API token, nothing else
+
+Volumes are LUNs named like Cinder's volume names (``volume-<id>``) in the
+pool of the volume's host (``host@backend#pool``). A connection is an NBD
+export: ``initialize_connection`` returns ``driver_volume_type: nbd`` with
+host, port and export name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cinder import exception
+from cinder.volume import configuration, driver, volume_utils
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
+from include.backends.base import Destination, GiB, Volume
+from include.backends.errors import BackendError, NotFound
+
+LOG = logging.getLogger(__name__)
+
+lab_array_opts = [
+    cfg.StrOpt("lab_array_name", help="Name of the lab array this backend drives (alpha, beta, gamma)."),
+    cfg.URIOpt("lab_array_url", help="URL of the array's management API, e.g. http://127.0.0.1:18101"),
+    cfg.StrOpt("lab_array_token_file", help="File that holds the array's API token."),
+    cfg.FloatOpt("lab_array_timeout", default=60.0, help="Seconds to wait for one management API call."),
+]
+
+CONF = cfg.CONF
+CONF.register_opts(lab_array_opts, group=configuration.SHARED_CONF_GROUP)
+
+
+class LabArrayDriver(driver.VolumeDriver):
+    """Common part of the lab drivers: the LUN lifecycle and NBD connections."""
+
+    VERSION = "1.0.0"
+    CI_WIKI_NAME = "none"
+    adapter_class: type[ArrayApiBackend] = ArrayApiBackend
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(lab_array_opts)
+        self.array: ArrayApiBackend | None = None
+
+    # ---- setup -------------------------------------------------------------------
+    def do_setup(self, context: Any) -> None:
+        conf = self.configuration
+        missing = [o for o in ("lab_array_name", "lab_array_url", "lab_array_token_file") if not conf.safe_get(o)]
+        if missing:
+            raise exception.InvalidConfigurationValue(option=", ".join(missing), value="(unset)")
+        try:
+            with open(conf.lab_array_token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise exception.InvalidConfigurationValue(option="lab_array_token_file", value=str(exc)) from exc
+        self.array = self.adapter_class(conf.lab_array_name, conf.lab_array_url, token, timeout=conf.lab_array_timeout)
+
+    def check_for_setup_error(self) -> None:
+        caps = self._call("check the array", self._array.capabilities)
+        if caps.name != self.configuration.lab_array_name:
+            raise exception.VolumeBackendAPIException(
+                data=f"{self.configuration.lab_array_url} is array {caps.name}, not {self.configuration.lab_array_name}"
+            )
+
+    @property
+    def _array(self) -> ArrayApiBackend:
+        if self.array is None:
+            raise exception.VolumeBackendAPIException(data="driver not set up")
+        return self.array
+
+    def _call(self, what: str, func: Any, *args: Any) -> Any:
+        """Call the array; its refusals become VolumeBackendAPIException with the array's message."""
+        try:
+            return func(*args)
+        except BackendError as exc:
+            LOG.error("array %s could not %s: %s", self.configuration.lab_array_name, what, exc)
+            raise exception.VolumeBackendAPIException(data=f"{what}: {exc}") from exc
+
+    # ---- LUN lifecycle -------------------------------------------------------------
+    def create_volume(self, volume: Any) -> dict[str, Any]:
+        pool = volume_utils.extract_host(volume.host, "pool")
+        if not pool:
+            raise exception.InvalidHost(reason=f"volume host {volume.host} names no pool")
+        lun = self._call("create the LUN", self._array.create_lun, volume.name, volume.size * GiB, pool)
+        return {"provider_location": lun["location"]}
+
+    def delete_volume(self, volume: Any) -> None:
+        try:
+            self._array.unexport_lun(volume.name)
+            self._array.delete_lun(volume.name)
+        except NotFound:
+            LOG.warning("LUN %s is not on array %s: nothing to delete", volume.name, self._array.name)
+        except BackendError as exc:
+            raise exception.VolumeBackendAPIException(data=f"delete the LUN: {exc}") from exc
+
+    def extend_volume(self, volume: Any, new_size: int) -> None:
+        self._call("extend the LUN", self._array.extend_lun, volume.name, new_size * GiB)
+
+    # exports are made per connection, in initialize_connection
+    def create_export(self, context: Any, volume: Any, connector: Any) -> None:
+        return None
+
+    def ensure_export(self, context: Any, volume: Any) -> None:
+        return None
+
+    def remove_export(self, context: Any, volume: Any) -> None:
+        return None
+
+    def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
+        info = self._call("export the LUN", self._array.export_lun, volume.name)
+        return {"driver_volume_type": "nbd", "data": info.to_json()}
+
+    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> None:
+        attachments = [a for a in (volume.volume_attachment or []) if a.attach_status != "detached"]
+        if connector is not None and len(attachments) > 1:
+            return  # another attachment still uses the export
+        self._call("unexport the LUN", self._array.unexport_lun, volume.name)
+
+    # ---- stats ----------------------------------------------------------------------
+    def _update_volume_stats(self) -> None:
+        caps = self._call("read the capabilities", self._array.capabilities)
+        backend_name = self.configuration.safe_get("volume_backend_name") or caps.name
+        self._stats = {
+            "volume_backend_name": backend_name,
+            "vendor_name": "lab",
+            "driver_version": self.VERSION,
+            "storage_protocol": "nbd",
+            "lab_array_name": caps.name,
+            "lab_array_kind": caps.kind,
+            "lab_takeover": caps.takeover,
+            "pools": [
+                {
+                    "pool_name": pool.name,
+                    "total_capacity_gb": pool.total_bytes // GiB,
+                    "free_capacity_gb": pool.free_bytes // GiB,
+                    "provisioned_capacity_gb": pool.allocated_bytes // GiB,
+                    "allocated_capacity_gb": pool.allocated_bytes // GiB,
+                    "reserved_percentage": 0,
+                    "thin_provisioning_support": True,
+                    "thick_provisioning_support": False,
+                    "max_over_subscription_ratio": 1.0,
+                    "QoS_support": False,
+                    "multiattach": False,
+                    "lab_takeover": caps.takeover,
+                }
+                for pool in caps.pools
+            ],
+        }
+
+    # ---- migration --------------------------------------------------------------
+    def migrate_volume(self, context: Any, volume: Any, host: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """Move between pools of this array (Cinder's driver-assisted migration).
+
+        ``host`` is the scheduler's ``{"host": "host@backend#pool", "capabilities": {...}}``.
+        Returns ``(False, None)`` for another array, so Cinder falls back to its own path.
+        """
+        same_backend = volume_utils.extract_host(host["host"], "backend") == volume_utils.extract_host(
+            volume.host, "backend"
+        )
+        pool = volume_utils.extract_host(host["host"], "pool")
+        if not same_backend or not pool:
+            return False, None
+        lun = Volume(volume.name, volume.size * GiB)
+        dest = Destination(self._array.name, pool)
+        moved, update = self._call("move the LUN", self._array.migrate_volume, lun, dest)
+        return moved, ({"provider_location": update["provider_location"]} if moved and update else None)
+
+
+class ReferenceArrayDriver(LabArrayDriver):
+    """Cinder driver for the lab's reference arrays (alpha, beta): pool moves and takeovers."""
+
+    adapter_class = ReferenceArrayBackend
+
+
+class PlainArrayDriver(LabArrayDriver):
+    """Cinder driver for the lab's plain array (gamma): no migration features."""
+
+    adapter_class = PlainArrayBackend

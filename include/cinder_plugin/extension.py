@@ -1,0 +1,300 @@
+"""Cinder API extension: the async-migration states of the blueprint, recorded in Cinder's database.
+
+Load it beside the standard extensions in cinder.conf::
+
+    osapi_volume_extension = cinder.api.contrib.standard_extensions
+    osapi_volume_extension = include.cinder_plugin.extension.Async_migration
+
+Volume actions (``POST /v3/{project_id}/volumes/{id}/action``), admin-only by
+default (policy rules ``volume_extension:async_migration:<action>``, which an
+operator's policy file may override):
+
+* ``os-async_migration_begin`` ``{"host": "host@backend#pool"}``: lock the
+  volume for a migration to ``host``: it must be ``available``, not migrating,
+  without snapshots, outside any group, and ``host`` must be another pool of
+  an enabled, up volume service. ``status`` becomes ``maintenance`` (nothing
+  can attach it yet), ``migration_status`` ``starting``.
+* ``os-async_migration_attachable`` ``{"host", "provider_location"?}``: the
+  target array serves the volume: host (and cluster, service and
+  availability zone) := the target, ``migration_status`` :=
+  ``migrating_attachable``, ``status`` back to ``available``.
+* ``os-async_migration_finish`` ``{"host"?, "provider_location"?}``: the
+  copy is complete: ``migration_status`` := ``success`` (host set if the
+  migration was synchronous and it was not set yet).
+* ``os-async_migration_fail`` ``{"reason"}``: before the volume was
+  attachable only: ``migration_status`` := ``error``, host unchanged,
+  ``status`` restored; the reason is kept in the volume's metadata
+  (``async_migration_error``), where ``cinder show`` shows it.
+
+Each transition is one compare-and-swap (``conditional_update``): an invalid
+one changes nothing and answers 400/409 with the reason. While a volume is
+``migrating_attachable`` Cinder's own extend is refused (the LUN is still
+being copied), and a detach puts the volume back to ``available`` (Cinder
+does not while ``migration_status`` is set).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import webob
+from cinder import exception, objects
+from cinder import policy as cinder_policy
+from cinder.api import extensions
+from cinder.api.openstack import wsgi
+from cinder.common import constants
+from cinder.db import api as db
+from cinder.objects import fields
+from cinder.policies import base as policy_base
+from cinder.volume import volume_utils
+from oslo_log import log as logging
+from oslo_policy import policy as oslo_policy
+
+LOG = logging.getLogger(__name__)
+
+MIGRATING_ATTACHABLE = "migrating_attachable"
+NOT_MIGRATING = (None, "deleting", "error", "success")  # Cinder's AVAILABLE_MIGRATION_STATUS
+ERROR_KEY = "async_migration_error"
+DEST_KEY = "async_migration_dest"
+ACTIONS = ("begin", "attachable", "finish", "fail")
+
+
+def policy_name(action: str) -> str:
+    return f"volume_extension:async_migration:{action}"
+
+
+RULES = [
+    oslo_policy.DocumentedRuleDefault(
+        name=policy_name(action),
+        check_str=policy_base.RULE_ADMIN_API,
+        description=f"Async volume migration: {action}.",
+        operations=[{"method": "POST", "path": f"/volumes/{{volume_id}}/action (os-async_migration_{action})"}],
+    )
+    for action in ACTIONS
+]
+
+
+def register_policies() -> None:
+    """Add our rules to Cinder's enforcer (Cinder has no hook for out-of-tree defaults)."""
+    cinder_policy.init()
+    enforcer = cinder_policy.get_enforcer()
+    missing = [rule for rule in RULES if rule.name not in enforcer.registered_rules]
+    if missing:
+        enforcer.register_defaults(missing)
+        enforcer.load_rules(force_reload=True)
+
+
+def _body(body: dict[str, Any], action: str) -> dict[str, Any]:
+    value = body.get(f"os-async_migration_{action}")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise webob.exc.HTTPBadRequest(explanation=f"os-async_migration_{action} takes an object")
+    return value
+
+
+def _host(args: dict[str, Any]) -> str:
+    host = args.get("host")
+    if not isinstance(host, str) or "@" not in host or "#" not in host:
+        raise webob.exc.HTTPBadRequest(explanation="'host' must be a pool like host@backend#pool")
+    return host
+
+
+class AsyncMigrationController(wsgi.Controller):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        register_policies()
+
+    # ---- helpers -------------------------------------------------------------------
+    @staticmethod
+    def _volume(context: Any, volume_id: str) -> Any:
+        try:
+            return objects.Volume.get_by_id(context, volume_id)
+        except exception.VolumeNotFound as exc:
+            raise webob.exc.HTTPNotFound(explanation=exc.msg) from exc
+
+    @staticmethod
+    def _service(context: Any, host: str) -> Any:
+        """The enabled, up volume service of ``host``'s backend, and the pool must be one it reports."""
+        backend = volume_utils.extract_host(host, "backend")
+        try:
+            service = objects.Service.get_by_id(
+                context.elevated(),
+                None,
+                is_up=True,
+                topic=constants.VOLUME_TOPIC,
+                host=backend,
+                disabled=False,
+                backend_match_level="backend",
+            )
+        except exception.ServiceNotFound:
+            raise webob.exc.HTTPBadRequest(
+                explanation=f"no enabled volume service is up for {backend} (destination {host})"
+            ) from None
+        return service
+
+    @staticmethod
+    def _refusal(volume: Any, wanted: str) -> str:
+        """Why a conditional update did not match: the volume's current state, said plainly."""
+        volume.refresh()
+        return (
+            f"volume {volume.id} cannot go to {wanted}: status {volume.status}, "
+            f"migration_status {volume.migration_status}, host {volume.host}"
+        )
+
+    # ---- actions -----------------------------------------------------------------
+    @wsgi.action("os-async_migration_begin")
+    def _begin(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("begin"))
+        host = _host(_body(body, "begin"))
+        volume = self._volume(context, id)
+        self._service(context, host)
+        if volume_utils.extract_host(volume.host, "pool") and volume.host == host:
+            raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is already on {host}")
+        reasons = []
+        if volume.status != "available":
+            reasons.append(f"status is {volume.status}, not available")
+        if volume.migration_status not in NOT_MIGRATING:
+            reasons.append(f"it is already migrating (migration_status {volume.migration_status})")
+        if volume.group_id or volume.consistencygroup_id:
+            reasons.append("it is part of a group")
+        if objects.SnapshotList.get_all_for_volume(context, volume.id):
+            reasons.append("it has snapshots")
+        if reasons:
+            raise webob.exc.HTTPBadRequest(explanation=f"volume {id} cannot be migrated: {'; '.join(reasons)}")
+        expected = {
+            "status": "available",
+            "migration_status": NOT_MIGRATING,
+            "consistencygroup_id": (None, ""),
+            "group_id": (None, ""),
+            "replication_status": (None, fields.ReplicationStatus.DISABLED, fields.ReplicationStatus.NOT_CAPABLE),
+        }
+        updates = {"status": "maintenance", "migration_status": "starting", "previous_status": "available"}
+        if not volume.conditional_update(updates, expected, [~db.volume_has_snapshots_filter()]):
+            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "starting"))
+        db.volume_admin_metadata_update(context.elevated(), volume.id, {DEST_KEY: host}, False)
+        if ERROR_KEY in (volume.metadata or {}):  # an earlier failure's reason no longer applies
+            db.volume_metadata_delete(context, volume.id, ERROR_KEY)
+        LOG.info("async migration of volume %s to %s begins", volume.id, host)
+        return webob.Response(status_int=202)
+
+    def _dest_updates(self, context: Any, volume: Any, host: str, args: dict[str, Any]) -> dict[str, Any]:
+        dest = volume.admin_metadata.get(DEST_KEY)
+        if dest and dest != host:
+            raise webob.exc.HTTPBadRequest(explanation=f"volume {volume.id} is migrating to {dest}, not {host}")
+        service = self._service(context, host)
+        updates = {
+            "host": host,
+            "cluster_name": service.cluster_name,
+            "service_uuid": service.uuid,
+            "availability_zone": service.availability_zone,
+        }
+        if args.get("provider_location") is not None:
+            updates["provider_location"] = str(args["provider_location"])
+        return updates
+
+    @wsgi.action("os-async_migration_attachable")
+    def _attachable(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("attachable"))
+        args = _body(body, "attachable")
+        host = _host(args)
+        volume = self._volume(context, id)
+        updates = self._dest_updates(context, volume, host, args)
+        updates.update(migration_status=MIGRATING_ATTACHABLE, status="available")
+        expected = {"migration_status": "starting", "status": "maintenance"}
+        if not volume.conditional_update(updates, expected):
+            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, MIGRATING_ATTACHABLE))
+        LOG.info("volume %s is served by %s and attachable while its data is copied", volume.id, host)
+        return webob.Response(status_int=202)
+
+    @wsgi.action("os-async_migration_finish")
+    def _finish(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("finish"))
+        args = _body(body, "finish")
+        volume = self._volume(context, id)
+        if volume.migration_status == MIGRATING_ATTACHABLE:
+            updates: dict[str, Any] = {"migration_status": "success"}
+            if args.get("host") is not None and _host(args) != volume.host:
+                raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is on {volume.host}, not {args['host']}")
+            expected: dict[str, Any] = {"migration_status": MIGRATING_ATTACHABLE}
+        else:  # a synchronous path (source driver, host copy) ends here straight from starting
+            host = _host(args)
+            updates = self._dest_updates(context, volume, host, args)
+            updates.update(migration_status="success", status="available")
+            expected = {"migration_status": "starting", "status": "maintenance"}
+        if not volume.conditional_update(updates, expected):
+            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "success"))
+        db.volume_admin_metadata_delete(context.elevated(), volume.id, DEST_KEY)
+        LOG.info("async migration of volume %s finished on %s", volume.id, volume.host)
+        return webob.Response(status_int=202)
+
+    @wsgi.action("os-async_migration_fail")
+    def _fail(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("fail"))
+        reason = _body(body, "fail").get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise webob.exc.HTTPBadRequest(explanation="'reason' must say what went wrong")
+        volume = self._volume(context, id)
+        updates = {"migration_status": "error", "status": "available"}
+        if not volume.conditional_update(updates, {"migration_status": "starting", "status": "maintenance"}):
+            raise webob.exc.HTTPConflict(
+                explanation=self._refusal(volume, "error")
+                + " (only a migration that is not attachable yet can fail; an attachable one is retried)"
+            )
+        db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
+        db.volume_admin_metadata_delete(context.elevated(), volume.id, DEST_KEY)
+        LOG.warning("async migration of volume %s failed: %s", volume.id, reason)
+        return webob.Response(status_int=202)
+
+    # ---- Cinder's own actions during a migration -------------------------------------
+    @wsgi.extends(action="os-extend")
+    def _extend(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        volume = self._volume(req.environ["cinder.context"], id)
+        if volume.migration_status == MIGRATING_ATTACHABLE:
+            raise webob.exc.HTTPConflict(
+                explanation=f"volume {id} is still being copied to {volume.host}; extend it after the migration"
+            )
+        yield
+
+
+class AttachmentsDuringMigrationController(wsgi.Controller):
+    """Put a volume back to ``available`` when its last attachment goes during ``migrating_attachable``."""
+
+    @wsgi.extends
+    def delete(self, req: Any, id: str) -> Any:
+        context = req.environ["cinder.context"]
+        try:
+            volume_id = objects.VolumeAttachment.get_by_id(context, id).volume_id
+        except exception.VolumeAttachmentNotFound:
+            volume_id = None
+        yield
+        if volume_id is None:
+            return
+        volume = objects.Volume.get_by_id(context.elevated(), volume_id)
+        if volume.migration_status != MIGRATING_ATTACHABLE:
+            return
+        fixed = volume.conditional_update(
+            {"status": "available", "attach_status": fields.VolumeAttachStatus.DETACHED},
+            {"migration_status": MIGRATING_ATTACHABLE, "status": ("in-use", "detaching", "attaching", "reserved")},
+            [~db.volume_has_attachments_filter()],
+        )
+        if fixed:
+            LOG.info("volume %s detached during its migration: back to available", volume_id)
+
+
+class Async_migration(extensions.ExtensionDescriptor):
+    """Async volume migration between backends: begin, attachable, finish and fail transitions."""
+
+    name = "AsyncMigration"
+    alias = "os-async-migration"
+    updated = "2026-11-27T00:00:00+00:00"
+
+    def get_controller_extensions(self) -> list[Any]:
+        return [
+            extensions.ControllerExtension(self, "volumes", AsyncMigrationController()),
+            extensions.ControllerExtension(self, "attachments", AttachmentsDuringMigrationController()),
+        ]

@@ -1,0 +1,231 @@
+"""Cinder 29 in the lab: configuration, database, and the api, scheduler and volume services.
+
+``CinderLab(root, lab, services)`` writes ``root/cinder.conf`` with one
+backend per lab array (``include.cinder_plugin.drivers``), syncs the
+database and starts ``cinder-api``, ``cinder-scheduler`` and
+``cinder-volume`` from the project's Cinder virtualenv (``.venv-cinder``),
+each in its own session, stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from include.backends.errors import BackendError
+from include.lab.lab import HOST, PROJECT_ROOT, Lab
+from include.lab.procutil import pid_alive, stop_pid, wait_until
+
+CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
+SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
+CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
+EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
+EXTENSION_ALIAS = "os-async-migration"
+
+
+class CinderLab:
+    def __init__(self, root: Path, lab: Lab, services: Any) -> None:
+        self.root = Path(root)
+        self.lab = lab
+        self.services = services
+        self.conf_path = self.root / "cinder.conf"
+
+    # ---- configuration -------------------------------------------------------------
+    def bin(self, name: str) -> str:
+        return str(CINDER_VENV / "bin" / name)
+
+    def configure(self) -> None:
+        """(Re)write cinder.conf and the arrays' token files from the lab's current state."""
+        for sub in ("state", "locks", "log", "tokens"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root / "tokens", 0o700)
+        arrays = self.lab.names()
+        cinder = self.services.credentials("cinder")
+        privsep = f"{self.bin('privsep-helper')} --config-file {self.conf_path}"
+        lines = [
+            "[DEFAULT]",
+            f"host = {CINDER_HOST}",
+            f"state_path = {self.root / 'state'}",
+            f"log_dir = {self.root / 'log'}",
+            f"transport_url = {self.services.transport_url()}",
+            "auth_strategy = keystone",
+            f"enabled_backends = {','.join(arrays)}",
+            f"osapi_volume_listen = {HOST}",
+            f"osapi_volume_listen_port = {self.services.cinder_api_port}",
+            "osapi_volume_workers = 1",
+            *(f"osapi_volume_extension = {ext}" for ext in EXTENSIONS),
+            f"rootwrap_config = {CINDER_VENV / 'etc' / 'cinder' / 'rootwrap.conf'}",
+            f"api_paste_config = {CINDER_VENV / 'etc' / 'cinder' / 'api-paste.ini'}",
+            "report_interval = 5",
+            "service_down_time = 30",
+            "",
+            "[database]",
+            f"connection = {self.services.database_url('cinder')}",
+            "",
+            "[keystone_authtoken]",
+            f"www_authenticate_uri = {cinder['auth_url']}",
+            f"auth_url = {cinder['auth_url']}",
+            "auth_type = password",
+            f"username = {cinder['username']}",
+            f"password = {cinder['password']}",
+            f"project_name = {cinder['project_name']}",
+            f"user_domain_name = {cinder['user_domain_name']}",
+            f"project_domain_name = {cinder['project_domain_name']}",
+            "",
+            "[oslo_concurrency]",
+            f"lock_path = {self.root / 'locks'}",
+            "",
+            "[privsep_osbrick]",
+            f"helper_command = {privsep}",
+            "",
+            "[cinder_sys_admin]",
+            f"helper_command = {privsep}",
+        ]
+        for name in arrays:
+            config = self.lab.config(name)
+            token_file = self.root / "tokens" / name
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(config.token)
+            driver = "ReferenceArrayDriver" if config.kind == "reference" else "PlainArrayDriver"
+            lines += [
+                "",
+                f"[{name}]",
+                f"volume_driver = include.cinder_plugin.drivers.{driver}",
+                f"volume_backend_name = {name}",
+                f"backend_availability_zone = {name}",
+                f"lab_array_name = {name}",
+                f"lab_array_url = {config.url}",
+                f"lab_array_token_file = {token_file}",
+            ]
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+    def manage(self, *args: str, timeout: float = 300) -> str:
+        run = subprocess.run(
+            [self.bin("cinder-manage"), "--config-file", str(self.conf_path), *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+        )
+        if run.returncode:
+            raise BackendError(f"cinder-manage {' '.join(args)} failed: {run.stderr.strip()[-2000:]}")
+        return run.stdout
+
+    # ---- processes --------------------------------------------------------------
+    def pid_path(self, service: str) -> Path:
+        return self.root / f"{service}.pid"
+
+    def pid(self, service: str) -> int | None:
+        try:
+            pid = int(self.pid_path(service).read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def start(self, service: str) -> int:
+        pid = self.pid(service)
+        if pid is not None:
+            return pid
+        with open(self.root / "log" / f"{service}.out", "ab") as out:
+            proc = subprocess.Popen(
+                [self.bin(service), "--config-file", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env(),
+            )
+        self.pid_path(service).write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, service: str) -> bool:
+        pid = self.pid(service)
+        if pid is None:
+            return True
+        ok = stop_pid(pid, timeout=20)
+        try:  # cinder-volume forks one child per backend into its session: make sure none is left
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if ok:
+            self.pid_path(service).unlink(missing_ok=True)
+        return ok
+
+    def up(self, timeout: float = 120.0) -> dict[str, int]:
+        self.configure()
+        self.manage("db", "sync")
+        pids = {service: self.start(service) for service in SERVICES}
+        expected = {f"{CINDER_HOST}@{name}" for name in self.lab.names()}
+        last: dict[str, Any] = {}
+
+        def ready() -> bool:
+            for service, pid in pids.items():
+                if not pid_alive(pid):
+                    raise BackendError(f"{service} exited at start; see {self.root / 'log'}")
+            last.update(self.service_states())
+            return all(last.get(("cinder-volume", host)) for host in expected) and bool(
+                last.get(("cinder-scheduler", CINDER_HOST))
+            )
+
+        if not wait_until(ready, timeout, 1.0):
+            raise BackendError(f"Cinder services not up within {timeout:.0f} s: {last}; see {self.root / 'log'}")
+        self.check_extension()
+        return pids
+
+    def check_extension(self, timeout: float = 60.0) -> None:
+        """Fail loudly if the async-migration extension did not load (Cinder only logs a warning)."""
+        token, body = self.services.token("admin")
+        url = f"http://{HOST}:{self.services.cinder_api_port}/v3/{body['project']['id']}/extensions"
+        aliases: set[str] = set()
+
+        def listed() -> bool:
+            request = urllib.request.Request(url, headers={"X-Auth-Token": token})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    aliases.update(e["alias"] for e in json.load(resp)["extensions"])
+            except OSError:  # the API is still starting
+                return False
+            return True
+
+        if not wait_until(listed, timeout, 1.0):
+            raise BackendError(f"cinder-api did not answer {url} within {timeout:.0f} s; see {self.root / 'log'}")
+        if EXTENSION_ALIAS not in aliases:
+            raise BackendError(
+                f"Cinder did not load the {EXTENSION_ALIAS} extension; see {self.root / 'log' / 'cinder-api.log'}"
+            )
+
+    def down(self) -> dict[str, bool]:
+        return {service: self.stop(service) for service in reversed(SERVICES)}
+
+    def status(self) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = [{"service": service, "pid": self.pid(service)} for service in SERVICES]
+        if self.conf_path.exists() and self.pid("cinder-api"):
+            try:
+                rows += [
+                    {"service": binary, "host": host, "up": up} for (binary, host), up in self.service_states().items()
+                ]
+            except BackendError as exc:
+                rows.append({"error": str(exc)})
+        return rows
+
+    def service_states(self) -> dict[tuple[str, str], bool]:
+        """(binary, host) -> up, from ``cinder-manage service list``."""
+        states = {}
+        for line in self.manage("service", "list", timeout=60).splitlines()[1:]:
+            fields = re.split(r"\s+", line.strip())
+            if len(fields) >= 5:
+                binary, host, state = fields[0], fields[1], fields[4]
+                states[(binary, host)] = state == ":-)"
+        return states

@@ -1,0 +1,336 @@
+"""Real Cinder 29 with the lab drivers and the async-migration extension, through Keystone.
+
+The hook (plugins/hooks/cinder.py) is the client: the same code the DAG uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from include.backends.base import GiB, MiB, MigrationState, Volume
+from include.backends.errors import BackendError
+from include.lab import verify
+from include.lab.cinder import CINDER_HOST, CINDER_VENV, CinderLab
+from include.lab.procutil import pid_alive, wait_until
+from plugins.hooks.cinder import CinderError, CinderHook
+
+pytestmark = pytest.mark.integration
+
+CONNECTOR = {"host": "testhost", "ip": "127.0.0.1", "initiator": "iqn.test", "multipath": False, "platform": "x86_64"}
+
+
+def hook_for(services, user):
+    creds = services.credentials(user)
+    conn_id = f"cinder_{user}"
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
+        {
+            "conn_type": "openstack_cinder",
+            "host": creds["auth_url"],
+            "login": creds["username"],
+            "password": creds["password"],
+            "extra": {
+                "project_name": creds["project_name"],
+                "user_domain_name": creds["user_domain_name"],
+                "project_domain_name": creds["project_domain_name"],
+            },
+        }
+    )
+    return CinderHook(conn_id, retry_attempts=6, retry_seconds=60)
+
+
+@pytest.fixture(scope="session")
+def cinder(lab, services, tmp_path_factory):
+    cinder = CinderLab(tmp_path_factory.mktemp("cinder"), lab, services)
+    started = time.monotonic()
+    cinder.up()
+    print(f"cinder up in {time.monotonic() - started:.1f} s")
+    try:
+        yield cinder
+    finally:
+        assert all(cinder.down().values())
+
+
+@pytest.fixture(scope="session")
+def admin(cinder, services):
+    return hook_for(services, "admin")
+
+
+@pytest.fixture(scope="session")
+def member(cinder, services):
+    return hook_for(services, "member")
+
+
+def wait_status(hook, volume_id, status, timeout=60):
+    volume = {}
+
+    def reached():
+        volume.update(hook.get_volume(volume_id))
+        if volume["status"] == "error":
+            raise AssertionError(f"volume {volume_id} went to error")
+        return volume["status"] == status
+
+    assert wait_until(reached, timeout, 0.5), f"volume {volume_id} is {volume.get('status')}, not {status}"
+    return volume
+
+
+@pytest.fixture
+def volume(admin):
+    """A 1 GiB volume on alpha (chosen by availability zone), deleted afterwards."""
+    made = []
+
+    def make(az="alpha", size=1):
+        body = {"volume": {"size": size, "availability_zone": az, "name": f"test-{uuid.uuid4().hex[:8]}"}}
+        vol = admin.request("POST", "/volumes", body)["volume"]
+        made.append(vol["id"])
+        return wait_status(admin, vol["id"], "available")
+
+    yield make
+    for volume_id in made:
+        try:
+            admin.request("DELETE", f"/volumes/{volume_id}")
+        except CinderError:
+            pass
+
+
+def lun_of(lab, vol):
+    array = vol["os-vol-host-attr:host"].split("@")[1].split("#")[0]
+    return array, lab.backend(array).get_lun(f"volume-{vol['id']}")
+
+
+def test_create_extend_delete_on_each_array(lab, admin, volume):
+    for az in ("alpha", "beta", "gamma"):
+        vol = volume(az)
+        host = vol["os-vol-host-attr:host"]
+        assert host.startswith(f"{CINDER_HOST}@{az}#pool")
+        array, lun = lun_of(lab, vol)
+        assert (array, lun["size"], lun["pool"]) == (az, GiB, host.split("#")[1])
+        admin.action(vol["id"], "os-extend", {"new_size": 2})
+        wait_status(admin, vol["id"], "available")
+        assert wait_until(lambda a=array, v=vol: lab.backend(a).get_lun(f"volume-{v['id']}")["size"] == 2 * GiB, 30)
+        admin.request("DELETE", f"/volumes/{vol['id']}")
+        assert wait_until(lambda a=array, v=vol: all(
+            lun["name"] != f"volume-{v['id']}" for lun in lab.backend(a).list_luns()), 60)  # fmt: skip
+
+
+def test_pools_and_capabilities_reach_the_scheduler(admin):
+    pools = admin.request("GET", "/scheduler-stats/get_pools?detail=true")["pools"]
+    names = {p["name"] for p in pools}
+    assert {f"{CINDER_HOST}@alpha#pool1", f"{CINDER_HOST}@alpha#pool2", f"{CINDER_HOST}@gamma#pool1"} <= names
+    alpha1 = next(p for p in pools if p["name"] == f"{CINDER_HOST}@alpha#pool1")["capabilities"]
+    assert alpha1["storage_protocol"] == "nbd" and alpha1["lab_takeover"] is True
+    assert alpha1["total_capacity_gb"] == 40
+
+
+def test_attachment_gives_nbd_connection_info_that_works(lab, admin, volume):
+    vol = volume("gamma")
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vol["id"], "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    assert info["driver_volume_type"] == "nbd"
+    handle = verify.connect(info["uri"])
+    handle.pwrite(b"cinder!" * 512, MiB)
+    handle.flush()
+    assert handle.pread(7, MiB) == b"cinder!"
+    handle.shutdown()
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    assert wait_status(admin, vol["id"], "in-use")["status"] == "in-use"
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vol["id"], "available")
+    assert lab.backend("gamma").get_lun(f"volume-{vol['id']}")["exported"] is False
+
+
+def test_cinder_pool_move_uses_the_driver(lab, admin, volume):
+    vol = volume("alpha")
+    src_pool = vol["os-vol-host-attr:host"].split("#")[1]
+    dest = f"{CINDER_HOST}@alpha#{'pool2' if src_pool == 'pool1' else 'pool1'}"
+    admin.action(vol["id"], "os-migrate_volume", {"host": dest, "force_host_copy": False, "lock_volume": True})
+
+    def moved():
+        v = admin.get_volume(vol["id"])
+        return v["os-vol-host-attr:host"] == dest and v["os-vol-mig-status-attr:migstat"] == "success"
+
+    assert wait_until(moved, 120, 1.0)
+    assert lun_of(lab, admin.get_volume(vol["id"]))[1]["pool"] == dest.split("#")[1]
+
+
+def cinder_cli(services, user, *args):
+    """The real cinder CLI with password auth through Keystone."""
+    creds = services.credentials(user)
+    env = dict(
+        os.environ,
+        OS_AUTH_URL=creds["auth_url"],
+        OS_USERNAME=creds["username"],
+        OS_PASSWORD=creds["password"],
+        OS_PROJECT_NAME=creds["project_name"],
+        OS_USER_DOMAIN_NAME=creds["user_domain_name"],
+        OS_PROJECT_DOMAIN_NAME=creds["project_domain_name"],
+        OS_IDENTITY_API_VERSION="3",
+        OS_VOLUME_API_VERSION="3.71",
+    )
+    run = subprocess.run([str(CINDER_VENV / "bin" / "cinder"), *args], capture_output=True, text=True, env=env)
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_async_migration_transitions(lab, admin, member, services, volume):
+    vol = volume("gamma")
+    vid, src = vol["id"], vol["os-vol-host-attr:host"]
+    dest = f"{CINDER_HOST}@alpha#pool1"
+    # refused before begin: nothing is migrating
+    for action, args in (
+        ("os-async_migration_attachable", {"host": dest}),
+        ("os-async_migration_finish", {}),
+        ("os-async_migration_fail", {"reason": "x"}),
+    ):
+        with pytest.raises(CinderError) as err:
+            admin.action(vid, action, args)
+        assert err.value.status in (400, 409), err.value
+    with pytest.raises(CinderError, match="already on"):
+        admin.begin_migration(vid, src)
+    with pytest.raises(CinderError, match="no enabled volume service"):
+        admin.begin_migration(vid, f"{CINDER_HOST}@nowhere#pool1")
+    with pytest.raises(CinderError, match="host@backend#pool"):
+        admin.action(vid, "os-async_migration_begin", {"host": "lab"})
+    # a member is refused every action
+    for action, args in (
+        ("os-async_migration_begin", {"host": dest}),
+        ("os-async_migration_attachable", {"host": dest}),
+        ("os-async_migration_finish", {}),
+        ("os-async_migration_fail", {"reason": "x"}),
+    ):
+        with pytest.raises(CinderError) as err:
+            member.action(vid, action, args)
+        assert err.value.status in (403, 404), err.value
+    assert admin.get_volume(vid)["os-vol-mig-status-attr:migstat"] in (None, "success", "error")
+
+    admin.begin_migration(vid, dest)
+    v = admin.get_volume(vid)
+    assert (v["status"], v["os-vol-mig-status-attr:migstat"]) == ("maintenance", "starting")
+    with pytest.raises(CinderError, match="already migrating|cannot be migrated"):
+        admin.begin_migration(vid, dest)
+    with pytest.raises(CinderError, match="migrating to"):
+        admin.mark_attachable(vid, f"{CINDER_HOST}@beta#pool1")
+
+    admin.mark_attachable(vid, dest, provider_location="nbd://example/x")
+    v = admin.get_volume(vid)
+    assert (v["status"], v["os-vol-mig-status-attr:migstat"], v["os-vol-host-attr:host"]) == (
+        "available", "migrating_attachable", dest)  # fmt: skip
+    assert v["availability_zone"] == "alpha"
+    with pytest.raises(CinderError, match="only a migration that is not attachable"):
+        admin.fail_migration(vid, "too late")
+    code, out = cinder_cli(services, "admin", "show", vid)
+    assert code == 0, out
+    assert "migrating_attachable" in out and dest in out
+    # Cinder's own actions are refused meanwhile
+    for call in (
+        lambda: admin.request("DELETE", f"/volumes/{vid}"),
+        lambda: admin.request("POST", "/snapshots", {"snapshot": {"volume_id": vid, "force": True}}),
+        lambda: admin.action(vid, "os-retype", {"new_type": "__DEFAULT__", "migration_policy": "on-demand"}),
+        lambda: admin.action(vid, "os-migrate_volume", {"host": f"{CINDER_HOST}@beta#pool1"}),
+        lambda: admin.action(vid, "os-extend", {"new_size": 2}),
+    ):
+        with pytest.raises(CinderError) as err:
+            call()
+        assert err.value.status in (400, 409), err.value
+
+    admin.finish_migration(vid)
+    v = admin.get_volume(vid)
+    assert (v["status"], v["os-vol-mig-status-attr:migstat"], v["os-vol-host-attr:host"]) == (
+        "available", "success", dest)  # fmt: skip
+    with pytest.raises(CinderError):
+        admin.finish_migration(vid)
+
+
+def test_fail_before_attachable_keeps_host_and_says_why(admin, volume):
+    vol = volume("beta")
+    vid, src = vol["id"], vol["os-vol-host-attr:host"]
+    admin.begin_migration(vid, f"{CINDER_HOST}@alpha#pool2")
+    admin.fail_migration(vid, "array alpha unreachable: connection refused")
+    v = admin.get_volume(vid)
+    assert (v["status"], v["os-vol-mig-status-attr:migstat"], v["os-vol-host-attr:host"]) == ("available", "error", src)
+    assert v["metadata"]["async_migration_error"] == "array alpha unreachable: connection refused"
+    # it can be migrated again afterwards
+    admin.begin_migration(vid, f"{CINDER_HOST}@alpha#pool2")
+    assert "async_migration_error" not in admin.get_volume(vid)["metadata"]
+    admin.fail_migration(vid, "test cleanup")
+
+
+def test_attach_during_takeover_is_served_by_the_target(lab, admin, volume):
+    """The blueprint end to end by hand: takeover, attachable, attach/detach during the copy, finish."""
+    vol = volume("gamma")
+    vid = vol["id"]
+    name, dest = f"volume-{vid}", f"{CINDER_HOST}@alpha#pool1"
+    gamma, alpha = lab.backend("gamma"), lab.backend("alpha")
+    admin.begin_migration(vid, dest)
+    lun = Volume(name, GiB)
+    moved, is_async, update = alpha.migrate_volume_target(lun, gamma, pool="pool1", speed_bps=32 * MiB)
+    assert (moved, is_async) == (True, True)
+    admin.mark_attachable(vid, dest, provider_location=update["provider_location"])
+
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    assert info["port"] == lab.config("alpha").nbd_port  # served by the target's cinder-volume
+    handle = verify.connect(info["uri"])
+    handle.pwrite(b"during the copy" * 64, 512 * MiB)
+    handle.flush()
+    assert alpha.complete_migration_target(lun).state is MigrationState.COPYING
+    handle.shutdown()
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    assert wait_status(admin, vid, "in-use")["os-vol-mig-status-attr:migstat"] == "migrating_attachable"
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    v = wait_status(admin, vid, "available")  # Cinder alone would leave it in-use
+    assert v["os-vol-mig-status-attr:migstat"] == "migrating_attachable"
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vid, "available")
+
+    alpha.set_migration_speed(lun, 0)
+    assert wait_until(lambda: alpha.complete_migration_target(lun).state is MigrationState.DONE, 120, 0.5)
+    gamma.release_takeover(name)
+    gamma.delete_lun(name)
+    admin.finish_migration(vid)
+    v = admin.get_volume(vid)
+    assert (v["os-vol-mig-status-attr:migstat"], v["os-vol-host-attr:host"]) == ("success", dest)
+    handle = verify.connect(alpha.export_lun(name).uri)
+    assert handle.pread(15 * 64, 512 * MiB) == b"during the copy" * 64
+    handle.shutdown()
+    alpha.unexport_lun(name)
+    # the extend refused during the copy works now, on the new array
+    admin.action(vid, "os-extend", {"new_size": 2})
+    wait_status(admin, vid, "available")
+    assert wait_until(lambda: alpha.get_lun(name)["size"] == 2 * GiB, 30)
+
+
+def test_extension_check_fails_loudly_when_the_alias_is_missing(cinder, monkeypatch):
+    cinder.check_extension()  # loaded: passes
+    monkeypatch.setattr("include.lab.cinder.EXTENSION_ALIAS", "os-not-loaded")
+    with pytest.raises(BackendError, match="did not load the os-not-loaded extension"):
+        cinder.check_extension()
+
+
+def test_hook_rides_through_a_cinder_api_restart_and_raises_4xx_at_once(cinder, admin, volume, caplog):
+    vol = volume("alpha")
+    caplog.set_level(logging.WARNING, logger="plugins.hooks.cinder")
+    with pytest.raises(CinderError) as err:
+        admin.get_volume(str(uuid.uuid4()))
+    assert err.value.status == 404 and "retrying" not in caplog.text
+
+    pid = cinder.pid("cinder-api")
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(pid), 10)
+    restarter = threading.Timer(3.0, cinder.start, args=("cinder-api",))
+    restarter.start()
+    try:
+        started = time.monotonic()
+        assert admin.get_volume(vol["id"])["id"] == vol["id"]  # refused, then answered after the restart
+        print(f"get_volume rode through the restart in {time.monotonic() - started:.1f} s")
+        assert "retrying" in caplog.text
+    finally:
+        restarter.join()
