@@ -64,6 +64,10 @@ class CinderLab:
             f"api_paste_config = {CINDER_VENV / 'etc' / 'cinder' / 'api-paste.ini'}",
             "report_interval = 5",
             "service_down_time = 30",
+            # pool stats (read from the arrays, so they follow a takeover) reach the scheduler within seconds
+            "periodic_interval = 5",
+            "periodic_fuzzy_delay = 0",
+            "backend_stats_polling_interval = 5",
             "",
             "[database]",
             f"connection = {self.services.database_url('cinder')}",

@@ -101,6 +101,11 @@ def volume(admin):
             pass
 
 
+def provisioned_gb(hook):
+    pools = hook.request("GET", "/scheduler-stats/get_pools?detail=true")["pools"]
+    return {p["name"]: p["capabilities"]["provisioned_capacity_gb"] for p in pools}
+
+
 def lun_of(lab, vol):
     array = vol["os-vol-host-attr:host"].split("@")[1].split("#")[0]
     return array, lab.backend(array).get_lun(f"volume-{vol['id']}")
@@ -268,6 +273,9 @@ def test_attach_during_takeover_is_served_by_the_target(lab, admin, volume):
     vid = vol["id"]
     name, dest = f"volume-{vid}", f"{CINDER_HOST}@alpha#pool1"
     gamma, alpha = lab.backend("gamma"), lab.backend("alpha")
+    src = f"{CINDER_HOST}@gamma#pool1"
+    assert wait_until(lambda: provisioned_gb(admin)[src] >= 1, 40, 1.0)  # the new volume shows on gamma
+    before = provisioned_gb(admin)
     admin.begin_migration(vid, dest)
     lun = Volume(name, GiB)
     moved, is_async, update = alpha.migrate_volume_target(lun, gamma, pool="pool1", speed_bps=32 * MiB)
@@ -298,6 +306,12 @@ def test_attach_during_takeover_is_served_by_the_target(lab, admin, volume):
     admin.finish_migration(vid)
     v = admin.get_volume(vid)
     assert (v["os-vol-mig-status-attr:migstat"], v["os-vol-host-attr:host"]) == ("success", dest)
+    # the scheduler sees the space move with the volume (the arrays report it)
+    assert wait_until(
+        lambda: (lambda now: (now[dest], now[src]) == (before[dest] + 1, before[src] - 1))(provisioned_gb(admin)),
+        40,
+        1.0,
+    ), (before, provisioned_gb(admin))
     handle = verify.connect(alpha.export_lun(name).uri)
     assert handle.pread(15 * 64, 512 * MiB) == b"during the copy" * 64
     handle.shutdown()
