@@ -106,6 +106,13 @@ class LabArrayDriver(driver.VolumeDriver):
     def extend_volume(self, volume: Any, new_size: int) -> None:
         self._call("extend the LUN", self._array.extend_lun, volume.name, new_size * GiB)
 
+    # the lab arrays have no snapshots: creating one fails clearly, so none ever exists to delete
+    def create_snapshot(self, snapshot: Any) -> None:
+        raise exception.VolumeBackendAPIException(data=f"array {self._array.name} does not support snapshots")
+
+    def delete_snapshot(self, snapshot: Any) -> None:
+        LOG.info("snapshot %s was never created on array %s: nothing to delete", snapshot.id, self._array.name)
+
     # exports are made per connection, in initialize_connection
     def create_export(self, context: Any, volume: Any, connector: Any) -> None:
         return None

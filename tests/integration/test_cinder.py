@@ -348,3 +348,35 @@ def test_hook_rides_through_a_cinder_api_restart_and_raises_4xx_at_once(cinder, 
         assert "retrying" in caplog.text
     finally:
         restarter.join()
+
+
+def test_begin_refuses_in_use_error_and_snapshotted_volumes(admin, volume):
+    dest = f"{CINDER_HOST}@alpha#pool2"
+    in_use = volume("gamma")
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": in_use["id"], "connector": CONNECTOR}})
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, in_use["id"], "in-use")
+    with pytest.raises(CinderError, match="status is in-use, not available") as err:
+        admin.begin_migration(in_use["id"], dest)
+    assert err.value.status == 400
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, in_use["id"], "available")
+
+    broken = volume("gamma")
+    admin.action(broken["id"], "os-reset_status", {"status": "error"})
+    with pytest.raises(CinderError, match="status is error, not available"):
+        admin.begin_migration(broken["id"], dest)
+    admin.action(broken["id"], "os-reset_status", {"status": "available"})
+
+    snapped = volume("gamma")
+    snap = admin.request("POST", "/snapshots", {"snapshot": {"volume_id": snapped["id"]}})["snapshot"]
+    with pytest.raises(CinderError, match="it has snapshots"):
+        admin.begin_migration(snapped["id"], dest)
+    for v in (in_use, broken, snapped):  # none of them changed
+        now = admin.get_volume(v["id"])
+        assert now["os-vol-mig-status-attr:migstat"] in (None, "success", "error")
+        assert now["os-vol-host-attr:host"] == v["os-vol-host-attr:host"]
+    assert wait_until(lambda: admin.request("GET", f"/snapshots/{snap['id']}")["snapshot"]["status"] != "creating", 30)
+    admin.request("DELETE", f"/snapshots/{snap['id']}")
+    assert wait_until(lambda: not any(
+        s["id"] == snap["id"] for s in admin.request("GET", "/snapshots")["snapshots"]), 30)  # fmt: skip
