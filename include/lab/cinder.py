@@ -20,7 +20,7 @@ from typing import Any
 
 from include.backends.errors import BackendError
 from include.lab.lab import HOST, PROJECT_ROOT, Lab
-from include.lab.procutil import pid_alive, stop_pid, wait_until
+from include.lab.procutil import pid_alive, read_pid, stop_pid, wait_until, write_private
 
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
@@ -94,9 +94,7 @@ class CinderLab:
         for name in arrays:
             config = self.lab.config(name)
             token_file = self.root / "tokens" / name
-            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(config.token)
+            write_private(token_file, config.token)
             driver = "ReferenceArrayDriver" if config.kind == "reference" else "PlainArrayDriver"
             lines += [
                 "",
@@ -108,9 +106,7 @@ class CinderLab:
                 f"lab_array_url = {config.url}",
                 f"lab_array_token_file = {token_file}",
             ]
-        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        write_private(self.conf_path, "\n".join(lines) + "\n")
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
@@ -132,11 +128,7 @@ class CinderLab:
         return self.root / f"{service}.pid"
 
     def pid(self, service: str) -> int | None:
-        try:
-            pid = int(self.pid_path(service).read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return read_pid(self.pid_path(service))
 
     def start(self, service: str) -> int:
         pid = self.pid(service)

@@ -25,7 +25,7 @@ from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, Refer
 from include.backends.base import GiB
 from include.backends.errors import BackendError
 from include.lab.array_core import ArrayConfig
-from include.lab.procutil import pid_alive, stop_pid, wait_until
+from include.lab.procutil import pid_alive, read_pid, stop_pid, wait_until, write_private
 
 if TYPE_CHECKING:
     from include.lab.services import Services
@@ -106,20 +106,14 @@ class Lab:
                 pools=spec.pools,
                 **overrides,
             )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(config.to_json(), f, indent=1)
+            write_private(path, json.dumps(config.to_json(), indent=1))
 
     # ---- processes ------------------------------------------------------------
     def pid_path(self, name: str) -> Path:
         return self.array_dir(name) / "arrayd.pid"
 
     def pid(self, name: str) -> int | None:
-        try:
-            pid = int(self.pid_path(name).read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return read_pid(self.pid_path(name))
 
     def start(self, name: str, timeout: float = 30.0) -> int:
         """Start one array daemon (if not running) and wait for its API."""

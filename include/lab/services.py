@@ -37,7 +37,7 @@ from pathlib import Path
 
 from include.backends.errors import BackendError
 from include.lab.lab import HOST, PROJECT_ROOT, free_port
-from include.lab.procutil import pid_alive, process_tree, stop_pid, tree_rss_kib, wait_until
+from include.lab.procutil import pid_alive, process_tree, read_pid, stop_pid, tree_rss_kib, wait_until, write_private
 
 KEYSTONE_VENV = PROJECT_ROOT / ".venv-keystone"
 PG_OS_USER = "postgres"  # PostgreSQL refuses to run as root
@@ -77,22 +77,6 @@ def port_open(port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if pid_alive(pid) else None
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (created so, never world-readable in between)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 class Services:
@@ -142,10 +126,10 @@ class Services:
                     "keystone_venv": str(self.keystone_venv),
                 },
             }
-            _write_private(self.config_path, json.dumps(config, indent=1) + "\n")
+            write_private(self.config_path, json.dumps(config, indent=1) + "\n")
             self._config = None
         for user in ("admin", "member"):
-            _write_private(self.root / f"openrc-{user}", self.openrc(user))
+            write_private(self.root / f"openrc-{user}", self.openrc(user))
 
     @property
     def config(self) -> dict[str, dict[str, object]]:
@@ -260,10 +244,10 @@ class Services:
         if not self.configured():
             return dict.fromkeys(("keystone", "rabbitmq", "epmd", "postgres"))
         return {
-            "keystone": _read_pid(self.keystone_dir / "uwsgi.pid"),
-            "rabbitmq": _read_pid(self.rabbit_dir / "rabbitmq.pid"),
-            "epmd": _read_pid(self.rabbit_dir / "epmd.pid"),
-            "postgres": _read_pid(self.pg_data / "postmaster.pid"),
+            "keystone": read_pid(self.keystone_dir / "uwsgi.pid"),
+            "rabbitmq": read_pid(self.rabbit_dir / "rabbitmq.pid"),
+            "epmd": read_pid(self.rabbit_dir / "epmd.pid"),
+            "postgres": read_pid(self.pg_data / "postmaster.pid"),
         }
 
     def up(self, timeout: float = 180.0) -> dict[str, int]:
@@ -304,7 +288,7 @@ class Services:
             ok = pid is not None and (self._keystone_ready() if service == "keystone" else port_open(port))
             row: dict[str, object] = {"service": service, "pid": pid, "port": port, "ok": ok}
             if pid is not None:
-                root_pid = _read_pid(self.rabbit_dir / "server.pid") if service == "rabbitmq" else None
+                root_pid = read_pid(self.rabbit_dir / "server.pid") if service == "rabbitmq" else None
                 row["rss_mib"] = round(tree_rss_kib(root_pid or pid) / 1024, 1)
             rows.append(row)
         return rows
@@ -358,7 +342,7 @@ class Services:
 
     def _stop_pidfile(self, path: Path, timeout: float = 20.0) -> bool:
         """Stop the process named by a PID file, then whatever of its process tree outlived it."""
-        pid = _read_pid(path)
+        pid = read_pid(path)
         ok = True if pid is None else self._stop_tree(pid, timeout)
         if ok:
             path.unlink(missing_ok=True)
@@ -435,7 +419,7 @@ class Services:
             with open(self.pg_data / "postgresql.conf", "a") as f:
                 f.write("\n# the lab (include/lab/services.py)\n")
                 f.writelines(f"{k} = {v}\n" for k, v in settings.items())
-        pid = _read_pid(self.pg_data / "postmaster.pid")
+        pid = read_pid(self.pg_data / "postmaster.pid")
         if pid is None:
             # stale after a crash; the socket's lock may name a PID that is dead to us but not reaped yet
             (self.pg_data / "postmaster.pid").unlink(missing_ok=True)
@@ -449,7 +433,7 @@ class Services:
                 )
             except BackendError as exc:
                 raise BackendError(f"PostgreSQL did not start: {exc.message}; server log {self.pg_log}") from None
-            pid = _read_pid(self.pg_data / "postmaster.pid")
+            pid = read_pid(self.pg_data / "postmaster.pid")
             if pid is None:
                 raise BackendError(f"PostgreSQL exited at start; see {self.pg_log}")
         if not wait_until(lambda: port_open(self.port("postgres")), self._left(deadline), 0.1):
@@ -470,7 +454,7 @@ class Services:
         return pid
 
     def _stop_postgres(self) -> bool:
-        pid = _read_pid(self.pg_data / "postmaster.pid")
+        pid = read_pid(self.pg_data / "postmaster.pid")
         if pid is None:
             return True
         try:
@@ -524,7 +508,7 @@ class Services:
     def _start_epmd(self, deadline: float) -> int:
         """Our node's own epmd, on our port: a system epmd (4369) is never used, started or stopped."""
         self.rabbit_dir.mkdir(parents=True, exist_ok=True)
-        pid = _read_pid(self.rabbit_dir / "epmd.pid")
+        pid = read_pid(self.rabbit_dir / "epmd.pid")
         port = self.port("epmd")
         if pid is None:
             with open(self.rabbit_dir / "epmd.log", "ab") as log:
@@ -550,16 +534,16 @@ class Services:
     def _spawn_rabbitmq(self) -> int | None:
         """Start the node in the background; returns the PID of its start script, None if it was running."""
         d = self.rabbit_dir
-        if _read_pid(d / "rabbitmq.pid") is not None:
+        if read_pid(d / "rabbitmq.pid") is not None:
             return None
-        script = _read_pid(d / "server.pid")
+        script = read_pid(d / "server.pid")
         if script is not None:  # still booting from an earlier call
             return script
         for sub in ("mnesia", "log"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         cookie = d / ".erlang.cookie"
         if not cookie.exists():
-            _write_private(cookie, secrets.token_hex(20).upper())
+            write_private(cookie, secrets.token_hex(20).upper())
             os.chmod(cookie, 0o400)
         conf = {
             # the first boot creates this user (full permissions on /) instead of guest
@@ -572,7 +556,7 @@ class Services:
             "default_permissions.write": ".*",
             "log.file.level": "info",
         }
-        _write_private(d / "rabbitmq.conf", "".join(f"{k} = {v}\n" for k, v in conf.items()))
+        write_private(d / "rabbitmq.conf", "".join(f"{k} = {v}\n" for k, v in conf.items()))
         (d / "enabled_plugins").write_text("[].\n")  # no management plugin, no extra listeners
         (d / "rabbitmq.pid").unlink(missing_ok=True)
         with open(self.rabbit_log, "ab") as log:
@@ -591,14 +575,14 @@ class Services:
 
     def _wait_rabbitmq(self, script: int | None, deadline: float) -> int:
         port = self.port("rabbitmq")
-        running = _read_pid(self.rabbit_dir / "rabbitmq.pid")
+        running = read_pid(self.rabbit_dir / "rabbitmq.pid")
         if script is None and running is not None:
             return running
 
         def ready() -> bool:
             if script is not None and not pid_alive(script):
                 raise BackendError(f"RabbitMQ exited at start; see {self.rabbit_log} and {self.rabbit_dir / 'log'}")
-            return _read_pid(self.rabbit_dir / "rabbitmq.pid") is not None and port_open(port)
+            return read_pid(self.rabbit_dir / "rabbitmq.pid") is not None and port_open(port)
 
         if not wait_until(ready, self._left(deadline), 0.1):
             logs = f"{self.rabbit_log} and {self.rabbit_dir / 'log'}"
@@ -610,15 +594,15 @@ class Services:
             self.rabbitmqctl("set_permissions", "-p", "/", RABBIT_USER, ".*", ".*", ".*")
         if "guest" in users:
             self.rabbitmqctl("delete_user", "guest")
-        pid = _read_pid(self.rabbit_dir / "rabbitmq.pid")
+        pid = read_pid(self.rabbit_dir / "rabbitmq.pid")
         if pid is None:
             raise BackendError(f"RabbitMQ exited after start; see {self.rabbit_log}")
         return pid
 
     def _stop_rabbitmq(self) -> bool:
         d = self.rabbit_dir
-        beam = _read_pid(d / "rabbitmq.pid")  # written once the VM runs
-        script = _read_pid(d / "server.pid")  # the start script, parent of the VM
+        beam = read_pid(d / "rabbitmq.pid")  # written once the VM runs
+        script = read_pid(d / "server.pid")  # the start script, parent of the VM
         tree = (process_tree(script) if script else []) + (process_tree(beam) if beam else [])
         if beam is not None:
             try:  # a clean stop; waits for the VM to exit
@@ -691,7 +675,7 @@ max_password_length = 72
     def _start_keystone(self, deadline: float) -> int:
         k = self.keystone_dir
         k.mkdir(parents=True, exist_ok=True)
-        _write_private(k / "keystone.conf", self._keystone_conf())
+        write_private(k / "keystone.conf", self._keystone_conf())
         stamp = k / "bootstrapped"
         if not stamp.exists():
             user = pwd.getpwuid(os.geteuid()).pw_name
@@ -710,7 +694,7 @@ max_password_length = 72
             )
             stamp.write_text("db_sync, fernet_setup, credential_setup, bootstrap done\n")
         pid_path = k / "uwsgi.pid"
-        pid = _read_pid(pid_path)
+        pid = read_pid(pid_path)
         started = pid is None
         if started:
             cmd = [
