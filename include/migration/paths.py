@@ -1,0 +1,43 @@
+"""The blueprint's decisions, as plain functions the DAG's branches call.
+
+1. ``force_host_copy`` or a new volume type -> generic host copy; else ask
+   the SOURCE driver (``migrate_volume``).
+2. Source moved it -> commit; else ask the TARGET driver
+   (``migrate_volume_target``).
+3. Target did not move it -> host copy; moved synchronously -> commit;
+   moved asynchronously -> mark the volume attachable, then wait for the
+   copy (``complete_migration_target``) and commit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from include.migration.request import MigrationRequest
+
+
+class Step(str, enum.Enum):
+    SOURCE_DRIVER = "source_driver_migrate"
+    TARGET_TAKEOVER = "target_takeover"
+    HOST_COPY = "host_copy"
+    MARK_ATTACHABLE = "mark_attachable"
+    COMMIT = "commit"
+
+
+def first_step(request: MigrationRequest) -> Step:
+    """Blueprint step 1: the drivers are skipped for a forced host copy or a type change."""
+    if request.force_host_copy or request.new_type:
+        return Step.HOST_COPY
+    return Step.SOURCE_DRIVER
+
+
+def after_source_driver(moved: bool) -> Step:
+    """Blueprint step 1, answer: moved -> commit, else give the target a chance (step 2)."""
+    return Step.COMMIT if moved else Step.TARGET_TAKEOVER
+
+
+def after_target_driver(moved: bool, migration_async: bool) -> Step:
+    """Blueprint step 2, answer ``(moved, migration_async)``."""
+    if not moved:
+        return Step.HOST_COPY
+    return Step.MARK_ATTACHABLE if migration_async else Step.COMMIT

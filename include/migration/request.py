@@ -1,0 +1,127 @@
+"""What one migration run is asked to do, validated before anything changes.
+
+The same checks serve the Airflow params form (as a JSON schema) and the
+first task of the DAG (``parse_request``), so a REST-triggered run with bad
+``conf`` fails with the same message the form would have shown.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+HOST_RE = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+#[A-Za-z0-9_.-]+$")
+MAX_SPEED_MIB = 100_000
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+class InvalidRequest(ValueError):
+    """The run's parameters are wrong; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    volume_id: str
+    dest_host: str  # host@backend#pool
+    force_host_copy: bool = False
+    new_type: str | None = None
+    speed_mib: int | None = None  # copy throttle; None: the target array's default, 0: unlimited
+    copy_timeout_s: int = 24 * 3600  # how long the background copy may take
+    task_timeout_s: int = 3600  # how long one synchronous step may take
+
+    @property
+    def dest_backend(self) -> str:
+        """``host@backend`` of the destination (the Cinder volume service)."""
+        return self.dest_host.split("#", 1)[0]
+
+    @property
+    def dest_array(self) -> str:
+        """The backend name: the lab names its backends after the arrays."""
+        return self.dest_backend.split("@", 1)[1]
+
+    @property
+    def dest_pool(self) -> str:
+        return self.dest_host.split("#", 1)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
+    "volume_id": {"type": "string", "format": "uuid", "description": "ID of the Cinder volume to migrate"},
+    "dest_host": {
+        "type": "string",
+        "pattern": HOST_RE.pattern,
+        "description": "destination pool, host@backend#pool (as in cinder get-pools)",
+    },
+    "force_host_copy": {"type": "boolean", "description": "skip the drivers: copy through the host"},
+    "new_type": {"type": ["null", "string"], "description": "change the volume type with the move (host copy)"},
+    "speed_mib": {
+        "type": ["null", "integer"],
+        "minimum": 0,
+        "maximum": MAX_SPEED_MIB,
+        "description": "copy throttle in MiB/s; empty: the array's default; 0: unlimited",
+    },
+    "copy_timeout_s": {"type": "integer", "minimum": 60, "maximum": MAX_TIMEOUT_S},
+    "task_timeout_s": {"type": "integer", "minimum": 10, "maximum": MAX_TIMEOUT_S},
+}
+
+
+def _int(conf: dict[str, Any], key: str, lo: int, hi: int, default: int | None) -> int | None:
+    value = conf.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{key} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{key} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse_request(conf: dict[str, Any]) -> MigrationRequest:
+    """Validate a run's params/conf; raises InvalidRequest naming every problem found."""
+    if not isinstance(conf, dict):
+        raise InvalidRequest("the run's parameters must be an object")
+    problems = []
+    unknown = sorted(set(conf) - set(PARAMS_SCHEMA))
+    if unknown:
+        problems.append(f"unknown parameters: {', '.join(unknown)}")
+    volume_id = conf.get("volume_id")
+    try:
+        volume_id = str(uuid.UUID(str(volume_id))) if isinstance(volume_id, str) else None
+    except ValueError:
+        volume_id = None
+    if volume_id is None:
+        problems.append(f"volume_id must be a volume UUID, got {conf.get('volume_id')!r}")
+    dest_host = conf.get("dest_host")
+    if not isinstance(dest_host, str) or not HOST_RE.match(dest_host):
+        problems.append(f"dest_host must look like host@backend#pool, got {dest_host!r}")
+    force = conf.get("force_host_copy", False)
+    if not isinstance(force, bool):
+        problems.append(f"force_host_copy must be true or false, got {force!r}")
+    new_type = conf.get("new_type") or None
+    if new_type is not None and not isinstance(new_type, str):
+        problems.append(f"new_type must be a volume type name or ID, got {new_type!r}")
+    numbers: dict[str, int | None] = {}
+    for key, lo, hi, default in (
+        ("speed_mib", 0, MAX_SPEED_MIB, None),
+        ("copy_timeout_s", 60, MAX_TIMEOUT_S, MigrationRequest.copy_timeout_s),
+        ("task_timeout_s", 10, MAX_TIMEOUT_S, MigrationRequest.task_timeout_s),
+    ):
+        try:
+            numbers[key] = _int(conf, key, lo, hi, default)
+        except InvalidRequest as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+    return MigrationRequest(
+        volume_id=volume_id,
+        dest_host=dest_host,
+        force_host_copy=force,
+        new_type=new_type,
+        speed_mib=numbers["speed_mib"],
+        copy_timeout_s=numbers["copy_timeout_s"],
+        task_timeout_s=numbers["task_timeout_s"],
+    )
