@@ -12,6 +12,7 @@ One Airflow Connection per Cinder backend, with the id ``storage_array_<backend>
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 from airflow.sdk import BaseHook
 
@@ -23,6 +24,19 @@ ADAPTERS: dict[str, type[ArrayApiBackend]] = {"reference": ReferenceArrayBackend
 def conn_id_for(backend: str) -> str:
     """The Connection id that describes a Cinder backend's array."""
     return f"storage_array_{backend}"
+
+
+def adapter_from_connection(conn: Any) -> ArrayApiBackend:
+    """Build the adapter a ``storage_array`` Connection describes; ValueError when it is incomplete."""
+    conn_id = conn.conn_id
+    extra = conn.extra_dejson or {}
+    kind = extra.get("kind")
+    if kind not in ADAPTERS:
+        raise ValueError(f"connection {conn_id}: extra.kind must be one of {', '.join(ADAPTERS)}, got {kind!r}")
+    if not conn.host or not conn.password:
+        raise ValueError(f"connection {conn_id} needs host (the API URL) and password (token)")
+    name = extra.get("array") or conn_id.removeprefix("storage_array_")
+    return ADAPTERS[kind](name, conn.host, conn.password)
 
 
 class StorageArrayHook(BaseHook):
@@ -41,16 +55,11 @@ class StorageArrayHook(BaseHook):
     @cached_property
     def adapter(self) -> ArrayApiBackend:
         """The backend driver adapter for this array; ValueError when the Connection is incomplete."""
-        conn_id = self.storage_array_conn_id
-        conn = self.get_connection(conn_id)
-        extra = conn.extra_dejson or {}
-        kind = extra.get("kind")
-        if kind not in ADAPTERS:
-            raise ValueError(f"connection {conn_id}: extra.kind must be one of {', '.join(ADAPTERS)}, got {kind!r}")
-        if not conn.host or not conn.password:
-            raise ValueError(f"connection {conn_id} needs host (the API URL) and password (token)")
-        name = extra.get("array") or conn_id.removeprefix("storage_array_")
-        return ADAPTERS[kind](name, conn.host, conn.password)
+        return adapter_from_connection(self.get_connection(self.storage_array_conn_id))
+
+    async def aadapter(self) -> ArrayApiBackend:
+        """The same, for a trigger's event loop (the connection is fetched asynchronously)."""
+        return adapter_from_connection(await self.aget_connection(self.storage_array_conn_id))
 
     def get_conn(self) -> ArrayApiBackend:
         return self.adapter

@@ -1,0 +1,97 @@
+"""TargetCopyTrigger and TargetCopySensor, with a scripted adapter at the hook boundary."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from airflow.exceptions import AirflowException, TaskDeferred
+
+from include.backends.base import MigrationProgress, MigrationState
+from include.backends.errors import ArrayUnavailable, NotFound
+from plugins.sensors.target_copy import TargetCopySensor
+from plugins.triggers.target_copy import TargetCopyTrigger
+
+GiB = 1 << 30
+
+
+def progress(state, done=0):
+    return MigrationProgress(MigrationState(state), done, GiB, 64 << 20, 10.0, "")
+
+
+class ScriptedAdapter:
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls = 0
+
+    def complete_migration_target(self, volume):
+        self.calls += 1
+        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+@pytest.fixture
+def adapter(monkeypatch):
+    holder = {}
+
+    async def aadapter(self):
+        return holder["adapter"]
+
+    monkeypatch.setattr("plugins.hooks.storage_array.StorageArrayHook.aadapter", aadapter)
+    return holder
+
+
+def events(trigger):
+    async def collect():
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), 10))
+
+
+def test_serialize_round_trip():
+    trigger = TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.5, timeout_s=60, started_at=100.0)
+    path, kwargs = trigger.serialize()
+    assert path == "plugins.triggers.target_copy.TargetCopyTrigger"
+    assert TargetCopyTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_one_done_event_after_progress_and_an_outage(adapter):
+    adapter["adapter"] = ScriptedAdapter(
+        [progress("copying", 1), ArrayUnavailable("restarting"), progress("copying", GiB // 2), progress("done", GiB)]
+    )
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01))
+    assert [e.payload["status"] for e in got] == ["done"]
+    assert got[0].payload["progress"]["bytes_done"] == GiB
+
+
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [([progress("failed")], "failed"), ([NotFound("no LUN named volume-1")], "failed")],
+)
+def test_failure_is_one_failed_event(adapter, script, status):
+    adapter["adapter"] = ScriptedAdapter(script)
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01))
+    assert [e.payload["status"] for e in got] == [status]
+
+
+def test_timeout_is_one_event(adapter):
+    adapter["adapter"] = ScriptedAdapter([progress("copying", 5)])
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, timeout_s=0.05))
+    assert [e.payload["status"] for e in got] == ["timeout"]
+    assert got[0].payload["progress"]["bytes_done"] == 5
+
+
+def test_sensor_defers_and_resumes():
+    sensor = TargetCopySensor(task_id="wait", backend="alpha", volume_name="volume-1", size=str(GiB))
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    assert isinstance(deferred.value.trigger, TargetCopyTrigger)
+    assert deferred.value.trigger.size == GiB and deferred.value.method_name == "execute_complete"
+    done = progress("done", GiB).to_json()
+    assert sensor.execute_complete({}, {"status": "done", "progress": done}) == done
+    with pytest.raises(AirflowException, match="ended timeout"):
+        sensor.execute_complete({}, {"status": "timeout", "progress": progress("copying").to_json()})
+    with pytest.raises(AirflowException, match="ended failed: no LUN"):
+        sensor.execute_complete({}, {"status": "failed", "message": "no LUN"})
