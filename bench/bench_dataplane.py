@@ -576,17 +576,21 @@ class Bench:
             "poll_errors": poller.errors[:5],
         }
 
-    def section3(self) -> None:
-        for source, name in (("gamma", "src-g"), ("beta", "src-b")):
+    def _each_source(self, sec: str, what: str, sources: tuple[tuple[str, str], ...], run: Any) -> None:
+        """Run ``run(source, name)`` per source LUN; a skip or an error becomes a row and the LUN is reset."""
+        for source, name in sources:
             if self.over_budget():
-                self.row("3", "background copy, no clients", f"{source}->alpha", "-", notes="skipped: time budget")
+                self.row(sec, what, f"{source}->alpha", "-", notes="skipped: time budget")
                 continue
             try:
-                self._copy_rates(source, name)
+                run(source, name)
             except Exception as exc:
                 log(traceback.format_exc())
-                self.row("3", "background copy, no clients", f"{source}->alpha", "-", notes=f"ERROR: {exc}")
+                self.row(sec, what, f"{source}->alpha", "-", notes=f"ERROR: {exc}")
                 self.reset(source, name)
+
+    def section3(self) -> None:
+        self._each_source("3", "background copy, no clients", (("gamma", "src-g"), ("beta", "src-b")), self._copy_rates)
 
     def _copy_rates(self, source: str, name: str) -> None:
         log(f"3: takeover {source}->alpha without clients")
@@ -596,7 +600,7 @@ class Bench:
             vol, uri = self.take_over(source, name, 0)
             p = self.alpha.complete_migration_target(vol)
             deadline = time.monotonic() + 60 + self.size / (5 * MiB)
-            while p.state is not MigrationState.DONE and not p.state.terminal and time.monotonic() < deadline:
+            while not p.state.terminal and time.monotonic() < deadline:
                 time.sleep(0.1)
                 p = self.alpha.complete_migration_target(vol)
             wall = time.monotonic() - t0
@@ -650,16 +654,7 @@ class Bench:
         src_backend.unexport_lun(name)
 
     def section4(self) -> None:
-        for source, name in (("beta", "src-b"), ("gamma", "src-g")):
-            if self.over_budget():
-                self.row("4", "fabric IOPS", f"alpha->{source}", "-", notes="skipped: time budget")
-                continue
-            try:
-                self._fabric(source, name)
-            except Exception as exc:
-                log(traceback.format_exc())
-                self.row("4", "fabric IOPS", f"alpha remote node->{source}", "-", notes=f"ERROR: {exc}")
-                self.reset(source, name)
+        self._each_source("4", "fabric IOPS", (("beta", "src-b"), ("gamma", "src-g")), self._fabric)
 
     def _paused_takeover(self, source: str, name: str) -> tuple[Volume, str, int]:
         vol, uri = self.take_over(source, name, None)
