@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from include.backends.errors import BackendError
 from include.lab.lab import HOST, PROJECT_ROOT, Lab
-from include.lab.procutil import pid_alive, read_pid, stop_pid, wait_until, write_private
+from include.lab.procutil import pid_alive, read_pid, spawn_daemon, stop_daemon, wait_until, write_private
 
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
@@ -131,33 +130,15 @@ class CinderLab:
         return read_pid(self.pid_path(service))
 
     def start(self, service: str) -> int:
-        pid = self.pid(service)
-        if pid is not None:
-            return pid
-        with open(self.root / "log" / f"{service}.out", "ab") as out:
-            proc = subprocess.Popen(
-                [self.bin(service), "--config-file", str(self.conf_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=self.env(),
-            )
-        self.pid_path(service).write_text(str(proc.pid))
-        return proc.pid
+        return spawn_daemon(
+            [self.bin(service), "--config-file", str(self.conf_path)],
+            log_path=self.root / "log" / f"{service}.out",
+            pid_path=self.pid_path(service),
+            env=self.env(),
+        )
 
     def stop(self, service: str) -> bool:
-        pid = self.pid(service)
-        if pid is None:
-            return True
-        ok = stop_pid(pid, timeout=20)
-        try:  # cinder-volume forks one child per backend into its session: make sure none is left
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if ok:
-            self.pid_path(service).unlink(missing_ok=True)
-        return ok
+        return stop_daemon(self.pid_path(service))  # cinder-volume's children per backend go with it
 
     def up(self, timeout: float = 120.0) -> dict[str, int]:
         self.configure()

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,37 @@ def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     except ProcessLookupError:
         return True
     return wait_until(lambda: not pid_alive(pid), 5.0)
+
+
+def spawn_daemon(cmd: list[str], *, log_path: Path, pid_path: Path, env: dict[str, str]) -> int:
+    """Start ``cmd`` in a session of its own (it outlives us), output appended to ``log_path``.
+
+    Its PID goes to ``pid_path``; when that file already names a live process, nothing is started.
+    """
+    pid = read_pid(pid_path)
+    if pid is not None:
+        return pid
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    pid_path.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_daemon(pid_path: Path, timeout: float = 20.0) -> bool:
+    """Stop what ``spawn_daemon`` started: SIGTERM, then SIGKILL to its whole session. True if it is gone."""
+    pid = read_pid(pid_path)
+    if pid is None:
+        return True
+    ok = stop_pid(pid, timeout=timeout)
+    try:  # children it forked into its session (worker processes): none may be left
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if ok:
+        pid_path.unlink(missing_ok=True)
+    return ok
 
 
 def process_tree(pid: int) -> list[int]:
