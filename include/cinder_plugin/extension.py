@@ -9,19 +9,25 @@ Volume actions (``POST /v3/{project_id}/volumes/{id}/action``), admin-only by
 default (policy rules ``volume_extension:async_migration:<action>``, which an
 operator's policy file may override):
 
-* ``os-async_migration_begin`` ``{"host": "host@backend#pool"}``: lock the
-  volume for a migration to ``host``: it must be ``available``, not migrating,
-  without snapshots, outside any group, and ``host`` must be another pool of
-  an enabled, up volume service. ``status`` becomes ``maintenance`` (nothing
-  can attach it yet), ``migration_status`` ``starting``.
+* ``os-async_migration_begin`` ``{"host": "host@backend#pool", "owner"?}``:
+  lock the volume for a migration to ``host``: it must be ``available``, not
+  migrating, without snapshots, outside any group, and ``host`` must be
+  another pool of an enabled, up volume service. ``status`` becomes
+  ``maintenance`` (nothing can attach it yet), ``migration_status``
+  ``starting``. ``owner`` (the Airflow run, say) is recorded: the same begin
+  from the same owner again, while the migration is ``starting`` or
+  ``migrating_attachable``, is accepted without a change (a retried task, a
+  re-run); from anyone else it is refused. The answer (202) holds the lock:
+  ``{"async_migration": {"source_host", "host", "owner", "migration_status"}}``.
 * ``os-async_migration_attachable`` ``{"host", "provider_location"?}``: the
   target array serves the volume: host (and cluster, service and
   availability zone) := the target, ``migration_status`` :=
   ``migrating_attachable``, ``status`` back to ``available``.
-* ``os-async_migration_finish`` ``{"host"?, "provider_location"?}``: the
-  copy is complete: ``migration_status`` := ``success`` (host set if the
-  migration was synchronous and it was not set yet).
-* ``os-async_migration_fail`` ``{"reason"}``: before the volume was
+* ``os-async_migration_finish`` ``{"host"?, "provider_location"?,
+  "volume_type_id"?}``: the copy is complete: ``migration_status`` :=
+  ``success`` (host set if the migration was synchronous and it was not set
+  yet; the volume type changed when a host copy was asked for a new one).
+* ``os-async_migration_fail`` ``{"reason", "owner"?}``: before the volume was
   attachable only: ``migration_status`` := ``error``, host unchanged,
   ``status`` restored; the reason is kept in the volume's metadata
   (``async_migration_error``), where ``cinder show`` shows it.
@@ -56,6 +62,8 @@ MIGRATING_ATTACHABLE = "migrating_attachable"
 NOT_MIGRATING = (None, "deleting", "error", "success")  # Cinder's AVAILABLE_MIGRATION_STATUS
 ERROR_KEY = "async_migration_error"
 DEST_KEY = "async_migration_dest"
+OWNER_KEY = "async_migration_owner"
+SOURCE_KEY = "async_migration_source"
 ACTIONS = ("begin", "attachable", "finish", "fail")
 
 
@@ -91,6 +99,13 @@ def _body(body: dict[str, Any], action: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise webob.exc.HTTPBadRequest(explanation=f"os-async_migration_{action} takes an object")
     return value
+
+
+def _owner(args: dict[str, Any]) -> str | None:
+    owner = args.get("owner")
+    if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
+        raise webob.exc.HTTPBadRequest(explanation="'owner' must be a non-empty string of at most 255 characters")
+    return owner
 
 
 def _host(args: dict[str, Any]) -> str:
@@ -134,6 +149,33 @@ class AsyncMigrationController(wsgi.Controller):
         return service
 
     @staticmethod
+    def _held_by(volume: Any, host: str, owner: str) -> bool:
+        """The volume is locked (``starting``) for ``host`` by ``owner``."""
+        meta = volume.admin_metadata or {}
+        return (
+            volume.migration_status in ("starting", MIGRATING_ATTACHABLE)
+            and meta.get(OWNER_KEY) == owner
+            and meta.get(DEST_KEY) == host
+        )
+
+    @staticmethod
+    def _lock_answer(volume: Any) -> Any:
+        volume.refresh()
+        meta = volume.admin_metadata or {}
+        lock = {
+            "source_host": meta.get(SOURCE_KEY),
+            "host": meta.get(DEST_KEY),
+            "owner": meta.get(OWNER_KEY),
+            "migration_status": volume.migration_status,
+        }
+        return webob.Response(status_int=202, json_body={"async_migration": lock})
+
+    @staticmethod
+    def _release(context: Any, volume: Any) -> None:
+        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY):
+            db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
+
+    @staticmethod
     def _refusal(volume: Any, wanted: str) -> str:
         """Why a conditional update did not match: the volume's current state, said plainly."""
         volume.refresh()
@@ -142,13 +184,24 @@ class AsyncMigrationController(wsgi.Controller):
             f"migration_status {volume.migration_status}, host {volume.host}"
         )
 
+    @staticmethod
+    def _volume_type(context: Any, type_id: Any) -> Any:
+        try:
+            return objects.VolumeType.get_by_name_or_id(context, str(type_id))
+        except exception.VolumeTypeNotFound as exc:
+            raise webob.exc.HTTPBadRequest(explanation=exc.msg) from exc
+
     # ---- actions -----------------------------------------------------------------
     @wsgi.action("os-async_migration_begin")
     def _begin(self, req: Any, id: str, body: dict[str, Any]) -> Any:
         context = req.environ["cinder.context"]
         context.authorize(policy_name("begin"))
-        host = _host(_body(body, "begin"))
+        args = _body(body, "begin")
+        host, owner = _host(args), _owner(args)
         volume = self._volume(context, id)
+        if owner and self._held_by(volume, host, owner):
+            LOG.info("async migration of volume %s to %s: begin again by %s, already locked", id, host, owner)
+            return self._lock_answer(volume)
         self._service(context, host)
         if volume_utils.extract_host(volume.host, "pool") and volume.host == host:
             raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is already on {host}")
@@ -173,11 +226,12 @@ class AsyncMigrationController(wsgi.Controller):
         updates = {"status": "maintenance", "migration_status": "starting", "previous_status": "available"}
         if not volume.conditional_update(updates, expected, [~db.volume_has_snapshots_filter()]):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "starting"))
-        db.volume_admin_metadata_update(context.elevated(), volume.id, {DEST_KEY: host}, False)
+        lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
+        db.volume_admin_metadata_update(context.elevated(), volume.id, lock, False)
         if ERROR_KEY in (volume.metadata or {}):  # an earlier failure's reason no longer applies
             db.volume_metadata_delete(context, volume.id, ERROR_KEY)
         LOG.info("async migration of volume %s to %s begins", volume.id, host)
-        return webob.Response(status_int=202)
+        return self._lock_answer(volume)
 
     def _dest_updates(self, context: Any, volume: Any, host: str, args: dict[str, Any]) -> dict[str, Any]:
         dest = volume.admin_metadata.get(DEST_KEY)
@@ -225,9 +279,11 @@ class AsyncMigrationController(wsgi.Controller):
             updates = self._dest_updates(context, volume, host, args)
             updates.update(migration_status="success", status="available")
             expected = {"migration_status": "starting", "status": "maintenance"}
+        if args.get("volume_type_id") is not None:
+            updates["volume_type_id"] = self._volume_type(context, args["volume_type_id"]).id
         if not volume.conditional_update(updates, expected):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "success"))
-        db.volume_admin_metadata_delete(context.elevated(), volume.id, DEST_KEY)
+        self._release(context, volume)
         LOG.info("async migration of volume %s finished on %s", volume.id, volume.host)
         return webob.Response(status_int=202)
 
@@ -235,10 +291,14 @@ class AsyncMigrationController(wsgi.Controller):
     def _fail(self, req: Any, id: str, body: dict[str, Any]) -> Any:
         context = req.environ["cinder.context"]
         context.authorize(policy_name("fail"))
-        reason = _body(body, "fail").get("reason")
+        args = _body(body, "fail")
+        reason, owner = args.get("reason"), _owner(args)
         if not isinstance(reason, str) or not reason.strip():
             raise webob.exc.HTTPBadRequest(explanation="'reason' must say what went wrong")
         volume = self._volume(context, id)
+        holder = (volume.admin_metadata or {}).get(OWNER_KEY)
+        if owner and holder and holder != owner:
+            raise webob.exc.HTTPConflict(explanation=f"volume {id} is locked by {holder}, not {owner}")
         updates = {"migration_status": "error", "status": "available"}
         if not volume.conditional_update(updates, {"migration_status": "starting", "status": "maintenance"}):
             raise webob.exc.HTTPConflict(
@@ -246,7 +306,7 @@ class AsyncMigrationController(wsgi.Controller):
                 + " (only a migration that is not attachable yet can fail; an attachable one is retried)"
             )
         db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
-        db.volume_admin_metadata_delete(context.elevated(), volume.id, DEST_KEY)
+        self._release(context, volume)
         LOG.warning("async migration of volume %s failed: %s", volume.id, reason)
         return webob.Response(status_int=202)
 

@@ -201,18 +201,50 @@ class CinderHook(BaseHook):
     def get_volume(self, volume_id: str) -> dict[str, Any]:
         return self.request("GET", f"/volumes/{volume_id}")["volume"]
 
-    def action(self, volume_id: str, action: str, args: dict[str, Any] | None = None) -> None:
-        self.request("POST", f"/volumes/{volume_id}/action", {action: args or {}})
+    def action(self, volume_id: str, action: str, args: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", f"/volumes/{volume_id}/action", {action: args or {}})
 
-    def begin_migration(self, volume_id: str, host: str) -> None:
-        self.action(volume_id, "os-async_migration_begin", {"host": host})
+    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:
+        """Lock the volume for a migration to ``host``.
+
+        Returns the lock: ``source_host``, ``host``, ``owner``, ``migration_status``.
+        """
+        args = {"host": host, **({"owner": owner} if owner else {})}
+        return (self.action(volume_id, "os-async_migration_begin", args) or {}).get("async_migration") or {}
 
     def mark_attachable(self, volume_id: str, host: str, provider_location: str | None = None) -> None:
         self.action(volume_id, "os-async_migration_attachable", {"host": host, "provider_location": provider_location})
 
-    def finish_migration(self, volume_id: str, host: str | None = None, provider_location: str | None = None) -> None:
-        args = {k: v for k, v in (("host", host), ("provider_location", provider_location)) if v is not None}
-        self.action(volume_id, "os-async_migration_finish", args)
+    def finish_migration(
+        self,
+        volume_id: str,
+        host: str | None = None,
+        provider_location: str | None = None,
+        volume_type_id: str | None = None,
+    ) -> None:
+        given = (("host", host), ("provider_location", provider_location), ("volume_type_id", volume_type_id))
+        self.action(volume_id, "os-async_migration_finish", {k: v for k, v in given if v is not None})
 
-    def fail_migration(self, volume_id: str, reason: str) -> None:
-        self.action(volume_id, "os-async_migration_fail", {"reason": reason})
+    def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
+        self.action(volume_id, "os-async_migration_fail", {"reason": reason, **({"owner": owner} if owner else {})})
+
+    # ---- what the scheduler and the services say --------------------------------------
+    def get_pools(self) -> list[str]:
+        """Names (host@backend#pool) of the pools the scheduler knows."""
+        return [pool["name"] for pool in self.request("GET", "/scheduler-stats/get_pools")["pools"]]
+
+    def volume_services(self) -> list[dict[str, Any]]:
+        """The cinder-volume services: host (host@backend), status (enabled/disabled), state (up/down)."""
+        return self.request("GET", "/os-services?binary=cinder-volume")["services"]
+
+    def get_volume_type(self, name_or_id: str) -> dict[str, Any]:
+        """A volume type by ID, else by name; CinderError 404 when there is none."""
+        try:
+            return self.request("GET", f"/types/{name_or_id}")["volume_type"]
+        except CinderError as exc:
+            if exc.status != 404:
+                raise
+        for vtype in self.request("GET", "/types")["volume_types"]:
+            if vtype["name"] == name_or_id:
+                return vtype
+        raise CinderError(f"volume type {name_or_id} does not exist", 404)
