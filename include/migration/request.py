@@ -56,16 +56,33 @@ PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
         "pattern": HOST_RE.pattern,
         "description": "destination pool, host@backend#pool (as in cinder get-pools)",
     },
-    "force_host_copy": {"type": "boolean", "description": "skip the drivers: copy through the host"},
-    "new_type": {"type": ["null", "string"], "description": "change the volume type with the move (host copy)"},
+    "force_host_copy": {"type": "boolean", "default": False, "description": "skip the drivers: copy through the host"},
+    "new_type": {
+        "type": ["null", "string"],
+        "default": None,
+        "description": "change the volume type with the move (host copy)",
+    },
     "speed_mib": {
         "type": ["null", "integer"],
+        "default": None,
         "minimum": 0,
         "maximum": MAX_SPEED_MIB,
         "description": "copy throttle in MiB/s; empty: the array's default; 0: unlimited",
     },
-    "copy_timeout_s": {"type": "integer", "minimum": 60, "maximum": MAX_TIMEOUT_S},
-    "task_timeout_s": {"type": "integer", "minimum": 10, "maximum": MAX_TIMEOUT_S},
+    "copy_timeout_s": {
+        "type": "integer",
+        "default": MigrationRequest.copy_timeout_s,
+        "minimum": 60,
+        "maximum": MAX_TIMEOUT_S,
+        "description": "seconds the background copy may take before the wait fails (the copy goes on)",
+    },
+    "task_timeout_s": {
+        "type": "integer",
+        "default": MigrationRequest.task_timeout_s,
+        "minimum": 10,
+        "maximum": MAX_TIMEOUT_S,
+        "description": "seconds one try of a synchronous step (pool move, host copy...) may take",
+    },
 }
 
 

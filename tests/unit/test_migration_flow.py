@@ -1,0 +1,280 @@
+"""The flow's steps (include/migration/flow.py) against scripted Cinder and array boundaries.
+
+The real services are exercised in tests/integration/test_volume_migration.py;
+here each refusal and safety rule is pinned down one by one, quickly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from include.backends.base import (
+    BackendDriver,
+    Capabilities,
+    ConnectionInfo,
+    GiB,
+    MigrationProgress,
+    MigrationState,
+    PoolInfo,
+)
+from include.backends.errors import ArrayUnavailable, NotFound
+from include.migration import flow
+from include.migration.request import InvalidRequest
+
+VID = str(uuid.uuid4())
+LUN = f"volume-{VID}"
+
+
+class CinderError(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ScriptedCinder:
+    """The CinderHook methods the flow calls, over one volume held in memory."""
+
+    def __init__(self, host: str = "lab@beta#pool1", **volume: Any) -> None:
+        self.volume = {"id": VID, "size": 1, "status": "available", "migration_status": None}
+        self.volume.update({"os-vol-host-attr:host": host, **volume})
+        self.services = {"lab@alpha": "up", "lab@beta": "up", "lab@gamma": "up"}
+        self.pools = ["lab@alpha#pool1", "lab@alpha#pool2", "lab@beta#pool1", "lab@gamma#pool1"]
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.lock: dict[str, Any] = {}
+
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        if volume_id != VID:
+            raise CinderError(f"GET /volumes/{volume_id}: HTTP 404", 404)
+        return dict(self.volume)
+
+    def get_pools(self) -> list[str]:
+        return self.pools
+
+    def volume_services(self) -> list[dict[str, Any]]:
+        return [{"host": h, "status": "enabled", "state": s, "updated_at": "now"} for h, s in self.services.items()]
+
+    def get_volume_type(self, name_or_id: str) -> dict[str, Any]:
+        raise CinderError(f"volume type {name_or_id} does not exist", 404)
+
+    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:
+        self.calls.append(("begin", (host, owner)))
+        if self.lock and self.lock["owner"] != owner:
+            raise CinderError(f"volume {volume_id} cannot be migrated: it is already migrating", 400)
+        if not self.lock:
+            self.lock = {"source_host": self.volume["os-vol-host-attr:host"], "host": host, "owner": owner}
+            self.volume.update(status="maintenance", migration_status="starting")
+        return {**self.lock, "migration_status": self.volume["migration_status"]}
+
+    def mark_attachable(self, volume_id: str, host: str, provider_location: str | None = None) -> None:
+        self.calls.append(("attachable", (host,)))
+        self.volume.update({"status": "available", "migration_status": "migrating_attachable"})
+        self.volume["os-vol-host-attr:host"] = host
+
+    def finish_migration(self, volume_id: str, host: Any = None, location: Any = None, type_id: Any = None) -> None:
+        self.calls.append(("finish", (host,)))
+        self.volume.update({"status": "available", "migration_status": "success", "os-vol-host-attr:host": host})
+
+    def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
+        self.calls.append(("fail", (reason, owner)))
+        self.volume.update({"status": "available", "migration_status": "error"})
+
+    def called(self, name: str) -> bool:
+        return any(c[0] == name for c in self.calls)
+
+
+class ScriptedArray(BackendDriver):
+    """An array's answers, in memory: LUN records, a takeover's progress, what was called."""
+
+    def __init__(self, name: str, *, takeover: bool = True, free: int = 40 * GiB, up: bool = True) -> None:
+        self.name = name
+        self.takeover = takeover
+        self.free = free
+        self.up = up
+        self.luns: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.copy_state = MigrationState.COPYING
+
+    def capabilities(self) -> Capabilities:
+        if not self.up:
+            raise ArrayUnavailable(f"array {self.name} at http://127.0.0.1:1 is unreachable: refused")
+        pools = tuple(PoolInfo(p, 40 * GiB, self.free, 0) for p in ("pool1", "pool2"))
+        return Capabilities(self.name, "reference", self.takeover, True, pools)
+
+    def create_lun(self, name: str, size: int, pool: str) -> dict[str, Any]:
+        self.luns[name] = {"name": name, "size": size, "pool": pool, "copy": False, "location": f"nbd://{self.name}"}
+        return self.luns[name]
+
+    def delete_lun(self, name: str) -> None:
+        self.calls.append(f"delete {name}")
+        self.get_lun(name)
+        del self.luns[name]
+
+    def extend_lun(self, name: str, size: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get_lun(self, name: str) -> dict[str, Any]:
+        if name not in self.luns:
+            raise NotFound(f"array {self.name} has no LUN named {name!r}")
+        return self.luns[name]
+
+    def list_luns(self) -> list[dict[str, Any]]:
+        return list(self.luns.values())
+
+    def export_lun(self, name: str) -> ConnectionInfo:
+        return ConnectionInfo("127.0.0.1", 1, name)
+
+    def unexport_lun(self, name: str) -> None:
+        self.calls.append(f"unexport {name}")
+
+    def export_for_takeover(self, name: str, initiator: str) -> ConnectionInfo:
+        return ConnectionInfo("127.0.0.1", 1, name)
+
+    def release_takeover(self, name: str) -> None:
+        self.calls.append(f"release {name}")
+
+    def complete_migration_target(self, volume: Any) -> MigrationProgress:
+        return MigrationProgress(self.copy_state, GiB // 2, GiB)
+
+    def abort_migration_target(self, volume: Any) -> None:
+        self.calls.append(f"abort {volume.name}")
+        del self.luns[volume.name]
+
+
+@pytest.fixture
+def arrays():
+    found = {"alpha": ScriptedArray("alpha"), "beta": ScriptedArray("beta"), "gamma": ScriptedArray("gamma")}
+    found["beta"].create_lun(LUN, GiB, "pool1")
+
+    def resolve(backend: str) -> BackendDriver:
+        if backend not in found:
+            raise LookupError(f"no Airflow Connection storage_array_{backend}")
+        return found[backend]
+
+    resolve.found = found
+    return resolve
+
+
+def validate(cinder, arrays, **conf):
+    return flow.validate_and_lock({"volume_id": VID, "dest_host": "lab@alpha#pool1", **conf}, "run-1", cinder, arrays)
+
+
+# ---- validate_and_lock -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("setup", "conf", "message"),
+    [
+        (lambda c, a: None, {"volume_id": str(uuid.uuid4())}, "does not exist"),
+        (lambda c, a: None, {"dest_host": "lab@beta#pool1"}, "already on lab@beta#pool1"),
+        (lambda c, a: None, {"dest_host": "lab@delta#pool1"}, "no volume service lab@delta"),
+        (lambda c, a: c.services.update({"lab@alpha": "down"}), {}, "lab@alpha is enabled and down"),
+        (lambda c, a: None, {"dest_host": "lab@alpha#pool7"}, "not a pool Cinder knows"),
+        (lambda c, a: c.pools.append("lab@delta#pool1") or c.services.update({"lab@delta": "up"}),
+         {"dest_host": "lab@delta#pool1"}, "no Airflow Connection storage_array_delta"),
+        (lambda c, a: setattr(a.found["alpha"], "up", False), {}, "destination array alpha at"),
+        (lambda c, a: setattr(a.found["alpha"], "free", GiB // 2), {}, "has 512 MiB free, the volume needs 1024"),
+        (lambda c, a: a.found["alpha"].create_lun(LUN, GiB, "pool1"), {}, "already holds a LUN named"),
+        (lambda c, a: a.found["beta"].luns.clear(), {}, "array beta has no LUN"),
+        (lambda c, a: None, {"new_type": "gold"}, "volume type gold does not exist"),
+        (lambda c, a: c.lock.update(owner="run-0", host="x", source_host="y"), {}, "already migrating"),
+    ],
+)  # fmt: skip
+def test_validate_refuses_with_one_clear_message_before_any_change(arrays, setup, conf, message):
+    cinder = ScriptedCinder()
+    setup(cinder, arrays)
+    locked_before = bool(cinder.lock)
+    with pytest.raises(flow.MigrationRefused, match=message):
+        validate(cinder, arrays, **conf)
+    assert cinder.volume["status"] == "available"
+    if not locked_before:
+        assert not cinder.called("begin") or "already" in message
+
+
+def test_validate_refuses_bad_params_before_asking_cinder(arrays):
+    cinder = ScriptedCinder()
+    with pytest.raises(InvalidRequest, match="volume_id must be a volume UUID.*dest_host must look like"):
+        flow.validate_and_lock({"volume_id": "x", "dest_host": "y"}, "run-1", cinder, arrays)
+    assert cinder.calls == []
+
+
+def test_host_copy_inside_one_array_is_refused(arrays):
+    cinder = ScriptedCinder(host="lab@alpha#pool2")
+    arrays.found["alpha"].create_lun(LUN, GiB, "pool2")
+    with pytest.raises(flow.MigrationRefused, match="a host copy needs two arrays"):
+        validate(cinder, arrays, force_host_copy=True)
+
+
+def test_validate_locks_once_and_a_retry_by_the_same_run_gets_the_same_plan(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays, speed_mib=20)
+    assert (plan.source_host, plan.dest_host, plan.lun, plan.size, plan.path) == (
+        "lab@beta#pool1", "lab@alpha#pool1", LUN, GiB, "source_driver_migrate")  # fmt: skip
+    assert plan.speed_bps == 20 << 20 and cinder.volume["migration_status"] == "starting"
+    assert validate(cinder, arrays, speed_mib=20) == plan
+    assert flow.Plan.from_json(plan.to_json()) == plan
+
+
+def test_rerun_after_the_volume_became_attachable_resumes_from_the_lock(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays)
+    cinder.mark_attachable(VID, plan.dest_host)
+    again = validate(cinder, arrays)  # Cinder's host is the destination now; the lock says where it came from
+    assert again.source_host == "lab@beta#pool1" and again == plan
+
+
+# ---- commit and rollback ------------------------------------------------------------------------
+def taken_over(cinder, arrays):
+    plan = validate(cinder, arrays)
+    alpha = arrays.found["alpha"]
+    alpha.create_lun(LUN, GiB, "pool1")["copy"] = True
+    return plan, alpha, arrays.found["beta"]
+
+
+def test_commit_keeps_the_source_until_the_target_is_complete(arrays):
+    cinder = ScriptedCinder()
+    plan, alpha, beta = taken_over(cinder, arrays)
+    cinder.mark_attachable(VID, plan.dest_host)
+    with pytest.raises(flow.MigrationFailed, match="the source LUN is kept"):
+        flow.commit(plan, cinder, arrays)
+    assert LUN in beta.luns and not cinder.called("finish")
+    alpha.copy_state = MigrationState.DONE
+    alpha.luns[LUN].update(copy=False, taken_over_from="beta")
+    flow.commit(plan, cinder, arrays)
+    assert LUN not in beta.luns and beta.calls.index(f"release {LUN}") < beta.calls.index(f"delete {LUN}")
+    assert cinder.volume["migration_status"] == "success"
+    flow.commit(plan, cinder, arrays)  # a retry after success changes nothing
+    assert [c for c in cinder.calls if c[0] == "finish"] == [("finish", ("lab@alpha#pool1",))]
+
+
+def test_rollback_before_attachable_removes_the_target_and_says_why(arrays):
+    cinder = ScriptedCinder()
+    plan, alpha, beta = taken_over(cinder, arrays)
+    done = flow.rollback(plan, cinder, arrays, "target_takeover: array alpha unreachable")
+    assert "takeover on alpha aborted" in done and LUN not in alpha.luns and LUN in beta.luns
+    assert f"release {LUN}" in beta.calls
+    assert ("fail", ("target_takeover: array alpha unreachable", "run-1")) in cinder.calls
+    assert flow.rollback(plan, cinder, arrays, "again").startswith("nothing to undo")  # idempotent
+
+
+def test_rollback_never_deletes_once_attachable(arrays):
+    cinder = ScriptedCinder()
+    plan, alpha, _ = taken_over(cinder, arrays)
+    cinder.mark_attachable(VID, plan.dest_host)
+    assert "not rolled back" in flow.rollback(plan, cinder, arrays, "wait_for_copy: timeout")
+    assert LUN in alpha.luns and alpha.calls == [] and not cinder.called("fail")
+
+
+def test_rollback_refuses_when_the_source_is_gone(arrays):
+    cinder = ScriptedCinder()
+    plan, alpha, beta = taken_over(cinder, arrays)
+    beta.luns.clear()
+    with pytest.raises(flow.MigrationFailed, match="only copy and is kept"):
+        flow.rollback(plan, cinder, arrays, "commit failed")
+    assert LUN in alpha.luns and not cinder.called("fail")
+
+
+def test_rollback_without_a_plan_touches_nothing(arrays):
+    cinder = ScriptedCinder()
+    assert flow.rollback(None, cinder, arrays, "validate_and_lock: bad input").startswith("nothing to undo")
+    assert cinder.calls == []
