@@ -1,8 +1,10 @@
 """``lab``: start, stop and look at the lab; run the takeover demo.
 
 lab up        install what is missing, start the arrays alpha, beta, gamma, the
-              services PostgreSQL, RabbitMQ, Keystone, and Cinder 29 with the
-              lab's drivers and extension (--arrays-only: the arrays alone)
+              services PostgreSQL, RabbitMQ, Keystone, Cinder 29 with the lab's
+              drivers and extension, and Airflow 3 (api-server, scheduler,
+              dag-processor, triggerer) with the project's DAGs and Connections
+              (--arrays-only: the arrays alone)
 lab down      stop exactly the processes the lab started (by PID)
 lab status    PIDs, ports, pools and LUN counts; the services' PIDs, ports and memory;
               Cinder's services
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from include.backends.errors import BackendError
+from include.lab.airflow import AirflowLab
 from include.lab.cinder import CinderLab
 from include.lab.lab import DEFAULT_ROOT, Lab
 
@@ -42,12 +45,16 @@ def main(argv: list[str] | None = None) -> int:
             if not args.arrays_only:
                 pids.update(lab.services.up())
                 pids.update(cinder_of(lab).up())
+                pids.update(airflow_of(lab).up())
             print(json.dumps(status(lab), indent=1))
             print(f"lab up: {', '.join(f'{n} pid {p}' for n, p in pids.items())}")
             if not args.arrays_only:
                 print(f"credentials: source {lab.services.root}/openrc-admin (or openrc-member)")
+                airflow = airflow_of(lab)
+                print(f"Airflow: {airflow.url} (user admin, password in {airflow.root / 'passwords.json'})")
         elif args.command == "down":
-            results = cinder_of(lab).down()
+            results = airflow_of(lab).down()
+            results.update(cinder_of(lab).down())
             results.update(lab.services.down())
             results.update(lab.down())
             print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
@@ -73,8 +80,17 @@ def cinder_of(lab: Lab) -> CinderLab:
     return CinderLab(lab.root / "cinder", lab, lab.services)
 
 
+def airflow_of(lab: Lab) -> AirflowLab:
+    return AirflowLab(lab.root / "airflow", lab, lab.services)
+
+
 def status(lab: Lab) -> dict[str, list[dict[str, object]]]:
-    return {"arrays": lab.status(), "services": lab.services.status(), "cinder": cinder_of(lab).status()}
+    return {
+        "arrays": lab.status(),
+        "services": lab.services.status(),
+        "cinder": cinder_of(lab).status(),
+        "airflow": airflow_of(lab).status(),
+    }
 
 
 if __name__ == "__main__":

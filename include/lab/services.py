@@ -44,7 +44,7 @@ PG_OS_USER = "postgres"  # PostgreSQL refuses to run as root
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 DB_USER = "lab"
 RABBIT_USER = "lab"
-DATABASES = ("keystone", "cinder")
+DATABASES = ("keystone", "cinder", "airflow")
 REGION = "RegionOne"
 DOMAIN = "Default"
 # user -> (project, roles on it)
