@@ -18,7 +18,7 @@ from plugins.triggers.target_copy import TargetCopyTrigger
 
 
 class TargetCopySensor(BaseSensorOperator):
-    template_fields = ("backend", "volume_name", "size")
+    template_fields = ("backend", "volume_name", "size", "copy_timeout_s")
 
     def __init__(
         self,
@@ -27,11 +27,13 @@ class TargetCopySensor(BaseSensorOperator):
         volume_name: str,
         size: int | str,
         poll_interval: float = 10.0,
-        copy_timeout_s: float = 24 * 3600,
+        copy_timeout_s: float | str = 24 * 3600,
         deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poll_interval, timeout=copy_timeout_s, **kwargs)
+        """``backend``, ``volume_name``, ``size`` and ``copy_timeout_s`` may be templates (rendered per run)."""
+        timeout = copy_timeout_s if isinstance(copy_timeout_s, (int, float)) else 24 * 3600
+        super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
         self.backend = backend
         self.volume_name = volume_name
         self.size = size
@@ -41,6 +43,9 @@ class TargetCopySensor(BaseSensorOperator):
 
     def _volume(self) -> Volume:
         return Volume(self.volume_name, int(self.size))
+
+    def pre_execute(self, context: Any) -> None:
+        self.timeout = float(self.copy_timeout_s)  # rendered by now; bounds the non-deferrable poke loop
 
     def poke(self, context: Any) -> bool:
         progress = StorageArrayHook.for_backend(self.backend).adapter.complete_migration_target(self._volume())
@@ -58,7 +63,7 @@ class TargetCopySensor(BaseSensorOperator):
                 self.volume_name,
                 int(self.size),
                 poll_interval=self.poll_interval,
-                timeout_s=self.copy_timeout_s,
+                timeout_s=float(self.copy_timeout_s),
             ),
             method_name="execute_complete",
         )
