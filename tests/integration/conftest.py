@@ -1,17 +1,22 @@
-"""Fixtures for integration tests: the lab's services (PostgreSQL, RabbitMQ, Keystone) from nothing."""
+"""Fixtures for integration tests: the lab's services (PostgreSQL, RabbitMQ, Keystone) and Cinder, from nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from include.lab.procutil import pid_alive, process_tree
+from include.lab.cinder import CINDER_VENV, CinderLab
+from include.lab.procutil import pid_alive, process_tree, wait_until
 from include.lab.services import Services, port_open
+from plugins.hooks.cinder import CinderError, CinderHook
 
 SERVICE_PORTS = ("postgres", "rabbitmq", "rabbitmq_dist", "epmd", "keystone")
 
@@ -60,3 +65,97 @@ def services():
         results = svc.down()  # after a failure above, or a no-op
         shutil.rmtree(base, ignore_errors=True)
         assert all(results.values()), f"services that did not stop: {results}"
+
+
+CONNECTOR = {"host": "testhost", "ip": "127.0.0.1", "initiator": "iqn.test", "multipath": False, "platform": "x86_64"}
+
+
+def hook_for(services, user):
+    creds = services.credentials(user)
+    conn_id = f"cinder_{user}"
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
+        {
+            "conn_type": "openstack_cinder",
+            "host": creds["auth_url"],
+            "login": creds["username"],
+            "password": creds["password"],
+            "extra": {
+                "project_name": creds["project_name"],
+                "user_domain_name": creds["user_domain_name"],
+                "project_domain_name": creds["project_domain_name"],
+            },
+        }
+    )
+    return CinderHook(conn_id, retry_attempts=6, retry_seconds=60)
+
+
+@pytest.fixture(scope="session")
+def cinder(lab, services, tmp_path_factory):
+    cinder = CinderLab(tmp_path_factory.mktemp("cinder"), lab, services)
+    started = time.monotonic()
+    cinder.up()
+    print(f"cinder up in {time.monotonic() - started:.1f} s")
+    try:
+        yield cinder
+    finally:
+        assert all(cinder.down().values())
+
+
+@pytest.fixture(scope="session")
+def admin(cinder, services):
+    return hook_for(services, "admin")
+
+
+@pytest.fixture(scope="session")
+def member(cinder, services):
+    return hook_for(services, "member")
+
+
+def wait_status(hook, volume_id, status, timeout=60):
+    volume = {}
+
+    def reached():
+        volume.update(hook.get_volume(volume_id))
+        if volume["status"] == "error":
+            raise AssertionError(f"volume {volume_id} went to error")
+        return volume["status"] == status
+
+    assert wait_until(reached, timeout, 0.5), f"volume {volume_id} is {volume.get('status')}, not {status}"
+    return volume
+
+
+@pytest.fixture
+def volume(admin):
+    """A 1 GiB volume on alpha (chosen by availability zone), deleted afterwards."""
+    made = []
+
+    def make(az="alpha", size=1):
+        body = {"volume": {"size": size, "availability_zone": az, "name": f"test-{uuid.uuid4().hex[:8]}"}}
+        vol = admin.request("POST", "/volumes", body)["volume"]
+        made.append(vol["id"])
+        return wait_status(admin, vol["id"], "available")
+
+    yield make
+    for volume_id in made:
+        try:
+            admin.request("DELETE", f"/volumes/{volume_id}")
+        except CinderError:
+            pass
+
+
+def cinder_cli(services, user, *args):
+    """The real cinder CLI with password auth through Keystone."""
+    creds = services.credentials(user)
+    env = dict(
+        os.environ,
+        OS_AUTH_URL=creds["auth_url"],
+        OS_USERNAME=creds["username"],
+        OS_PASSWORD=creds["password"],
+        OS_PROJECT_NAME=creds["project_name"],
+        OS_USER_DOMAIN_NAME=creds["user_domain_name"],
+        OS_PROJECT_DOMAIN_NAME=creds["project_domain_name"],
+        OS_IDENTITY_API_VERSION="3",
+        OS_VOLUME_API_VERSION="3.71",
+    )
+    run = subprocess.run([str(CINDER_VENV / "bin" / "cinder"), *args], capture_output=True, text=True, env=env)
+    return run.returncode, run.stdout + run.stderr

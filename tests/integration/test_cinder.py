@@ -5,11 +5,9 @@ The hook (plugins/hooks/cinder.py) is the client: the same code the DAG uses.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -19,86 +17,12 @@ import pytest
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import BackendError
 from include.lab import verify
-from include.lab.cinder import CINDER_HOST, CINDER_VENV, CinderLab
+from include.lab.cinder import CINDER_HOST
 from include.lab.procutil import pid_alive, wait_until
-from plugins.hooks.cinder import CinderError, CinderHook
+from plugins.hooks.cinder import CinderError
+from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
 pytestmark = pytest.mark.integration
-
-CONNECTOR = {"host": "testhost", "ip": "127.0.0.1", "initiator": "iqn.test", "multipath": False, "platform": "x86_64"}
-
-
-def hook_for(services, user):
-    creds = services.credentials(user)
-    conn_id = f"cinder_{user}"
-    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
-        {
-            "conn_type": "openstack_cinder",
-            "host": creds["auth_url"],
-            "login": creds["username"],
-            "password": creds["password"],
-            "extra": {
-                "project_name": creds["project_name"],
-                "user_domain_name": creds["user_domain_name"],
-                "project_domain_name": creds["project_domain_name"],
-            },
-        }
-    )
-    return CinderHook(conn_id, retry_attempts=6, retry_seconds=60)
-
-
-@pytest.fixture(scope="session")
-def cinder(lab, services, tmp_path_factory):
-    cinder = CinderLab(tmp_path_factory.mktemp("cinder"), lab, services)
-    started = time.monotonic()
-    cinder.up()
-    print(f"cinder up in {time.monotonic() - started:.1f} s")
-    try:
-        yield cinder
-    finally:
-        assert all(cinder.down().values())
-
-
-@pytest.fixture(scope="session")
-def admin(cinder, services):
-    return hook_for(services, "admin")
-
-
-@pytest.fixture(scope="session")
-def member(cinder, services):
-    return hook_for(services, "member")
-
-
-def wait_status(hook, volume_id, status, timeout=60):
-    volume = {}
-
-    def reached():
-        volume.update(hook.get_volume(volume_id))
-        if volume["status"] == "error":
-            raise AssertionError(f"volume {volume_id} went to error")
-        return volume["status"] == status
-
-    assert wait_until(reached, timeout, 0.5), f"volume {volume_id} is {volume.get('status')}, not {status}"
-    return volume
-
-
-@pytest.fixture
-def volume(admin):
-    """A 1 GiB volume on alpha (chosen by availability zone), deleted afterwards."""
-    made = []
-
-    def make(az="alpha", size=1):
-        body = {"volume": {"size": size, "availability_zone": az, "name": f"test-{uuid.uuid4().hex[:8]}"}}
-        vol = admin.request("POST", "/volumes", body)["volume"]
-        made.append(vol["id"])
-        return wait_status(admin, vol["id"], "available")
-
-    yield make
-    for volume_id in made:
-        try:
-            admin.request("DELETE", f"/volumes/{volume_id}")
-        except CinderError:
-            pass
 
 
 def provisioned_gb(hook):
@@ -164,24 +88,6 @@ def test_cinder_pool_move_uses_the_driver(lab, admin, volume):
 
     assert wait_until(moved, 120, 1.0)
     assert lun_of(lab, admin.get_volume(vol["id"]))[1]["pool"] == dest.split("#")[1]
-
-
-def cinder_cli(services, user, *args):
-    """The real cinder CLI with password auth through Keystone."""
-    creds = services.credentials(user)
-    env = dict(
-        os.environ,
-        OS_AUTH_URL=creds["auth_url"],
-        OS_USERNAME=creds["username"],
-        OS_PASSWORD=creds["password"],
-        OS_PROJECT_NAME=creds["project_name"],
-        OS_USER_DOMAIN_NAME=creds["user_domain_name"],
-        OS_PROJECT_DOMAIN_NAME=creds["project_domain_name"],
-        OS_IDENTITY_API_VERSION="3",
-        OS_VOLUME_API_VERSION="3.71",
-    )
-    run = subprocess.run([str(CINDER_VENV / "bin" / "cinder"), *args], capture_output=True, text=True, env=env)
-    return run.returncode, run.stdout + run.stderr
 
 
 def test_async_migration_transitions(lab, admin, member, services, volume):

@@ -1,0 +1,359 @@
+"""The volume_migration DAG end to end, on the real lab.
+
+Runs are triggered through Airflow's REST API (JWT from the simple auth
+manager) on a running api-server, scheduler (LocalExecutor), dag-processor
+and triggerer; the tasks talk to the real Cinder 29 (through Keystone) and
+the real arrays. Data written before a run is checked after it, byte for
+byte, on the destination.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+
+import pytest
+
+from include.backends.base import GiB, MiB, MigrationState, Volume
+from include.backends.errors import NotFound
+from include.lab import verify
+from include.lab.airflow import AirflowError, AirflowLab
+from include.lab.cinder import CINDER_HOST
+from include.lab.procutil import pid_alive, wait_until
+from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
+
+pytestmark = pytest.mark.integration
+
+DAG = "volume_migration"
+RUN_TIMEOUT = 300
+
+
+@pytest.fixture(scope="session")
+def airflow(lab, services, cinder, tmp_path_factory):
+    airflow = AirflowLab(tmp_path_factory.mktemp("airflow"), lab, services)
+    started = time.monotonic()
+    airflow.up()
+    print(f"\nairflow up (db migrate, 4 components healthy, DAG parsed) in {time.monotonic() - started:.1f} s")
+    try:
+        yield airflow
+    finally:
+        assert all(airflow.down().values())
+
+
+@pytest.fixture(scope="session")
+def api(airflow):
+    return airflow.api()
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def host_of(pool_host):
+    """lab@alpha#pool1 -> alpha."""
+    return pool_host.split("@")[1].split("#")[0]
+
+
+def seed(lab, array, lun, size=GiB, seed=7):
+    """Random data in every 8th MiB of the LUN (the rest stays holes); returns the model of its content."""
+    rng = random.Random(seed)
+    content = bytearray(size)
+    backend = lab.backend(array)
+    handle = verify.connect(backend.export_lun(lun).uri)
+    for off in range(0, size, 8 * MiB):
+        block = rng.randbytes(MiB)
+        content[off : off + MiB] = block
+        handle.pwrite(block, off)
+    handle.flush()
+    handle.shutdown()
+    backend.unexport_lun(lun)
+    return verify.DataModel(size, bytes(content))
+
+
+def content_on(lab, array, lun, size=GiB):
+    backend = lab.backend(array)
+    handle = verify.connect(backend.export_lun(lun).uri)
+    try:
+        return verify.read_all(handle, size)
+    finally:
+        handle.shutdown()
+        backend.unexport_lun(lun)
+
+
+def luns(lab):
+    """Every array's LUNs as (name, pool, size): what "the arrays are unchanged" compares."""
+    return {a: sorted((x["name"], x["pool"], x["size"]) for x in lab.backend(a).list_luns()) for a in lab.names()}
+
+
+def state_of(admin, vid):
+    v = admin.get_volume(vid)
+    return (v["status"], v["migration_status"], v["os-vol-host-attr:host"])
+
+
+def run_and_wait(api, conf, timeout=RUN_TIMEOUT):
+    run_id = api.trigger(DAG, conf)
+    return run_id, api.wait_run(DAG, run_id, timeout)["state"], api.task_instances(DAG, run_id)
+
+
+def logs_of(api, run_id, task_id, tis):
+    ti = tis[task_id]
+    return "\n".join(api.task_log(DAG, run_id, task_id, n) for n in range(1, max(ti["try_number"], 1) + 1))
+
+
+def states(tis):
+    return {task_id: ti["state"] for task_id, ti in tis.items()}
+
+
+def assert_migrated(lab, admin, services, vid, dest, model, source_array):
+    lun = f"volume-{vid}"
+    assert state_of(admin, vid) == ("available", "success", dest)
+    code, out = cinder_cli(services, "admin", "show", vid)
+    assert code == 0 and dest in out and "success" in out, out
+    assert model.mismatches(content_on(lab, host_of(dest), lun)) == []
+    if source_array != host_of(dest):
+        with pytest.raises(NotFound):
+            lab.backend(source_array).get_lun(lun)
+    else:
+        assert lab.backend(source_array).get_lun(lun)["pool"] == dest.split("#")[1]
+
+
+# ---- the paths --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["beta", "gamma"])
+def test_async_takeover_serves_the_volume_during_the_copy(lab, admin, services, api, volume, source):
+    """beta -> alpha and gamma -> alpha: attachable at once, used through Cinder while the copy runs."""
+    vol = volume(source)
+    vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
+    model = seed(lab, source, lun)
+    alpha = lab.backend("alpha")
+    run_id = api.trigger(DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 24})
+
+    assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 120, 0.5), state_of(admin, vid)
+    assert state_of(admin, vid) == ("available", "migrating_attachable", dest)
+    assert alpha.complete_migration_target(Volume(lun, GiB)).state is MigrationState.COPYING
+    # a second run for the same volume meanwhile is refused and changes nothing
+    second, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": f"{CINDER_HOST}@alpha#pool2"})
+    assert state == "failed" and tis["validate_and_lock"]["state"] == "failed"
+    assert "already migrating" in logs_of(api, second, "validate_and_lock", tis)
+    assert state_of(admin, vid) == ("available", "migrating_attachable", dest)
+    # the wait is handed to the triggerer: no worker slot held
+    assert wait_until(lambda: api.task_instances(DAG, run_id)["wait_for_copy"]["state"] == "deferred", 60, 0.5)
+
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    assert info["port"] == lab.config("alpha").nbd_port  # served by the target
+    handle = verify.connect(info["uri"])
+    stats = verify.random_io(handle, model, 300, random.Random(11), max_size=256 * 1024)
+    handle.flush()
+    model.flushed()
+    handle.shutdown()
+    assert not stats.errors and not stats.mismatches, stats
+    assert stats.writes > 50 and stats.reads > 50
+    assert alpha.complete_migration_target(Volume(lun, GiB)).state is MigrationState.COPYING  # I/O was during it
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, vid, "in-use")
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vid, "available")
+
+    assert api.wait_run(DAG, run_id, RUN_TIMEOUT)["state"] == "success"
+    tis = api.task_instances(DAG, run_id)
+    assert states(tis) == {
+        "validate_and_lock": "success",
+        "choose_path": "success",
+        "source_driver_migrate": "success",
+        "target_takeover": "success",
+        "mark_attachable": "success",
+        "wait_for_copy": "success",
+        "drivers_skipped": "skipped",
+        "host_copy": "skipped",
+        "commit": "success",
+        "rollback": "skipped",
+    }
+    wait_log = logs_of(api, run_id, "wait_for_copy", tis)
+    assert "ETA" in wait_log and "MiB/s" in wait_log  # the trigger's progress lines
+    assert_migrated(lab, admin, services, vid, dest, model, source)
+
+
+def test_pool_move_by_the_source_driver(lab, admin, services, api, volume):
+    """alpha pool -> alpha other pool: migrate_volume on the source moves it, nothing else runs."""
+    vol = volume("alpha")
+    vid, lun = vol["id"], f"volume-{vol['id']}"
+    pool = vol["os-vol-host-attr:host"].split("#")[1]
+    dest = f"{CINDER_HOST}@alpha#{'pool2' if pool == 'pool1' else 'pool1'}"
+    model = seed(lab, "alpha", lun)
+    run_id, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": dest})
+    assert state == "success", states(tis)
+    assert states(tis)["source_driver_migrate"] == "success"
+    assert {states(tis)[t] for t in ("target_takeover", "host_copy", "mark_attachable")} == {"skipped"}
+    assert_migrated(lab, admin, services, vid, dest, model, "alpha")
+
+
+@pytest.mark.parametrize(
+    ("source", "dest", "extra", "asked_target"),
+    [
+        ("alpha", f"{CINDER_HOST}@gamma#pool1", {}, True),  # gamma cannot take a LUN over
+        ("beta", f"{CINDER_HOST}@alpha#pool2", {"force_host_copy": True}, False),
+    ],
+    ids=["alpha-to-gamma", "forced-beta-to-alpha"],
+)
+def test_host_copy(lab, admin, services, api, volume, source, dest, extra, asked_target):
+    vol = volume(source)
+    vid, lun = vol["id"], f"volume-{vol['id']}"
+    model = seed(lab, source, lun)
+    run_id, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": dest, **extra})
+    assert state == "success", states(tis)
+    assert states(tis)["host_copy"] == "success"
+    assert states(tis)["target_takeover"] == ("success" if asked_target else "skipped")
+    assert states(tis)["mark_attachable"] == "skipped"
+    assert "host copy" in logs_of(api, run_id, "host_copy", tis)
+    assert_migrated(lab, admin, services, vid, dest, model, source)
+
+
+# ---- refusals ---------------------------------------------------------------------------------------
+def test_bad_inputs_fail_clearly_and_change_nothing(lab, admin, api, volume):
+    ok, in_use, broken, snapped = volume("gamma"), volume("gamma"), volume("gamma"), volume("gamma")
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": in_use["id"], "connector": CONNECTOR}})
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, in_use["id"], "in-use")
+    admin.action(broken["id"], "os-reset_status", {"status": "error"})
+    snap = admin.request("POST", "/snapshots", {"snapshot": {"volume_id": snapped["id"]}})["snapshot"]
+    alpha1 = f"{CINDER_HOST}@alpha#pool1"
+    cases = {
+        "unknown volume": ({"volume_id": str(uuid.uuid4()), "dest_host": alpha1}, "does not exist"),
+        "unknown destination": ({"volume_id": ok["id"], "dest_host": f"{CINDER_HOST}@nowhere#pool1"},
+                                f"no volume service {CINDER_HOST}@nowhere"),
+        "unknown pool": ({"volume_id": ok["id"], "dest_host": f"{CINDER_HOST}@alpha#pool9"}, "not a pool Cinder knows"),
+        "same host": ({"volume_id": ok["id"], "dest_host": ok["os-vol-host-attr:host"]}, "already on"),
+        "volume in use": ({"volume_id": in_use["id"], "dest_host": alpha1}, "status is in-use"),
+        "volume in error": ({"volume_id": broken["id"], "dest_host": alpha1}, "status is error"),
+        "volume with a snapshot": ({"volume_id": snapped["id"], "dest_host": alpha1}, "it has snapshots"),
+        "unknown parameter": ({"volume_id": ok["id"], "dest_host": alpha1, "colour": "blue"},
+                              "unknown parameters: colour"),
+        "unknown volume type": ({"volume_id": ok["id"], "dest_host": alpha1, "new_type": "gold"},
+                                "volume type gold does not exist"),
+    }  # fmt: skip
+    volumes = [ok, in_use, broken, snapped]
+    before = {v["id"]: state_of(admin, v["id"]) for v in volumes}
+    arrays_before = luns(lab)
+    runs = {name: api.trigger(DAG, conf) for name, (conf, _) in cases.items()}
+    for name, run_id in runs.items():
+        assert api.wait_run(DAG, run_id, RUN_TIMEOUT)["state"] == "failed", name
+        tis = api.task_instances(DAG, run_id)
+        assert tis["validate_and_lock"]["state"] == "failed", (name, states(tis))
+        assert tis["validate_and_lock"]["try_number"] == 1, f"{name}: a refusal is not retried"
+        assert cases[name][1] in logs_of(api, run_id, "validate_and_lock", tis), name
+        assert "nothing to undo" in logs_of(api, run_id, "rollback", tis), name
+    # malformed params are refused by the API itself, naming the parameter (the form uses the same schema)
+    for conf, named in (
+        ({"volume_id": "not-a-uuid", "dest_host": alpha1}, "volume_id"),
+        ({"volume_id": ok["id"], "dest_host": "alpha"}, "dest_host"),
+        ({"volume_id": ok["id"], "dest_host": alpha1, "speed_mib": -5}, "speed_mib"),
+        ({"dest_host": alpha1}, "volume_id"),
+    ):
+        with pytest.raises(AirflowError, match=f"HTTP 400: Invalid input for param {named}"):
+            api.trigger(DAG, conf)
+    assert {v["id"]: state_of(admin, v["id"]) for v in volumes} == before
+    assert luns(lab) == arrays_before
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    admin.action(broken["id"], "os-reset_status", {"status": "available"})
+    assert wait_until(lambda: admin.request("GET", f"/snapshots/{snap['id']}")["snapshot"]["status"] != "creating", 30)
+    admin.request("DELETE", f"/snapshots/{snap['id']}")
+    wait_status(admin, in_use["id"], "available")
+
+
+def refused(api, conf, expected):
+    run_id, state, tis = run_and_wait(api, conf)
+    assert state == "failed" and tis["validate_and_lock"]["state"] == "failed", states(tis)
+    text = logs_of(api, run_id, "validate_and_lock", tis)
+    assert expected in text, text[-2000:]
+
+
+def test_refused_when_the_service_the_connection_or_an_array_is_missing(lab, cinder, admin, api, airflow, volume):
+    vol = volume("gamma")
+    vid = vol["id"]
+    before, arrays_before = state_of(admin, vid), luns(lab)
+    beta = f"{CINDER_HOST}@beta#pool1"
+
+    # the destination's volume service is down (its process stopped: no heartbeat)
+    group = cinder.pid("cinder-volume")
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        services = lambda: {s["host"]: s["state"] for s in admin.volume_services()}  # noqa: E731
+        assert wait_until(lambda: services().get(f"{CINDER_HOST}@beta") == "down", 90, 2.0), services()
+        refused(api, {"volume_id": vid, "dest_host": beta}, f"volume service {CINDER_HOST}@beta is enabled and down")
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    assert wait_until(lambda: services().get(f"{CINDER_HOST}@beta") == "up", 60, 2.0)
+
+    # no Airflow Connection says which array serves the destination backend
+    api.delete_connection("storage_array_beta")
+    try:
+        refused(api, {"volume_id": vid, "dest_host": beta}, "no Airflow Connection storage_array_beta")
+    finally:
+        airflow.write_connections()
+
+    # the source array does not answer
+    assert lab.stop("gamma")
+    try:
+        refused(api, {"volume_id": vid, "dest_host": beta}, "source array gamma at")
+    finally:
+        lab.start("gamma")
+    assert state_of(admin, vid) == before
+    assert luns(lab) == arrays_before
+
+
+# ---- dead processes ----------------------------------------------------------------------------
+def worker_of(ti):
+    """The task's process and the LocalExecutor worker that supervises it."""
+    pid = ti["pid"]
+    with open(f"/proc/{pid}/stat") as f:
+        parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    return pid, parent
+
+
+def test_run_completes_after_the_worker_and_the_triggerer_die(lab, admin, services, api, airflow, volume):
+    """SIGKILL the worker in the middle of target_takeover, then the triggerer during the wait."""
+    vol = volume("beta")
+    vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
+    model = seed(lab, "beta", lun)
+    alpha_api = lab.pid("alpha")
+    run_id = api.trigger(DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 24})
+
+    # freeze alpha's management API once validation is over: the takeover task then hangs in its first call
+    assert wait_until(lambda: api.task_instances(DAG, run_id)["validate_and_lock"]["state"] == "success", 120, 0.1)
+    os.kill(alpha_api, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: api.task_instances(DAG, run_id)["target_takeover"]["state"] == "running", 60, 0.2)
+        time.sleep(3)  # well inside its call to alpha
+        task, worker = worker_of(api.task_instances(DAG, run_id)["target_takeover"])
+        for pid in (task, worker):
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(task) and not pid_alive(worker), 10)
+    finally:
+        os.kill(alpha_api, signal.SIGCONT)
+
+    assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 180, 1.0), state_of(admin, vid)
+    tis = api.task_instances(DAG, run_id)
+    assert tis["target_takeover"]["try_number"] >= 2
+    taken_over = lab.backend("alpha").get_lun(lun)
+    assert taken_over["copy"]
+
+    # the wait is deferred; kill the triggerer that runs it and start another
+    assert wait_until(lambda: api.task_instances(DAG, run_id)["wait_for_copy"]["state"] == "deferred", 60, 0.5)
+    handle = verify.connect(lab.backend("alpha").export_lun(lun).uri)
+    stats = verify.random_io(handle, model, 100, random.Random(5), max_size=128 * 1024)
+    handle.flush()
+    model.flushed()
+    handle.shutdown()
+    lab.backend("alpha").unexport_lun(lun)
+    assert not stats.errors and not stats.mismatches
+    triggerer = airflow.pid("triggerer")
+    os.killpg(triggerer, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(triggerer), 10)
+    airflow.pid_path("triggerer").unlink()
+    airflow.start("triggerer")
+
+    assert api.wait_run(DAG, run_id, RUN_TIMEOUT)["state"] == "success"
+    tis = api.task_instances(DAG, run_id)
+    assert tis["wait_for_copy"]["state"] == "success"
+    assert lab.backend("alpha").get_lun(lun)["created"] == taken_over["created"]  # one takeover, never redone
+    assert_migrated(lab, admin, services, vid, dest, model, "beta")
