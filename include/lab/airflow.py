@@ -316,19 +316,8 @@ class AirflowLab:
     def write_connections(self) -> None:
         """``cinder_default`` (the lab's admin through Keystone) and ``storage_array_<array>`` for each array."""
         api = self.api()
-        admin = self.services.credentials("admin")
-        api.set_connection(
-            "cinder_default",
-            "openstack_cinder",
-            host=admin["auth_url"],
-            login=admin["username"],
-            password=admin["password"],
-            extra={
-                "project_name": admin["project_name"],
-                "user_domain_name": admin["user_domain_name"],
-                "project_domain_name": admin["project_domain_name"],
-            },
-        )
+        cinder = self.services.cinder_connection("admin")
+        api.set_connection("cinder_default", **cinder)
         for name in self.lab.names():
             config = self.lab.config(name)
             api.set_connection(

@@ -8,7 +8,9 @@ lab up        install what is missing, start the arrays alpha, beta, gamma, the
 lab down      stop exactly the processes the lab started (by PID)
 lab status    PIDs, ports, pools and LUN counts; the services' PIDs, ports and memory;
               Cinder's services
-lab demo      a takeover from gamma to alpha with I/O during the copy (arrays only)
+lab demo      up, then one real migration through the volume_migration DAG: a Cinder
+              volume from gamma to alpha, used through Cinder during the copy,
+              checked byte for byte afterwards; then down (--keep: stay up)
 """
 
 from __future__ import annotations
@@ -34,18 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down")
     sub.add_parser("status")
     demo = sub.add_parser("demo")
-    demo.add_argument("--size-mib", type=int, default=1024)
-    demo.add_argument("--speed-mib", type=int, default=100, help="copy throttle, MiB/s (0 = unlimited)")
-    demo.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    demo.add_argument("--size-gib", type=int, default=1)
+    demo.add_argument("--speed-mib", type=int, default=32, help="copy throttle, MiB/s (0 = unlimited)")
+    demo.add_argument("--keep", action="store_true", help="leave the lab running (and the volume) afterwards")
     args = parser.parse_args(argv)
     lab = Lab(args.root)
     try:
         if args.command == "up":
-            pids = lab.up()
-            if not args.arrays_only:
-                pids.update(lab.services.up())
-                pids.update(cinder_of(lab).up())
-                pids.update(airflow_of(lab).up())
+            pids = lab.up() if args.arrays_only else up_all(lab)
             print(json.dumps(status(lab), indent=1))
             print(f"lab up: {', '.join(f'{n} pid {p}' for n, p in pids.items())}")
             if not args.arrays_only:
@@ -53,27 +51,40 @@ def main(argv: list[str] | None = None) -> int:
                 airflow = airflow_of(lab)
                 print(f"Airflow: {airflow.url} (user admin, password in {airflow.root / 'passwords.json'})")
         elif args.command == "down":
-            results = airflow_of(lab).down()
-            results.update(cinder_of(lab).down())
-            results.update(lab.services.down())
-            results.update(lab.down())
-            print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
-            return 0 if all(results.values()) else 1
+            return down_all(lab)
         elif args.command == "status":
             print(json.dumps(status(lab), indent=1))
         elif args.command == "demo":
             from include.lab.demo import run_demo
 
-            lab.up()
+            up_all(lab)
             try:
-                return run_demo(lab, size=args.size_mib << 20, speed_bps=args.speed_mib << 20)
+                return run_demo(lab, airflow_of(lab).api(), size_gib=args.size_gib, speed_mib=args.speed_mib,
+                                keep=args.keep)  # fmt: skip
             finally:
                 if not args.keep:
-                    lab.down()
+                    down_all(lab)
     except BackendError as exc:
         print(f"lab {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def up_all(lab: Lab) -> dict[str, int]:
+    pids = lab.up()
+    pids.update(lab.services.up())
+    pids.update(cinder_of(lab).up())
+    pids.update(airflow_of(lab).up())
+    return pids
+
+
+def down_all(lab: Lab) -> int:
+    results = airflow_of(lab).down()
+    results.update(cinder_of(lab).down())
+    results.update(lab.services.down())
+    results.update(lab.down())
+    print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
+    return 0 if all(results.values()) else 1
 
 
 def cinder_of(lab: Lab) -> CinderLab:

@@ -186,6 +186,17 @@ class Services:
             "project_domain_name": DOMAIN,
         }
 
+    def cinder_connection(self, user: str) -> dict[str, object]:
+        """``user``'s credentials as an Airflow Connection of type openstack_cinder (plugins/hooks/cinder.py)."""
+        c = self.credentials(user)
+        return {
+            "conn_type": "openstack_cinder",
+            "host": c["auth_url"],
+            "login": c["username"],
+            "password": c["password"],
+            "extra": {k: c[k] for k in ("project_name", "user_domain_name", "project_domain_name")},
+        }
+
     def openrc(self, user: str) -> str:
         """Shell lines exporting the OS_* variables of ``user`` for the openstack/cinder clients."""
         c = self.credentials(user)

@@ -71,21 +71,8 @@ CONNECTOR = {"host": "testhost", "ip": "127.0.0.1", "initiator": "iqn.test", "mu
 
 
 def hook_for(services, user):
-    creds = services.credentials(user)
     conn_id = f"cinder_{user}"
-    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
-        {
-            "conn_type": "openstack_cinder",
-            "host": creds["auth_url"],
-            "login": creds["username"],
-            "password": creds["password"],
-            "extra": {
-                "project_name": creds["project_name"],
-                "user_domain_name": creds["user_domain_name"],
-                "project_domain_name": creds["project_domain_name"],
-            },
-        }
-    )
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(services.cinder_connection(user))
     return CinderHook(conn_id, retry_attempts=6, retry_seconds=60)
 
 
