@@ -286,3 +286,24 @@ def test_begin_refuses_in_use_error_and_snapshotted_volumes(admin, volume):
     admin.request("DELETE", f"/snapshots/{snap['id']}")
     assert wait_until(lambda: not any(
         s["id"] == snap["id"] for s in admin.request("GET", "/snapshots")["snapshots"]), 30)  # fmt: skip
+
+
+def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(admin, volume):
+    vol = volume("beta")
+    vid, src, dest = vol["id"], vol["os-vol-host-attr:host"], f"{CINDER_HOST}@alpha#pool1"
+    lock = admin.begin_migration(vid, dest, owner="run-a")
+    assert lock == {"source_host": src, "host": dest, "owner": "run-a", "migration_status": "starting"}
+    assert admin.begin_migration(vid, dest, owner="run-a") == lock  # the same run again: nothing changes
+    with pytest.raises(CinderError, match="already migrating"):
+        admin.begin_migration(vid, dest, owner="run-b")
+    with pytest.raises(CinderError, match="locked by run-a, not run-b") as err:
+        admin.fail_migration(vid, "not mine", owner="run-b")
+    assert err.value.status == 409
+    admin.mark_attachable(vid, dest)
+    # once attachable, the owner still gets its lock back (a re-run learns where the volume came from)
+    assert admin.begin_migration(vid, dest, owner="run-a")["source_host"] == src
+    with pytest.raises(CinderError):
+        admin.begin_migration(vid, dest, owner="run-b")
+    admin.finish_migration(vid)
+    v = admin.get_volume(vid)
+    assert (v["migration_status"], v["os-vol-host-attr:host"]) == ("success", dest)
