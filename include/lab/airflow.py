@@ -122,6 +122,12 @@ class AirflowApi:
                 raise AirflowError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f} s")
             time.sleep(interval)
 
+    def clear_run(self, dag_id: str, run_id: str) -> list[str]:
+        """Clear every task of a run (it runs again from the start); returns the cleared task ids."""
+        body = {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "reset_dag_runs": True}
+        answer = self.request("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)
+        return [ti["task_id"] for ti in answer.get("task_instances", [])]
+
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         path = f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances"
         return {ti["task_id"]: ti for ti in self.request("GET", path)["task_instances"]}

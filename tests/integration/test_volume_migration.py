@@ -357,3 +357,22 @@ def test_run_completes_after_the_worker_and_the_triggerer_die(lab, admin, servic
     assert tis["wait_for_copy"]["state"] == "success"
     assert lab.backend("alpha").get_lun(lun)["created"] == taken_over["created"]  # one takeover, never redone
     assert_migrated(lab, admin, services, vid, dest, model, "beta")
+
+
+def test_a_run_cleared_during_the_copy_resumes_without_a_second_takeover(lab, admin, services, api, volume):
+    """Clear the whole run while it waits (as after losing a worker host): it starts over and finishes the same move."""
+    vol = volume("beta")
+    vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
+    model = seed(lab, "beta", lun)
+    run_id = api.trigger(DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 24})
+    assert wait_until(lambda: api.task_instances(DAG, run_id)["wait_for_copy"]["state"] == "deferred", 120, 0.5)
+    taken_over = lab.backend("alpha").get_lun(lun)
+    assert taken_over["copy"] and state_of(admin, vid) == ("available", "migrating_attachable", dest)
+    assert "validate_and_lock" in api.clear_run(DAG, run_id)
+
+    assert api.wait_run(DAG, run_id, RUN_TIMEOUT)["state"] == "success"
+    tis = api.task_instances(DAG, run_id)
+    assert tis["validate_and_lock"]["try_number"] == 2  # it ran again: the lock was the run's own
+    assert tis["mark_attachable"]["state"] == "success"
+    assert lab.backend("alpha").get_lun(lun)["created"] == taken_over["created"]  # the same takeover
+    assert_migrated(lab, admin, services, vid, dest, model, "beta")
