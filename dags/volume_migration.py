@@ -89,7 +89,7 @@ def volume_migration() -> None:
     @task(trigger_rule="none_failed_min_one_success")
     def host_copy(**context: Any) -> dict[str, Any]:
         def progress(p: Any) -> None:
-            rt.log.info("host copy: %.1f%% at %.1f MiB/s, ETA %s s", 100 * p.bytes_done / max(p.bytes_total, 1),
+            rt.log.info("host copy: %.1f%% done at %.1f MiB/s, ETA %s s", 100 * p.bytes_done / max(p.bytes_total, 1),
                         p.rate_bps / 2**20, "-" if p.eta_seconds is None else round(p.eta_seconds))  # fmt: skip
 
         with rt.step(context):

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowTaskTimeout
 
 from include.backends.base import BackendDriver
 from include.migration.flow import MigrationRefused, Plan, describe_failure
@@ -84,6 +84,10 @@ def step(context: Any) -> Iterator[None]:
     except (InvalidRequest, MigrationRefused) as exc:
         ti.xcom_push(FAILURE_KEY, describe_failure(ti.task_id, exc))
         raise AirflowFailException(str(exc)) from None
+    except AirflowTaskTimeout:  # a BaseException: task_timeout_s passed
+        seconds = context["params"].get("task_timeout_s")
+        ti.xcom_push(FAILURE_KEY, f"{ti.task_id}: still running after task_timeout_s={seconds} s")
+        raise
     except Exception as exc:
         ti.xcom_push(FAILURE_KEY, describe_failure(ti.task_id, exc))
         raise

@@ -359,8 +359,9 @@ def host_copy(
       whatever is not already zero is zeroed with may-trim semantics.
     * ``speed_bps`` > 0 caps the data bytes written per second (sleep-based
       pacing); skipped ranges are not throttled. 0 means unlimited.
-    * ``progress`` is called with a HostCopyProgress at most every
-      ``progress_interval`` seconds and once at the end. An exception raised
+    * ``progress`` is called with a HostCopyProgress once at the start (with
+      the offset a checkpoint resumes from), then at most every
+      ``progress_interval`` seconds, and once at the end. An exception raised
       by it stops the copy and propagates unchanged.
     * With ``checkpoint``, a JSON file ``{source_uri, target_uri, size,
       offset}`` is replaced atomically every ``checkpoint_every`` bytes,
@@ -405,6 +406,8 @@ def host_copy(
         meter = RateMeter(size)
         meter.add(time.monotonic(), offset)
         saved, last_report = offset, time.monotonic()
+        if progress is not None:
+            progress(HostCopyProgress(offset, size, 0, 0.0, None))
 
         reader = _Reader(src, size, offset, chunk)
         reader.start()

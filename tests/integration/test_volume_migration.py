@@ -301,6 +301,32 @@ def test_refused_when_the_service_the_connection_or_an_array_is_missing(lab, cin
     assert luns(lab) == arrays_before
 
 
+def test_a_failure_after_the_lock_rolls_back_and_says_why(lab, admin, api, volume):
+    """A forced host copy at 1 MiB/s with task_timeout_s=10: every try times out, resuming from the checkpoint
+    the one before left; then rollback deletes the target LUN, keeps the source and tells Cinder why."""
+    vol = volume("beta")
+    vid, lun, source = vol["id"], f"volume-{vol['id']}", vol["os-vol-host-attr:host"]
+    model = seed(lab, "beta", lun)
+    alpha_before = luns(lab)["alpha"]
+    conf = {"volume_id": vid, "dest_host": f"{CINDER_HOST}@alpha#pool1", "force_host_copy": True}
+    run_id, state, tis = run_and_wait(api, {**conf, "speed_mib": 1, "task_timeout_s": 10})
+    assert state == "failed" and tis["host_copy"]["state"] == "failed", states(tis)
+    assert tis["host_copy"]["try_number"] == 4 and tis["rollback"]["state"] == "success"
+
+    def first_percent(try_number):
+        log = api.task_log(DAG, run_id, "host_copy", try_number)
+        line = next(line for line in log.splitlines() if "% done" in line)
+        return float(line.split("host copy: ")[1].split("%")[0])
+
+    assert first_percent(1) == 0.0 and first_percent(4) > 0  # the later tries resumed from the checkpoint
+    assert "target LUN deleted from alpha" in logs_of(api, run_id, "rollback", tis)
+    v = admin.get_volume(vid)
+    assert (v["status"], v["migration_status"], v["os-vol-host-attr:host"]) == ("available", "error", source)
+    assert v["metadata"]["async_migration_error"] == "host_copy: still running after task_timeout_s=10 s"
+    assert luns(lab)["alpha"] == alpha_before
+    assert model.mismatches(content_on(lab, "beta", lun)) == []
+
+
 # ---- dead processes ----------------------------------------------------------------------------
 def worker_of(ti):
     """The task's process and the LocalExecutor worker that supervises it."""
