@@ -203,7 +203,8 @@ class AsyncMigrationController(wsgi.Controller):
             LOG.info("async migration of volume %s to %s: begin again by %s, already locked", id, host, owner)
             return self._lock_answer(volume)
         self._service(context, host)
-        if volume_utils.extract_host(volume.host, "pool") and volume.host == host:
+        settled = volume.migration_status in NOT_MIGRATING  # else "already migrating" below says it better
+        if settled and volume_utils.extract_host(volume.host, "pool") and volume.host == host:
             raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is already on {host}")
         reasons = []
         if volume.status != "available":

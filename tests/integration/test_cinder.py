@@ -30,6 +30,12 @@ def provisioned_gb(hook):
     return {p["name"]: p["capabilities"]["provisioned_capacity_gb"] for p in pools}
 
 
+def array_gb(lab, host):
+    """GiB the array behind ``host`` (lab@array#pool) holds in that pool, by LUN size."""
+    array, pool = host.split("@")[1].split("#")
+    return sum(lun["size"] for lun in lab.backend(array).list_luns() if lun["pool"] == pool) // GiB
+
+
 def lun_of(lab, vol):
     array = vol["os-vol-host-attr:host"].split("@")[1].split("#")[0]
     return array, lab.backend(array).get_lun(f"volume-{vol['id']}")
@@ -91,6 +97,7 @@ def test_cinder_pool_move_uses_the_driver(lab, admin, volume):
 
 
 def test_async_migration_transitions(lab, admin, member, services, volume):
+    """The extension's state machine alone (no data moves: the LUN stays on gamma and is removed at the end)."""
     vol = volume("gamma")
     vid, src = vol["id"], vol["os-vol-host-attr:host"]
     dest = f"{CINDER_HOST}@alpha#pool1"
@@ -157,6 +164,7 @@ def test_async_migration_transitions(lab, admin, member, services, volume):
         "available", "success", dest)  # fmt: skip
     with pytest.raises(CinderError):
         admin.finish_migration(vid)
+    lab.backend("gamma").delete_lun(f"volume-{vid}")
 
 
 def test_fail_before_attachable_keeps_host_and_says_why(admin, volume):
@@ -180,7 +188,8 @@ def test_attach_during_takeover_is_served_by_the_target(lab, admin, volume):
     name, dest = f"volume-{vid}", f"{CINDER_HOST}@alpha#pool1"
     gamma, alpha = lab.backend("gamma"), lab.backend("alpha")
     src = f"{CINDER_HOST}@gamma#pool1"
-    assert wait_until(lambda: provisioned_gb(admin)[src] >= 1, 40, 1.0)  # the new volume shows on gamma
+    # the scheduler's numbers have caught up with both arrays (the new volume shows on gamma) before we count
+    assert wait_until(lambda: all(provisioned_gb(admin)[h] == array_gb(lab, h) for h in (src, dest)), 40, 1.0)
     before = provisioned_gb(admin)
     admin.begin_migration(vid, dest)
     lun = Volume(name, GiB)
@@ -288,7 +297,7 @@ def test_begin_refuses_in_use_error_and_snapshotted_volumes(admin, volume):
         s["id"] == snap["id"] for s in admin.request("GET", "/snapshots")["snapshots"]), 30)  # fmt: skip
 
 
-def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(admin, volume):
+def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(lab, admin, volume):
     vol = volume("beta")
     vid, src, dest = vol["id"], vol["os-vol-host-attr:host"], f"{CINDER_HOST}@alpha#pool1"
     lock = admin.begin_migration(vid, dest, owner="run-a")
@@ -302,8 +311,9 @@ def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(admin
     admin.mark_attachable(vid, dest)
     # once attachable, the owner still gets its lock back (a re-run learns where the volume came from)
     assert admin.begin_migration(vid, dest, owner="run-a")["source_host"] == src
-    with pytest.raises(CinderError):
+    with pytest.raises(CinderError, match="already migrating"):
         admin.begin_migration(vid, dest, owner="run-b")
     admin.finish_migration(vid)
     v = admin.get_volume(vid)
     assert (v["migration_status"], v["os-vol-host-attr:host"]) == ("success", dest)
+    lab.backend("beta").delete_lun(f"volume-{vid}")  # state transitions only: the data never moved
