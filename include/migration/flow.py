@@ -183,12 +183,16 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, array
     if request.dest_host not in pools:
         raise MigrationRefused(f"destination {request.dest_host} is not a pool Cinder knows ({', '.join(pools)})")
     plan = _plan(request, volume, current_host, owner, cinder)
+    resumed = volume.get("migration_status") == "starting"
+    if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
+        _lock(cinder, request, owner)
     source = _array(arrays, plan.source_backend, "source")
     dest = _array(arrays, plan.dest_backend, "destination")
-    problems = _array_problems(plan, source, dest)
+    problems = _array_problems(plan, source, dest, resumed=resumed)
     if problems:
         raise MigrationRefused(f"volume {plan.volume_id} cannot be migrated to {plan.dest_host}: {'; '.join(problems)}")
-    _lock(cinder, request, owner)
+    if not resumed:
+        _lock(cinder, request, owner)
     log.info("volume %s locked for %s by %s; path %s", plan.volume_id, plan.dest_host, owner, plan.path)
     return plan
 
@@ -225,8 +229,12 @@ def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, o
     )
 
 
-def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver) -> list[str]:
-    """What the arrays say against the move: reachability, pool, space, the LUNs on both sides."""
+def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver, *, resumed: bool) -> list[str]:
+    """What the arrays say against the move: reachability, pool, space, the LUNs on both sides.
+
+    ``resumed``: the run holds the lock already, so a LUN of that name on the
+    destination (and the space it takes) is its own work from before.
+    """
     problems = []
     caps = {}
     for role, array in (("source", source), ("destination", dest)):
@@ -247,6 +255,8 @@ def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver) -> l
         if plan.path == Step.HOST_COPY.value:
             problems.append(f"a host copy needs two arrays; {source.name} moves between its pools itself")
         return problems
+    if resumed:
+        return problems
     if pool is not None and pool.free_bytes < plan.size:
         free, need = pool.free_bytes // MiB, plan.size // MiB
         problems.append(f"pool {plan.dest_pool} of {dest.name} has {free} MiB free, the volume needs {need} MiB")
@@ -254,8 +264,7 @@ def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver) -> l
         lun = dest.get_lun(plan.lun)
     except NotFound:
         lun = None
-    if lun is not None and not (lun.get("copy") or lun.get("taken_over_from") == source.name):
-        # a takeover in flight from this source is a re-run's own (the lock in Cinder decides whose)
+    if lun is not None:
         problems.append(f"array {dest.name} already holds a LUN named {plan.lun}")
     return problems
 

@@ -215,6 +215,15 @@ def test_validate_locks_once_and_a_retry_by_the_same_run_gets_the_same_plan(arra
     assert flow.Plan.from_json(plan.to_json()) == plan
 
 
+def test_a_cleared_run_takes_its_own_lock_back_despite_its_partial_target(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays, force_host_copy=True)
+    arrays.found["alpha"].create_lun(LUN, GiB, "pool1")  # host_copy had begun
+    assert validate(cinder, arrays, force_host_copy=True) == plan
+    with pytest.raises(flow.MigrationRefused, match="already migrating"):
+        flow.validate_and_lock({"volume_id": VID, "dest_host": "lab@alpha#pool1"}, "run-2", cinder, arrays)
+
+
 def test_rerun_after_the_volume_became_attachable_resumes_from_the_lock(arrays):
     cinder = ScriptedCinder()
     plan = validate(cinder, arrays)
