@@ -187,12 +187,6 @@ class ReferenceArrayBackend(ArrayApiBackend):
         return MigrationProgress.from_json(data)
 
     def abort_migration_target(self, volume: Volume) -> None:
-        """Cancel an unfinished takeover and delete the target LUN; the source is untouched.
-
-        Writes made on the target since the takeover are lost: call it only
-        before the volume was made attachable. The caller then releases the
-        source's takeover export.
-        """
         self.request("DELETE", f"/v1/takeovers/{quote(volume.name, safe='')}")
 
     def pause_migration(self, volume: Volume) -> MigrationProgress:

@@ -247,3 +247,12 @@ class BackendDriver(abc.ABC):
         on; the source is still intact.
         """
         raise NotImplementedError(f"{type(self).__name__} does not take LUNs over")
+
+    def abort_migration_target(self, volume: Volume) -> None:
+        """Cancel an unfinished takeover of ``volume`` and delete the target LUN; the source is untouched.
+
+        Writes made on the target since the takeover are lost: call it only
+        before the volume was made attachable. The caller then releases the
+        source's takeover export.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not take LUNs over")

@@ -22,14 +22,15 @@ with its methods) and ``arrays``: a function from a Cinder backend name to the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from include.backends.base import BackendDriver, Destination, MiB, MigrationState, Volume
+from include.backends.base import BackendDriver, Destination, GiB, MiB, MigrationState, Volume
 from include.backends.errors import ArrayUnavailable, BackendError, NotFound
 from include.migration.paths import Step, first_step
 from include.migration.request import MigrationRequest, parse_request
@@ -37,7 +38,6 @@ from include.migration.request import MigrationRequest, parse_request
 log = logging.getLogger(__name__)
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
-NOT_MIGRATING = (None, "", "error", "success", "deleting")
 
 
 class MigrationRefused(Exception):
@@ -136,13 +136,20 @@ def _array(arrays: Arrays, backend: str, role: str) -> BackendDriver:
         raise MigrationRefused(f"{role} backend {backend}: {exc}") from None
 
 
-def _volume_or_refuse(cinder: CinderApi, volume_id: str) -> dict[str, Any]:
+@contextlib.contextmanager
+def _refused_on(statuses: tuple[int, ...], message: str | None = None) -> Iterator[None]:
+    """A Cinder answer with one of ``statuses`` becomes MigrationRefused (``message``, else Cinder's own words)."""
     try:
-        return cinder.get_volume(volume_id)
+        yield
     except Exception as exc:  # CinderError: the hook's, not imported here
-        if getattr(exc, "status", None) == 404:
-            raise MigrationRefused(f"volume {volume_id} does not exist") from None
+        if getattr(exc, "status", None) in statuses:
+            raise MigrationRefused(message or str(exc)) from None
         raise
+
+
+def _volume_or_refuse(cinder: CinderApi, volume_id: str) -> dict[str, Any]:
+    with _refused_on((404,), f"volume {volume_id} does not exist"):
+        return cinder.get_volume(volume_id)
 
 
 def _check_service(cinder: CinderApi, dest_host: str) -> None:
@@ -198,27 +205,19 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, array
 
 
 def _lock(cinder: CinderApi, request: MigrationRequest, owner: str) -> dict[str, Any]:
-    try:
+    with _refused_on((400, 409)):  # Cinder's refusal (status, snapshots, another run...)
         return cinder.begin_migration(request.volume_id, request.dest_host, owner)
-    except Exception as exc:
-        if getattr(exc, "status", None) in (400, 409):  # Cinder's refusal (status, snapshots, another run...)
-            raise MigrationRefused(str(exc)) from None
-        raise
 
 
 def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, owner: str, cinder: CinderApi) -> Plan:
     volume_type_id = None
     if request.new_type:
-        try:
+        with _refused_on((404,), f"volume type {request.new_type} does not exist"):
             volume_type_id = cinder.get_volume_type(request.new_type)["id"]
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                raise MigrationRefused(f"volume type {request.new_type} does not exist") from None
-            raise
     return Plan(
         volume_id=request.volume_id,
         lun=f"volume-{volume.get('os-vol-mig-status-attr:name_id') or request.volume_id}",
-        size=int(volume["size"]) * 1024**3,
+        size=int(volume["size"]) * GiB,
         source_host=source_host,
         dest_host=request.dest_host,
         owner=owner,
@@ -247,9 +246,7 @@ def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver, *, r
     pool = caps["destination"].pool(plan.dest_pool)
     if pool is None:
         problems.append(f"array {dest.name} has no pool {plan.dest_pool}")
-    try:
-        source.get_lun(plan.lun)
-    except NotFound:
+    if _find_lun(source, plan.lun) is None:
         problems.append(f"array {source.name} has no LUN {plan.lun}")
     if source.name == dest.name:
         if plan.path == Step.HOST_COPY.value:
@@ -260,13 +257,26 @@ def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver, *, r
     if pool is not None and pool.free_bytes < plan.size:
         free, need = pool.free_bytes // MiB, plan.size // MiB
         problems.append(f"pool {plan.dest_pool} of {dest.name} has {free} MiB free, the volume needs {need} MiB")
-    try:
-        lun = dest.get_lun(plan.lun)
-    except NotFound:
-        lun = None
-    if lun is not None:
+    if _find_lun(dest, plan.lun) is not None:
         problems.append(f"array {dest.name} already holds a LUN named {plan.lun}")
     return problems
+
+
+def _find_lun(array: BackendDriver, name: str) -> dict[str, Any] | None:
+    try:
+        return array.get_lun(name)
+    except NotFound:
+        return None
+
+
+def _release_source(source: BackendDriver, name: str, *, delete: bool = False) -> None:
+    """Drop the source LUN's takeover and server exports (and the LUN itself with ``delete``); idempotent."""
+    steps = (source.release_takeover, source.unexport_lun) + ((source.delete_lun,) if delete else ())
+    for step in steps:
+        try:
+            step(name)
+        except NotFound:
+            pass
 
 
 # ---- the data paths ---------------------------------------------------------------------------
@@ -299,14 +309,13 @@ def mark_attachable(plan: Plan, cinder: CinderApi, model_update: dict[str, Any] 
         cinder.mark_attachable(plan.volume_id, plan.dest_host, location)
     except Exception as exc:
         volume = cinder.get_volume(plan.volume_id)
-        if not (_attachable(volume) and volume.get("os-vol-host-attr:host") == plan.dest_host):
+        if (volume.get("migration_status"), volume.get("os-vol-host-attr:host")) != (
+            MIGRATING_ATTACHABLE,
+            plan.dest_host,
+        ):
             raise
         log.info("volume %s was already attachable on %s (%s)", plan.volume_id, plan.dest_host, exc)
     log.info("volume %s is attachable on %s while its data is copied", plan.volume_id, plan.dest_host)
-
-
-def _attachable(volume: dict[str, Any]) -> bool:
-    return volume.get("migration_status") == MIGRATING_ATTACHABLE
 
 
 def checkpoint_path(state_dir: pathlib.Path, plan: Plan) -> pathlib.Path:
@@ -324,10 +333,7 @@ def host_copy(
     from include.backends.host_copy import host_copy as copy_through_host  # libnbd: only where a copy runs
 
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    try:
-        dest.get_lun(plan.lun)
-    except NotFound:
-        dest.create_lun(plan.lun, plan.size, plan.dest_pool)
+    target = _find_lun(dest, plan.lun) or dest.create_lun(plan.lun, plan.size, plan.dest_pool)
     checkpoint = checkpoint_path(state_dir, plan)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     result = copy_through_host(
@@ -340,8 +346,7 @@ def host_copy(
     for array in (source, dest):
         array.unexport_lun(plan.lun)
     log.info("host copy of %s: %s", plan.lun, result)
-    location = dest.get_lun(plan.lun).get("location")
-    return {"bytes_copied": result.bytes_written, "provider_location": location}
+    return {"bytes_copied": result.bytes_written, "provider_location": target.get("location")}
 
 
 # ---- the end: commit or roll back -------------------------------------------------------------
@@ -376,11 +381,7 @@ def commit(plan: Plan, cinder: CinderApi, arrays: Arrays, model_update: dict[str
     if why:
         raise MigrationFailed(f"not committed, the source LUN is kept: {why}")
     if source.name != dest.name:
-        for step in (source.release_takeover, source.unexport_lun, source.delete_lun):
-            try:
-                step(plan.lun)
-            except NotFound:
-                pass
+        _release_source(source, plan.lun, delete=True)
         log.info("source LUN %s deleted from %s", plan.lun, source.name)
     location = (model_update or {}).get("provider_location") or dest.get_lun(plan.lun).get("location")
     cinder.finish_migration(plan.volume_id, plan.dest_host, location, plan.volume_type_id)
@@ -407,13 +408,12 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
     if status != "starting":
         return f"nothing to undo: volume {plan.volume_id} has migration_status {status}"
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    try:
-        lun = source.get_lun(plan.lun)
-    except NotFound:
+    lun = _find_lun(source, plan.lun)
+    if lun is None:
         raise MigrationFailed(
             f"rollback refused: the source LUN {plan.lun} is gone from {source.name}; the target on "
             f"{dest.name} is the only copy and is kept (commit the run instead)"
-        ) from None
+        )
     done = []
     if source.name == dest.name:
         if lun.get("pool") != plan.source_pool:
@@ -428,23 +428,16 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
 
 def _remove_target(plan: Plan, source: BackendDriver, dest: BackendDriver) -> list[str]:
     done = []
-    try:
-        target = dest.get_lun(plan.lun)
-    except NotFound:
-        target = None
+    target = _find_lun(dest, plan.lun)
     if target is not None:
-        if target.get("copy") and hasattr(dest, "abort_migration_target"):
+        if target.get("copy"):  # only an array that takes LUNs over has a copy running
             dest.abort_migration_target(plan.volume)
             done.append(f"takeover on {dest.name} aborted")
         else:
             dest.unexport_lun(plan.lun)
             dest.delete_lun(plan.lun)
             done.append(f"target LUN deleted from {dest.name}")
-    for step in (source.release_takeover, source.unexport_lun):
-        try:
-            step(plan.lun)
-        except NotFound:
-            pass
+    _release_source(source, plan.lun)
     return done
 
 
