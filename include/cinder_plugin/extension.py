@@ -64,6 +64,7 @@ ERROR_KEY = "async_migration_error"
 DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"
 SOURCE_KEY = "async_migration_source"
+LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
 ACTIONS = ("begin", "attachable", "finish", "fail")
 
 
@@ -224,7 +225,7 @@ class AsyncMigrationController(wsgi.Controller):
             "group_id": (None, ""),
             "replication_status": (None, fields.ReplicationStatus.DISABLED, fields.ReplicationStatus.NOT_CAPABLE),
         }
-        updates = {"status": "maintenance", "migration_status": "starting", "previous_status": "available"}
+        updates = {**LOCKED, "previous_status": "available"}
         if not volume.conditional_update(updates, expected, [~db.volume_has_snapshots_filter()]):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "starting"))
         lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
@@ -234,7 +235,8 @@ class AsyncMigrationController(wsgi.Controller):
         LOG.info("async migration of volume %s to %s begins", volume.id, host)
         return self._lock_answer(volume)
 
-    def _dest_updates(self, context: Any, volume: Any, host: str, args: dict[str, Any]) -> dict[str, Any]:
+    def _arrival(self, context: Any, volume: Any, host: str, args: dict[str, Any], status: str) -> dict[str, Any]:
+        """The updates that put a locked volume on ``host`` (its service and zone) with ``migration_status``."""
         dest = volume.admin_metadata.get(DEST_KEY)
         if dest and dest != host:
             raise webob.exc.HTTPBadRequest(explanation=f"volume {volume.id} is migrating to {dest}, not {host}")
@@ -244,6 +246,8 @@ class AsyncMigrationController(wsgi.Controller):
             "cluster_name": service.cluster_name,
             "service_uuid": service.uuid,
             "availability_zone": service.availability_zone,
+            "migration_status": status,
+            "status": "available",
         }
         if args.get("provider_location") is not None:
             updates["provider_location"] = str(args["provider_location"])
@@ -256,10 +260,8 @@ class AsyncMigrationController(wsgi.Controller):
         args = _body(body, "attachable")
         host = _host(args)
         volume = self._volume(context, id)
-        updates = self._dest_updates(context, volume, host, args)
-        updates.update(migration_status=MIGRATING_ATTACHABLE, status="available")
-        expected = {"migration_status": "starting", "status": "maintenance"}
-        if not volume.conditional_update(updates, expected):
+        updates = self._arrival(context, volume, host, args, MIGRATING_ATTACHABLE)
+        if not volume.conditional_update(updates, LOCKED):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, MIGRATING_ATTACHABLE))
         LOG.info("volume %s is served by %s and attachable while its data is copied", volume.id, host)
         return webob.Response(status_int=202)
@@ -276,10 +278,8 @@ class AsyncMigrationController(wsgi.Controller):
                 raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is on {volume.host}, not {args['host']}")
             expected: dict[str, Any] = {"migration_status": MIGRATING_ATTACHABLE}
         else:  # a synchronous path (source driver, host copy) ends here straight from starting
-            host = _host(args)
-            updates = self._dest_updates(context, volume, host, args)
-            updates.update(migration_status="success", status="available")
-            expected = {"migration_status": "starting", "status": "maintenance"}
+            updates = self._arrival(context, volume, _host(args), args, "success")
+            expected = LOCKED
         if args.get("volume_type_id") is not None:
             updates["volume_type_id"] = self._volume_type(context, args["volume_type_id"]).id
         if not volume.conditional_update(updates, expected):
@@ -301,7 +301,7 @@ class AsyncMigrationController(wsgi.Controller):
         if owner and holder and holder != owner:
             raise webob.exc.HTTPConflict(explanation=f"volume {id} is locked by {holder}, not {owner}")
         updates = {"migration_status": "error", "status": "available"}
-        if not volume.conditional_update(updates, {"migration_status": "starting", "status": "maintenance"}):
+        if not volume.conditional_update(updates, LOCKED):
             raise webob.exc.HTTPConflict(
                 explanation=self._refusal(volume, "error")
                 + " (only a migration that is not attachable yet can fail; an attachable one is retried)"
