@@ -400,8 +400,7 @@ class ReferenceArray(BaseArray):
                 self.active.add(name)
                 self._serve(lun)
             except BaseException:
-                self._close_nodes(lun)
-                path.unlink(missing_ok=True)
+                self._dp_delete(lun)
                 if self.inventory.luns.pop(name, None) is not None:
                     self.inventory.save()
                 raise
@@ -421,8 +420,7 @@ class ReferenceArray(BaseArray):
                 raise Conflict(f"LUN {name} has no takeover in progress (its copy has finished or never ran)")
             if lun.get("server_export") and lun["copy"]["mode"] == "stream":
                 log.warning("aborting the takeover of %s: writes made on this array are dropped", name)
-            self._close_nodes(lun)
-            self.image_path(lun).unlink(missing_ok=True)
+            self._dp_delete(lun)
             del self.inventory.luns[name]
             self.inventory.save()
             self.meters.pop(name, None)
