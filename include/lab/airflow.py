@@ -20,15 +20,16 @@ import json
 import os
 import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from include.backends.errors import BackendError
 from include.lab.lab import HOST, PROJECT_ROOT, Lab, free_port
+from include.lab.localhttp import http_call
 from include.lab.procutil import read_pid, spawn_daemon, stop_daemon, tree_rss_kib, wait_until, write_private
 
 VENV = PROJECT_ROOT / ".venv"
@@ -51,23 +52,16 @@ class AirflowApi:
         self._password = password
         self.timeout = timeout
         self._token: str | None = None
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def __repr__(self) -> str:
         return f"AirflowApi({self.base_url!r}, user={self.username!r})"
 
     def _send(self, method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[int, bytes]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
+            status, _, raw = http_call(method, url, body=body, headers=headers, timeout=self.timeout)
+        except OSError as exc:
             raise AirflowError(f"Airflow API at {self.base_url} unreachable: {getattr(exc, 'reason', exc)}") from None
+        return status, raw
 
     def token(self) -> str:
         if self._token is None:
@@ -113,14 +107,15 @@ class AirflowApi:
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any]:
         """Poll until the run ends; AirflowError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.run(dag_id, run_id)
-            if run["state"] in TERMINAL_RUN_STATES:
-                return run
-            if time.monotonic() > deadline:
-                raise AirflowError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f} s")
-            time.sleep(interval)
+        run: dict[str, Any] = {}
+
+        def ended() -> bool:
+            run.update(self.run(dag_id, run_id))
+            return run["state"] in TERMINAL_RUN_STATES
+
+        if not wait_until(ended, timeout, interval):
+            raise AirflowError(f"run {run_id} of {dag_id} still {run['state']} after {timeout:.0f} s")
+        return run
 
     def clear_run(self, dag_id: str, run_id: str) -> list[str]:
         """Clear every task of a run (it runs again from the start); returns the cleared task ids."""
@@ -237,7 +232,9 @@ class AirflowLab:
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.settings()}
 
+    @cached_property
     def api(self) -> AirflowApi:
+        """The REST client as the lab's admin (one login, reused)."""
         return AirflowApi(self.url, ADMIN, self.config["admin_password"])
 
     def airflow(self, *args: str, timeout: float = 300) -> str:
@@ -276,7 +273,7 @@ class AirflowLab:
     def health(self) -> dict[str, str]:
         """Component -> "healthy"/"unhealthy"/... from ``/api/v2/monitor/health`` (no auth needed)."""
         try:
-            data = self.api().request("GET", "/monitor/health")
+            data = self.api.request("GET", "/monitor/health")
         except AirflowError:
             return {}
         found = {"api-server": "healthy", "metadatabase": data.get("metadatabase", {}).get("status", "")}
@@ -306,7 +303,7 @@ class AirflowLab:
         return pids
 
     def wait_dags(self, dag_ids: tuple[str, ...], timeout: float) -> None:
-        api = self.api()
+        api = self.api
         missing = list(dag_ids)
 
         def parsed() -> bool:
@@ -321,7 +318,7 @@ class AirflowLab:
 
     def write_connections(self) -> None:
         """``cinder_default`` (the lab's admin through Keystone) and ``storage_array_<array>`` for each array."""
-        api = self.api()
+        api = self.api
         cinder = self.services.cinder_connection("admin")
         api.set_connection("cinder_default", **cinder)
         for name in self.lab.names():

@@ -13,12 +13,12 @@ import json
 import os
 import re
 import subprocess
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from include.backends.errors import BackendError
 from include.lab.lab import HOST, PROJECT_ROOT, Lab
+from include.lab.localhttp import http_call
 from include.lab.procutil import pid_alive, read_pid, spawn_daemon, stop_daemon, wait_until, write_private
 
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
@@ -168,12 +168,13 @@ class CinderLab:
         aliases: set[str] = set()
 
         def listed() -> bool:
-            request = urllib.request.Request(url, headers={"X-Auth-Token": token})
             try:
-                with urllib.request.urlopen(request, timeout=10) as resp:
-                    aliases.update(e["alias"] for e in json.load(resp)["extensions"])
+                status, _, raw = http_call("GET", url, headers={"X-Auth-Token": token}, timeout=10)
             except OSError:  # the API is still starting
                 return False
+            if status != 200:
+                return False
+            aliases.update(e["alias"] for e in json.loads(raw)["extensions"])
             return True
 
         if not wait_until(listed, timeout, 1.0):

@@ -16,6 +16,7 @@ lab demo      up, then one real migration through the volume_migration DAG: a Ci
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
             up_all(lab)
             try:
-                return run_demo(lab, airflow_of(lab).api(), size_gib=args.size_gib, speed_mib=args.speed_mib,
+                return run_demo(lab, airflow_of(lab).api, size_gib=args.size_gib, speed_mib=args.speed_mib,
                                 keep=args.keep)  # fmt: skip
             finally:
                 if not args.keep:
@@ -87,10 +88,12 @@ def down_all(lab: Lab) -> int:
     return 0 if all(results.values()) else 1
 
 
+@functools.cache
 def cinder_of(lab: Lab) -> CinderLab:
     return CinderLab(lab.root / "cinder", lab, lab.services)
 
 
+@functools.cache
 def airflow_of(lab: Lab) -> AirflowLab:
     return AirflowLab(lab.root / "airflow", lab, lab.services)
 

@@ -99,17 +99,26 @@ def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     return wait_until(lambda: not pid_alive(pid), 5.0)
 
 
-def spawn_daemon(cmd: list[str], *, log_path: Path, pid_path: Path, env: dict[str, str]) -> int:
+def spawn_daemon(
+    cmd: list[str], *, log_path: Path, pid_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
     """Start ``cmd`` in a session of its own (it outlives us), output appended to ``log_path``.
 
     Its PID goes to ``pid_path``; when that file already names a live process, nothing is started.
+    ``env`` None: our environment.
     """
     pid = read_pid(pid_path)
     if pid is not None:
         return pid
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
         )
     pid_path.write_text(str(proc.pid))
     return proc.pid

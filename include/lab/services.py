@@ -31,13 +31,21 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from include.backends.errors import BackendError
 from include.lab.lab import HOST, PROJECT_ROOT, free_port
-from include.lab.procutil import pid_alive, process_tree, read_pid, stop_pid, tree_rss_kib, wait_until, write_private
+from include.lab.localhttp import http_call
+from include.lab.procutil import (
+    pid_alive,
+    process_tree,
+    read_pid,
+    spawn_daemon,
+    stop_pid,
+    tree_rss_kib,
+    wait_until,
+    write_private,
+)
 
 KEYSTONE_VENV = PROJECT_ROOT / ".venv-keystone"
 PG_OS_USER = "postgres"  # PostgreSQL refuses to run as root
@@ -86,7 +94,6 @@ class Services:
         self.root = Path(root)
         self.keystone_venv = Path(keystone_venv)
         self._config: dict[str, dict[str, object]] | None = None
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
 
     # ---- configuration --------------------------------------------------------
     @property
@@ -519,19 +526,12 @@ class Services:
     def _start_epmd(self, deadline: float) -> int:
         """Our node's own epmd, on our port: a system epmd (4369) is never used, started or stopped."""
         self.rabbit_dir.mkdir(parents=True, exist_ok=True)
-        pid = read_pid(self.rabbit_dir / "epmd.pid")
         port = self.port("epmd")
-        if pid is None:
-            with open(self.rabbit_dir / "epmd.log", "ab") as log:
-                proc = subprocess.Popen(
-                    [shutil.which("epmd") or "epmd", "-port", str(port), "-address", HOST],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            pid = proc.pid
-            (self.rabbit_dir / "epmd.pid").write_text(str(pid))
+        pid = spawn_daemon(
+            [shutil.which("epmd") or "epmd", "-port", str(port), "-address", HOST],
+            log_path=self.rabbit_dir / "epmd.log",
+            pid_path=self.rabbit_dir / "epmd.pid",
+        )
 
         def ready() -> bool:
             if not pid_alive(pid):
@@ -570,19 +570,14 @@ class Services:
         write_private(d / "rabbitmq.conf", "".join(f"{k} = {v}\n" for k, v in conf.items()))
         (d / "enabled_plugins").write_text("[].\n")  # no management plugin, no extra listeners
         (d / "rabbitmq.pid").unlink(missing_ok=True)
-        with open(self.rabbit_log, "ab") as log:
-            # In the foreground the start script traps SIGTERM and stops the node cleanly.
-            proc = subprocess.Popen(
-                [str(RABBIT_BIN / "rabbitmq-server")],
-                cwd=d,
-                env=self.rabbit_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        (d / "server.pid").write_text(str(proc.pid))
-        return proc.pid
+        # In the foreground the start script traps SIGTERM and stops the node cleanly.
+        return spawn_daemon(
+            [str(RABBIT_BIN / "rabbitmq-server")],
+            log_path=self.rabbit_log,
+            pid_path=d / "server.pid",
+            env=self.rabbit_env(),
+            cwd=d,
+        )
 
     def _wait_rabbitmq(self, script: int | None, deadline: float) -> int:
         port = self.port("rabbitmq")
@@ -705,36 +700,23 @@ max_password_length = 72
             )
             stamp.write_text("db_sync, fernet_setup, credential_setup, bootstrap done\n")
         pid_path = k / "uwsgi.pid"
-        pid = read_pid(pid_path)
-        started = pid is None
-        if started:
-            cmd = [
-                str(self.keystone_venv / "bin" / "uwsgi"),
-                *("--http-socket", f"{HOST}:{self.keystone_port}"),
-                *("--virtualenv", str(self.keystone_venv)),
-                *("--module", "keystone.wsgi.api:application"),
-                *("--env", f"OS_KEYSTONE_CONFIG_DIR={k}"),
-                *("--master", "--processes", "2", "--need-app", "--die-on-term", "--no-orphans", "--thunder-lock"),
-                # each worker loads the app itself (as devstack does): no DB pool or thread crosses a fork;
-                # as little memory as sharing it after a fork (PSS), less RSS
-                "--lazy-apps",
-                # without it, clients see intermittent connection resets on token requests (DESIGN.md 5)
-                *("--add-header", "Connection: close"),
-                *("--buffer-size", "65535"),  # tokens and catalogs in headers
-                *("--pidfile", str(pid_path)),
-            ]
-            with open(self.keystone_log, "ab") as log:
-                proc = subprocess.Popen(
-                    cmd,
-                    cwd=k,
-                    env=self._keystone_env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            pid = proc.pid
-            pid_path.write_text(str(pid))
+        started = read_pid(pid_path) is None
+        cmd = [
+            str(self.keystone_venv / "bin" / "uwsgi"),
+            *("--http-socket", f"{HOST}:{self.keystone_port}"),
+            *("--virtualenv", str(self.keystone_venv)),
+            *("--module", "keystone.wsgi.api:application"),
+            *("--env", f"OS_KEYSTONE_CONFIG_DIR={k}"),
+            *("--master", "--processes", "2", "--need-app", "--die-on-term", "--no-orphans", "--thunder-lock"),
+            # each worker loads the app itself (as devstack does): no DB pool or thread crosses a fork;
+            # as little memory as sharing it after a fork (PSS), less RSS
+            "--lazy-apps",
+            # without it, clients see intermittent connection resets on token requests (DESIGN.md 5)
+            *("--add-header", "Connection: close"),
+            *("--buffer-size", "65535"),  # tokens and catalogs in headers
+            *("--pidfile", str(pid_path)),
+        ]
+        pid = spawn_daemon(cmd, log_path=self.keystone_log, pid_path=pid_path, env=self._keystone_env(), cwd=k)
 
         def ready() -> bool:
             if not pid_alive(pid):
@@ -762,20 +744,12 @@ max_password_length = 72
     ) -> tuple[int, dict[str, str], dict[str, object]]:
         """One call to Keystone's API (``path`` like ``/v3/projects``): (status, headers, JSON body)."""
         headers = {"Accept": "application/json", "Connection": "close"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            data = json.dumps(body).encode()
         if token:
             headers["X-Auth-Token"] = token
         url = f"http://{HOST}:{self.keystone_port}{path}"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with self._opener.open(req, timeout=timeout) as resp:
-                status, resp_headers, raw = resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as exc:
-            status, resp_headers, raw = exc.code, dict(exc.headers), exc.read()
-        except (urllib.error.URLError, OSError) as exc:
+            status, resp_headers, raw = http_call(method, url, body=body, headers=headers, timeout=timeout)
+        except OSError as exc:
             raise BackendError(f"Keystone at {url} unreachable: {exc}; see {self.keystone_log}") from None
         try:
             payload = json.loads(raw) if raw else {}

@@ -45,7 +45,7 @@ def airflow(lab, services, cinder, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api(airflow):
-    return airflow.api()
+    return airflow.api
 
 
 # ---- helpers ------------------------------------------------------------------------------------
