@@ -84,8 +84,9 @@ def zero_runs(data: bytes, granularity: int = ZERO_GRANULARITY) -> list[tuple[in
     """
     runs: list[tuple[int, int, bool]] = []
     zero = bytes(granularity)
+    view = memoryview(data)  # compare blocks in place, without copying each one
     for start in range(0, len(data), granularity):
-        block = data[start : start + granularity]
+        block = view[start : start + granularity]
         is_zero = block == zero[: len(block)]
         if runs and runs[-1][2] == is_zero:
             prev_start, prev_len, _ = runs[-1]
@@ -286,6 +287,7 @@ class _Writer:
     def __init__(self, dst: nbd.NBD) -> None:
         self.dst = dst
         self.has_status = dst.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        self.can_zero, self.can_flush = dst.can_zero(), dst.can_flush()  # fixed for the connection
         self.written = 0
         self.skipped = 0
         self.where = "checking the exports"  # what the copy was doing, for error messages
@@ -320,7 +322,7 @@ class _Writer:
         self.where = f"zeroing the target at offset {offset}"
         end = offset + length
         while offset < end:
-            if self.dst.can_zero():
+            if self.can_zero:
                 n = min(end - offset, MAX_REQUEST)
                 self.dst.zero(n, offset)  # no CMD_FLAG_NO_HOLE: the server may deallocate
             else:
@@ -330,7 +332,7 @@ class _Writer:
 
     def flush(self) -> None:
         self.where = "flushing the target"
-        if self.dst.can_flush():
+        if self.can_flush:
             self.dst.flush()
 
 
