@@ -41,8 +41,8 @@ from typing import Any
 from include.backends.base import MiB, MigrationState, Volume
 from include.backends.errors import BackendError
 from include.backends.host_copy import host_copy
-from include.lab import verify
-from include.lab.lab import Lab
+from lab import verify
+from lab.lab import Lab
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dataplane.json"
 CLUSTER = 64 * 1024  # qcow2 cluster size of the reference arrays (copy-on-read/-write granularity)

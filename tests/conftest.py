@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from include.backends.base import MiB
-from include.lab import verify
-from include.lab.lab import Lab
-from include.lab.procutil import wait_until
+from lab import verify
+from lab.lab import Lab
+from lab.procutil import wait_until
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from include.lab.cinder import CINDER_VENV, CinderLab
-from include.lab.procutil import pid_alive, process_tree, wait_until
-from include.lab.services import Services, port_open
+from lab.env import port_open
+from lab.procutil import pid_alive, process_tree, wait_until
+from lab.services.cinder import CINDER_VENV, CinderLab
+from lab.services.openstack import Services
 from plugins.hooks.cinder import CinderError, CinderHook
 
 SERVICE_PORTS = ("postgres", "rabbitmq", "rabbitmq_dist", "epmd", "keystone")

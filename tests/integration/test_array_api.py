@@ -11,7 +11,7 @@ import pytest
 from include.backends.array_api import ReferenceArrayBackend
 from include.backends.base import Destination, GiB, MiB, Volume
 from include.backends.errors import BackendError, Conflict, InvalidRequest, NotFound, PoolFull, Unauthorized
-from include.lab import verify
+from lab import verify
 from tests.conftest import finish_and_remove
 
 pytestmark = pytest.mark.integration

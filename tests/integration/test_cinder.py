@@ -16,9 +16,9 @@ import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import BackendError
-from include.lab import verify
-from include.lab.cinder import CINDER_HOST
-from include.lab.procutil import pid_alive, wait_until
+from lab import verify
+from lab.procutil import pid_alive, wait_until
+from lab.services.cinder import CINDER_HOST
 from plugins.hooks.cinder import CinderError
 from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
@@ -239,7 +239,7 @@ def test_attach_during_takeover_is_served_by_the_target(lab, admin, volume):
 
 def test_extension_check_fails_loudly_when_the_alias_is_missing(cinder, monkeypatch):
     cinder.check_extension()  # loaded: passes
-    monkeypatch.setattr("include.lab.cinder.EXTENSION_ALIAS", "os-not-loaded")
+    monkeypatch.setattr("lab.services.cinder.EXTENSION_ALIAS", "os-not-loaded")
     with pytest.raises(BackendError, match="did not load the os-not-loaded extension"):
         cinder.check_extension()
 

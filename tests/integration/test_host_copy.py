@@ -12,7 +12,7 @@ import pytest
 from include.backends.base import MiB
 from include.backends.errors import BackendError
 from include.backends.host_copy import HostCopyProgress, host_copy
-from include.lab import verify
+from lab import verify
 
 pytestmark = pytest.mark.integration
 

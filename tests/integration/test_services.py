@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from include.lab.procutil import process_tree
-from include.lab.services import Services, pg_bindir, port_open
+from lab.env import port_open
+from lab.procutil import process_tree
+from lab.services.openstack import Services, pg_bindir
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import pytest
 
 from include.backends.base import MiB, MigrationState, Volume
 from include.backends.errors import Conflict, NotFound
-from include.lab import verify
-from include.lab.procutil import wait_until
+from lab import verify
+from lab.procutil import wait_until
 from tests.conftest import finish_and_remove, wait_done
 
 pytestmark = pytest.mark.integration

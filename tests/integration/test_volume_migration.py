@@ -19,10 +19,10 @@ import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import NotFound
-from include.lab import verify
-from include.lab.airflow import AirflowError, AirflowLab
-from include.lab.cinder import CINDER_HOST
-from include.lab.procutil import pid_alive, wait_until
+from lab import verify
+from lab.procutil import pid_alive, wait_until
+from lab.services.airflow import AirflowError, AirflowLab
+from lab.services.cinder import CINDER_HOST
 from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import pytest
 
 from include.backends.base import TERMINAL_STATES, ConnectionInfo, MigrationProgress, MigrationState
 from include.backends.errors import Conflict, InvalidRequest, NotFound, PoolFull, error_from_json
-from include.lab.apiserver import Router, optional_int, require_name, require_size
-from include.lab.verify import SECTOR, DataModel
+from lab.arrays.apiserver import Router, optional_int, require_name, require_size
+from lab.verify import SECTOR, DataModel
 
 
 def test_terminal_states_are_done_and_failed():

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from include.backends.errors import BackendError
-from include.lab.services import Services
+from lab.services.openstack import Services
 
 
 def test_configure_once_private_and_stable(tmp_path):

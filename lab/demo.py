@@ -20,9 +20,9 @@ from typing import Any
 
 from include.backends.base import GiB, MiB, Volume
 from include.backends.errors import NotFound
-from include.lab import verify
-from include.lab.airflow import AirflowApi
-from include.lab.lab import Lab
+from lab import verify
+from lab.lab import Lab
+from lab.services.airflow import AirflowApi
 from plugins.hooks.cinder import CinderHook
 
 DAG = "volume_migration"

@@ -1,4 +1,4 @@
-"""Entry point of one lab array: ``python -m include.lab.arrayd CONFIG.json``.
+"""Entry point of one lab array: ``python -m lab.arrays.arrayd CONFIG.json``.
 
 Starts the array's data plane (qemu-storage-daemon or nbdkit), rebuilds it
 from the on-disk inventory and serves the management API until SIGTERM.
@@ -13,17 +13,17 @@ import sys
 import threading
 from pathlib import Path
 
-from include.lab.apiserver import serve
-from include.lab.array_core import ArrayConfig, BaseArray
+from lab.arrays.apiserver import serve
+from lab.arrays.core import ArrayConfig, BaseArray
 
 
 def make_array(config: ArrayConfig) -> BaseArray:
     if config.kind == "reference":
-        from include.lab.reference_array import ReferenceArray
+        from lab.arrays.reference import ReferenceArray
 
         return ReferenceArray(config)
     if config.kind == "plain":
-        from include.lab.plain_array import PlainArray
+        from lab.arrays.plain import PlainArray
 
         return PlainArray(config)
     raise SystemExit(f"unknown array kind {config.kind!r}")

@@ -47,10 +47,10 @@ import nbd
 from include.backends.base import ConnectionInfo, MigrationState
 from include.backends.errors import BackendError, Conflict, InvalidRequest, NotFound
 from include.backends.progress import RateMeter
-from include.lab.apiserver import Router, optional_int, require_name, require_size
-from include.lab.array_core import ArrayConfig, BaseArray
-from include.lab.procutil import nodelay_listener
-from include.lab.qsd import QMPCommandError, StorageDaemon
+from lab.arrays.apiserver import Router, optional_int, require_name, require_size
+from lab.arrays.core import ArrayConfig, BaseArray
+from lab.arrays.qsd import QMPCommandError, StorageDaemon
+from lab.procutil import nodelay_listener
 
 log = logging.getLogger(__name__)
 

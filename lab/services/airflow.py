@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from include.backends.errors import BackendError
-from include.lab.lab import HOST, PROJECT_ROOT, Lab, free_port
-from include.lab.localhttp import http_call
-from include.lab.procutil import read_pid, spawn_daemon, stop_daemon, tree_rss_kib, wait_until, write_private
+from lab.env import HOST, PROJECT_ROOT, free_port
+from lab.lab import Lab
+from lab.localhttp import http_call
+from lab.procutil import read_pid, spawn_daemon, stop_daemon, tree_rss_kib, wait_until, write_private
 
 VENV = PROJECT_ROOT / ".venv"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")

@@ -16,8 +16,8 @@ from typing import Any
 
 from include.backends.base import ConnectionInfo
 from include.backends.errors import BackendError
-from include.lab.array_core import ArrayConfig, BaseArray
-from include.lab.procutil import die_with_parent, wait_until
+from lab.arrays.core import ArrayConfig, BaseArray
+from lab.procutil import die_with_parent, wait_until
 
 log = logging.getLogger(__name__)
 

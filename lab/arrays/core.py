@@ -18,7 +18,7 @@ from typing import Any
 
 from include.backends.base import ConnectionInfo
 from include.backends.errors import Conflict, InvalidRequest, NotFound, PoolFull
-from include.lab.apiserver import Router, require_name, require_size
+from lab.arrays.apiserver import Router, require_name, require_size
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,14 @@ import pwd
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from include.backends.errors import BackendError
-from include.lab.lab import HOST, PROJECT_ROOT, free_port
-from include.lab.localhttp import http_call
-from include.lab.procutil import (
+from lab.env import HOST, PROJECT_ROOT, free_port, port_open
+from lab.localhttp import http_call
+from lab.procutil import (
     pid_alive,
     process_tree,
     read_pid,
@@ -77,14 +76,6 @@ def pg_bindir() -> Path:
     if not found:
         raise BackendError("no PostgreSQL server under /usr/lib/postgresql: run scripts/bootstrap.sh")
     return found[-1]
-
-
-def port_open(port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class Services:

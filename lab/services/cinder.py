@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from include.backends.errors import BackendError
-from include.lab.lab import HOST, PROJECT_ROOT, Lab
-from include.lab.localhttp import http_call
-from include.lab.procutil import pid_alive, read_pid, spawn_daemon, stop_daemon, wait_until, write_private
+from lab.env import HOST, PROJECT_ROOT
+from lab.lab import Lab
+from lab.localhttp import http_call
+from lab.procutil import pid_alive, read_pid, spawn_daemon, stop_daemon, wait_until, write_private
 
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")

@@ -13,7 +13,7 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient
 
 from include.backends.errors import BackendError
-from include.lab.procutil import die_with_parent, wait_until
+from lab.procutil import die_with_parent, wait_until
 
 log = logging.getLogger(__name__)
 

@@ -19,20 +19,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
 from include.backends.base import GiB
 from include.backends.errors import BackendError
-from include.lab.array_core import ArrayConfig
-from include.lab.procutil import pid_alive, read_pid, stop_pid, wait_until, write_private
-
-if TYPE_CHECKING:
-    from include.lab.services import Services
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ROOT = PROJECT_ROOT / ".lab"
-HOST = "127.0.0.1"
+from lab.arrays.core import ArrayConfig
+from lab.env import DEFAULT_ROOT, HOST, PROJECT_ROOT, free_port
+from lab.procutil import pid_alive, read_pid, stop_pid, wait_until, write_private
+from lab.services.openstack import Services
 
 
 @dataclass(frozen=True)
@@ -49,12 +43,6 @@ DEFAULT_ARRAYS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 class Lab:
     def __init__(self, root: Path = DEFAULT_ROOT) -> None:
         self.root = Path(root)
@@ -65,8 +53,6 @@ class Lab:
     def services(self) -> Services:
         """PostgreSQL, RabbitMQ and Keystone under ``root/services``: started by the lab command, not by ``up``."""
         if self._services is None:
-            from include.lab.services import Services  # it imports this module
-
             self._services = Services(self.root / "services")
         return self._services
 
@@ -121,7 +107,7 @@ class Lab:
         if pid is None:
             with open(self.array_dir(name) / "arrayd.log", "ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "include.lab.arrayd", str(self.config_path(name))],
+                    [sys.executable, "-m", "lab.arrays.arrayd", str(self.config_path(name))],
                     cwd=PROJECT_ROOT,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 
 from include.backends.errors import BackendError
-from include.lab.airflow import AirflowLab
-from include.lab.cinder import CinderLab
-from include.lab.lab import DEFAULT_ROOT, Lab
+from lab.env import DEFAULT_ROOT
+from lab.lab import Lab
+from lab.services.airflow import AirflowLab
+from lab.services.cinder import CinderLab
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             print(json.dumps(status(lab), indent=1))
         elif args.command == "demo":
-            from include.lab.demo import run_demo
+            from lab.demo import run_demo
 
             up_all(lab)
             try:
