@@ -40,7 +40,7 @@ from typing import Any
 
 from include.backends.base import MiB, MigrationState, Volume
 from include.backends.errors import BackendError
-from include.backends.host_copy import host_copy
+from include.host_copy import host_copy
 from lab import verify
 from lab.lab import Lab
 

@@ -330,7 +330,7 @@ def host_copy(
 
     ``progress`` receives ``HostCopyProgress`` every few seconds.
     """
-    from include.backends.host_copy import host_copy as copy_through_host  # libnbd: only where a copy runs
+    from include.host_copy import host_copy as copy_through_host  # libnbd: only where a copy runs
 
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
     target = _find_lun(dest, plan.lun) or dest.create_lun(plan.lun, plan.size, plan.dest_pool)

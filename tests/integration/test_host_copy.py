@@ -11,7 +11,7 @@ import pytest
 
 from include.backends.base import MiB
 from include.backends.errors import BackendError
-from include.backends.host_copy import HostCopyProgress, host_copy
+from include.host_copy import HostCopyProgress, host_copy
 from lab import verify
 
 pytestmark = pytest.mark.integration

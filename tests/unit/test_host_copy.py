@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from include.backends import host_copy as hc
+from include import host_copy as hc
 from include.backends.progress import RateMeter
 
 K = 64 * 1024
