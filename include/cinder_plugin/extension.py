@@ -193,13 +193,17 @@ class AsyncMigrationController(wsgi.Controller):
             raise webob.exc.HTTPBadRequest(explanation=exc.msg) from exc
 
     # ---- actions -----------------------------------------------------------------
+    def _open(self, req: Any, id: str, body: dict[str, Any], action: str) -> tuple[Any, dict[str, Any], Any]:
+        """What every action starts with: its policy checked, its arguments, the volume: (context, args, volume)."""
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name(action))
+        args = _body(body, action)
+        return context, args, self._volume(context, id)
+
     @wsgi.action("os-async_migration_begin")
     def _begin(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context = req.environ["cinder.context"]
-        context.authorize(policy_name("begin"))
-        args = _body(body, "begin")
+        context, args, volume = self._open(req, id, body, "begin")
         host, owner = _host(args), _owner(args)
-        volume = self._volume(context, id)
         if owner and self._held_by(volume, host, owner):
             LOG.info("async migration of volume %s to %s: begin again by %s, already locked", id, host, owner)
             return self._lock_answer(volume)
@@ -255,11 +259,8 @@ class AsyncMigrationController(wsgi.Controller):
 
     @wsgi.action("os-async_migration_attachable")
     def _attachable(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context = req.environ["cinder.context"]
-        context.authorize(policy_name("attachable"))
-        args = _body(body, "attachable")
+        context, args, volume = self._open(req, id, body, "attachable")
         host = _host(args)
-        volume = self._volume(context, id)
         updates = self._arrival(context, volume, host, args, MIGRATING_ATTACHABLE)
         if not volume.conditional_update(updates, LOCKED):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, MIGRATING_ATTACHABLE))
@@ -268,10 +269,7 @@ class AsyncMigrationController(wsgi.Controller):
 
     @wsgi.action("os-async_migration_finish")
     def _finish(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context = req.environ["cinder.context"]
-        context.authorize(policy_name("finish"))
-        args = _body(body, "finish")
-        volume = self._volume(context, id)
+        context, args, volume = self._open(req, id, body, "finish")
         if volume.migration_status == MIGRATING_ATTACHABLE:
             updates: dict[str, Any] = {"migration_status": "success"}
             if args.get("host") is not None and _host(args) != volume.host:
@@ -290,13 +288,10 @@ class AsyncMigrationController(wsgi.Controller):
 
     @wsgi.action("os-async_migration_fail")
     def _fail(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context = req.environ["cinder.context"]
-        context.authorize(policy_name("fail"))
-        args = _body(body, "fail")
+        context, args, volume = self._open(req, id, body, "fail")
         reason, owner = args.get("reason"), _owner(args)
         if not isinstance(reason, str) or not reason.strip():
             raise webob.exc.HTTPBadRequest(explanation="'reason' must say what went wrong")
-        volume = self._volume(context, id)
         holder = (volume.admin_metadata or {}).get(OWNER_KEY)
         if owner and holder and holder != owner:
             raise webob.exc.HTTPConflict(explanation=f"volume {id} is locked by {holder}, not {owner}")

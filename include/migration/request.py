@@ -1,7 +1,7 @@
 """What one migration run is asked to do, validated before anything changes.
 
 The same checks serve the Airflow params form (as a JSON schema) and the
-first task of the DAG (``parse_request``), so a REST-triggered run with bad
+first task of the DAG (``parse_request``, which raises ``InvalidParams``), so a REST-triggered run with bad
 ``conf`` fails with the same message the form would have shown.
 """
 
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from include.migration.errors import InvalidParams
 
 HOST_RE = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+#[A-Za-z0-9_.-]+$")
 MAX_SPEED_MIB = 100_000
 MAX_TIMEOUT_S = 7 * 24 * 3600
-
-
-class InvalidRequest(ValueError):
-    """The run's parameters are wrong; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -30,23 +28,6 @@ class MigrationRequest:
     speed_mib: int | None = None  # copy throttle; None: the target array's default, 0: unlimited
     copy_timeout_s: int = 24 * 3600  # how long the background copy may take
     task_timeout_s: int = 3600  # how long one synchronous step may take
-
-    @property
-    def dest_backend(self) -> str:
-        """``host@backend`` of the destination (the Cinder volume service)."""
-        return self.dest_host.split("#", 1)[0]
-
-    @property
-    def dest_array(self) -> str:
-        """The backend name: the lab names its backends after the arrays."""
-        return self.dest_backend.split("@", 1)[1]
-
-    @property
-    def dest_pool(self) -> str:
-        return self.dest_host.split("#", 1)[1]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
@@ -91,16 +72,16 @@ def _int(conf: dict[str, Any], key: str, lo: int, hi: int, default: int | None) 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{key} must be a whole number, got {value!r}")
+        raise InvalidParams(f"{key} must be a whole number, got {value!r}")
     if not lo <= value <= hi:
-        raise InvalidRequest(f"{key} must be between {lo} and {hi}, got {value}")
+        raise InvalidParams(f"{key} must be between {lo} and {hi}, got {value}")
     return value
 
 
 def parse_request(conf: dict[str, Any]) -> MigrationRequest:
-    """Validate a run's params/conf; raises InvalidRequest naming every problem found."""
+    """Validate a run's params/conf; raises InvalidParams naming every problem found."""
     if not isinstance(conf, dict):
-        raise InvalidRequest("the run's parameters must be an object")
+        raise InvalidParams("the run's parameters must be an object")
     problems = []
     unknown = sorted(set(conf) - set(PARAMS_SCHEMA))
     if unknown:
@@ -129,10 +110,10 @@ def parse_request(conf: dict[str, Any]) -> MigrationRequest:
     ):
         try:
             numbers[key] = _int(conf, key, lo, hi, default)
-        except InvalidRequest as exc:
+        except InvalidParams as exc:
             problems.append(str(exc))
     if problems:
-        raise InvalidRequest("; ".join(problems))
+        raise InvalidParams("; ".join(problems))
     return MigrationRequest(
         volume_id=volume_id,
         dest_host=dest_host,

@@ -1,4 +1,7 @@
-"""Airflow hook for OpenStack Cinder and the async-migration extension.
+"""Airflow hook for OpenStack Cinder: the Connection, a Keystone session, bounded retries.
+
+The calls themselves (volumes, the async-migration extension) are
+``include.migration.cinder_api.CinderApi``'s, built on this hook's ``request``.
 
 The Airflow Connection (type ``openstack_cinder``) holds:
 
@@ -30,20 +33,15 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
+from include.migration.cinder_api import CinderApi
+from include.migration.errors import CinderError
+
 log = logging.getLogger(__name__)
 
 API_VERSION = "3.71"  # the highest microversion of Cinder 29, pinned
 SERVICE_TYPE = "block-storage"
 RETRY_ATTEMPTS = 8
 RETRY_SECONDS = 120.0
-
-
-class CinderError(Exception):
-    """Cinder refused a call (4xx) or kept failing past the retry budget."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
@@ -65,8 +63,8 @@ def is_transient(exc: BaseException, method: str = "GET") -> bool:
     return isinstance(exc, ConnectionError)  # e.g. a reset the session did not wrap
 
 
-class CinderHook(BaseHook):
-    """Keystone session and Cinder client from an Airflow Connection, plus the migration actions."""
+class CinderHook(BaseHook, CinderApi):
+    """Keystone session and Cinder client from an Airflow Connection; the calls are ``CinderApi``'s."""
 
     conn_name_attr = "cinder_conn_id"
     default_conn_name = "cinder_default"
@@ -149,7 +147,7 @@ class CinderHook(BaseHook):
 
     # ---- transport --------------------------------------------------------------
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One Block Storage API call (path below /v3/{project_id}), with bounded retries on transient faults."""
+        """``CinderApi.request``, with bounded retries on transient faults."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: is_transient(exc, method)),
             stop=tenacity.stop_after_attempt(self.retry_attempts) | tenacity.stop_after_delay(self.retry_seconds),
@@ -196,55 +194,3 @@ class CinderHook(BaseHook):
             state.attempt_number,
             self.retry_attempts,
         )
-
-    # ---- volumes and the async-migration extension -----------------------------------
-    def get_volume(self, volume_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/volumes/{volume_id}")["volume"]
-
-    def action(self, volume_id: str, action: str, args: dict[str, Any] | None = None) -> Any:
-        return self.request("POST", f"/volumes/{volume_id}/action", {action: args or {}})
-
-    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:
-        """Lock the volume for a migration to ``host``.
-
-        Returns the lock: ``source_host``, ``host``, ``owner``, ``migration_status``.
-        """
-        args = {"host": host, **({"owner": owner} if owner else {})}
-        return (self.action(volume_id, "os-async_migration_begin", args) or {}).get("async_migration") or {}
-
-    def mark_attachable(self, volume_id: str, host: str, provider_location: str | None = None) -> None:
-        self.action(volume_id, "os-async_migration_attachable", {"host": host, "provider_location": provider_location})
-
-    def finish_migration(
-        self,
-        volume_id: str,
-        host: str | None = None,
-        provider_location: str | None = None,
-        volume_type_id: str | None = None,
-    ) -> None:
-        given = (("host", host), ("provider_location", provider_location), ("volume_type_id", volume_type_id))
-        self.action(volume_id, "os-async_migration_finish", {k: v for k, v in given if v is not None})
-
-    def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
-        self.action(volume_id, "os-async_migration_fail", {"reason": reason, **({"owner": owner} if owner else {})})
-
-    # ---- what the scheduler and the services say --------------------------------------
-    def get_pools(self) -> list[str]:
-        """Names (host@backend#pool) of the pools the scheduler knows."""
-        return [pool["name"] for pool in self.request("GET", "/scheduler-stats/get_pools")["pools"]]
-
-    def volume_services(self) -> list[dict[str, Any]]:
-        """The cinder-volume services: host (host@backend), status (enabled/disabled), state (up/down)."""
-        return self.request("GET", "/os-services?binary=cinder-volume")["services"]
-
-    def get_volume_type(self, name_or_id: str) -> dict[str, Any]:
-        """A volume type by ID, else by name; CinderError 404 when there is none."""
-        try:
-            return self.request("GET", f"/types/{name_or_id}")["volume_type"]
-        except CinderError as exc:
-            if exc.status != 404:
-                raise
-        for vtype in self.request("GET", "/types")["volume_types"]:
-            if vtype["name"] == name_or_id:
-                return vtype
-        raise CinderError(f"volume type {name_or_id} does not exist", 404)

@@ -13,7 +13,8 @@ from airflow.sdk import Connection
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1.identity import v3
 
-from plugins.hooks.cinder import API_VERSION, CinderError, CinderHook
+from include.migration.errors import CinderError
+from plugins.hooks.cinder import API_VERSION, CinderHook
 
 SECRET = "s3cret-pa55"
 

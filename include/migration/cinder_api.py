@@ -1,0 +1,78 @@
+"""The Cinder boundary of the flow: the Block Storage calls and async-migration actions it makes.
+
+``CinderApi`` builds every call on one primitive, ``request``, that a
+concrete client supplies (``plugins.hooks.cinder.CinderHook``: Keystone
+session, microversion, retries). The extension's actions are Cinder's
+``os-async_migration_{begin,attachable,finish,fail}`` (``include/cinder_plugin``).
+Every method raises ``CinderError`` with Cinder's HTTP status on a refusal.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from include.migration.errors import CinderError
+
+
+class CinderApi(abc.ABC):
+    @abc.abstractmethod
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One Block Storage API call, ``path`` below ``/v3/{project_id}``: the JSON answer, or None.
+
+        Raises CinderError (with the HTTP status when Cinder answered).
+        """
+
+    # ---- volumes and the async-migration extension -----------------------------------
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        """The volume as an admin sees it (host, migration_status, name_id...); CinderError 404 if none."""
+        return self.request("GET", f"/volumes/{volume_id}")["volume"]
+
+    def action(self, volume_id: str, action: str, args: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", f"/volumes/{volume_id}/action", {action: args or {}})
+
+    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:
+        """Lock the volume for a migration to ``host`` (``starting``), held by ``owner``.
+
+        The same owner may begin again while the lock holds; any other is
+        refused (409). Returns the lock: ``source_host``, ``host``, ``owner``,
+        ``migration_status``.
+        """
+        args = {"host": host, **({"owner": owner} if owner else {})}
+        return (self.action(volume_id, "os-async_migration_begin", args) or {}).get("async_migration") or {}
+
+    def mark_attachable(self, volume_id: str, host: str, provider_location: str | None = None) -> None:
+        """The target serves the volume: host := ``host``, ``migrating_attachable``; 409 unless locked."""
+        self.action(volume_id, "os-async_migration_attachable", {"host": host, "provider_location": provider_location})
+
+    def finish_migration(self, volume_id: str, host: str | None = None, provider_location: str | None = None,
+                         volume_type_id: str | None = None) -> None:  # fmt: skip
+        """``success``: from ``migrating_attachable``, or from ``starting`` for a synchronous path (then
+        ``host`` is where the volume arrived); ``volume_type_id`` changes the type with the move."""
+        given = (("host", host), ("provider_location", provider_location), ("volume_type_id", volume_type_id))
+        self.action(volume_id, "os-async_migration_finish", {k: v for k, v in given if v is not None})
+
+    def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
+        """``error`` with ``reason`` (Cinder shows it as metadata ``async_migration_error``); only the owner may."""
+        self.action(volume_id, "os-async_migration_fail", {"reason": reason, **({"owner": owner} if owner else {})})
+
+    # ---- what the scheduler and the services say --------------------------------------
+    def get_pools(self) -> list[str]:
+        """Names (host@backend#pool) of the pools the scheduler knows."""
+        return [pool["name"] for pool in self.request("GET", "/scheduler-stats/get_pools")["pools"]]
+
+    def volume_services(self) -> list[dict[str, Any]]:
+        """The cinder-volume services: host (host@backend), status (enabled/disabled), state (up/down)."""
+        return self.request("GET", "/os-services?binary=cinder-volume")["services"]
+
+    def get_volume_type(self, name_or_id: str) -> dict[str, Any]:
+        """A volume type by ID, else by name; CinderError 404 when there is none."""
+        try:
+            return self.request("GET", f"/types/{name_or_id}")["volume_type"]
+        except CinderError as exc:
+            if exc.status != 404:
+                raise
+        for vtype in self.request("GET", "/types")["volume_types"]:
+            if vtype["name"] == name_or_id:
+                return vtype
+        raise CinderError(f"volume type {name_or_id} does not exist", 404)
