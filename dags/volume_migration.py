@@ -25,21 +25,14 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
 from include.migration import flow
-from include.migration.paths import Step, after_source_driver, after_target_driver
+from include.migration.branches import after_source_driver, after_target_driver, choose_path
 from include.migration.request import PARAMS_SCHEMA
+from include.migration.steps import BEFORE_ATTACHABLE, DRIVER_STEPS, Step
 from plugins import migration_runtime as rt
 from plugins.sensors.target_copy import TargetCopySensor
 
 PARAMS = {name: Param(**schema) for name, schema in PARAMS_SCHEMA.items()}
-BEFORE_ATTACHABLE = [
-    "validate_and_lock",
-    "choose_path",
-    "source_driver_migrate",
-    "target_takeover",
-    "mark_attachable",
-    "host_copy",
-]
-PLAN = "ti.xcom_pull(task_ids='validate_and_lock')"
+PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}')"
 
 
 @dag(
@@ -57,65 +50,58 @@ PLAN = "ti.xcom_pull(task_ids='validate_and_lock')"
     doc_md=__doc__,
 )
 def volume_migration() -> None:
-    @task
+    @task(task_id=Step.VALIDATE_AND_LOCK)
     def validate_and_lock(**context: Any) -> dict[str, Any]:
-        with rt.step(context):
+        with rt.run_step(context):
             return flow.validate_and_lock(dict(context["params"]), rt.owner(context), rt.cinder(), rt.arrays).to_json()
 
-    @task.branch
-    def choose_path(plan: dict[str, Any]) -> str:
-        return "source_driver_migrate" if plan["path"] == Step.SOURCE_DRIVER.value else "drivers_skipped"
+    @task.branch(task_id=Step.CHOOSE_PATH)
+    def choose(plan: dict[str, Any]) -> str:
+        return choose_path(plan["path"])
 
-    @task.branch
+    @task.branch(task_id=Step.SOURCE_DRIVER)
     def source_driver_migrate(**context: Any) -> str:
-        with rt.step(context):
-            result = flow.source_driver_migrate(rt.plan(context), rt.arrays)
-        context["ti"].xcom_push(rt.RESULT_KEY, result)
-        return after_source_driver(result["moved"]).value
+        with rt.run_step(context):
+            result = rt.keep_result(context, flow.source_driver_migrate(rt.plan(context), rt.arrays))
+        return after_source_driver(result["moved"])
 
-    @task.branch
+    @task.branch(task_id=Step.TARGET_TAKEOVER)
     def target_takeover(**context: Any) -> str:
-        with rt.step(context):
-            result = flow.target_takeover(rt.plan(context), rt.arrays)
-        context["ti"].xcom_push(rt.RESULT_KEY, result)
-        return after_target_driver(result["moved"], result["async"]).value
+        with rt.run_step(context):
+            result = rt.keep_result(context, flow.target_takeover(rt.plan(context), rt.arrays))
+        return after_target_driver(result["moved"], result["async"])
 
-    @task
+    @task(task_id=Step.MARK_ATTACHABLE)
     def mark_attachable(**context: Any) -> None:
-        result = context["ti"].xcom_pull(task_ids="target_takeover", key=rt.RESULT_KEY)
-        with rt.step(context):
+        result = rt.driver_result(context, Step.TARGET_TAKEOVER)
+        with rt.run_step(context):
             flow.mark_attachable(rt.plan(context), rt.cinder(), result["model_update"])
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(task_id=Step.HOST_COPY, trigger_rule="none_failed_min_one_success")
     def host_copy(**context: Any) -> dict[str, Any]:
-        def progress(p: Any) -> None:
-            rt.log.info("host copy: %.1f%% done at %.1f MiB/s, ETA %s s", 100 * p.bytes_done / max(p.bytes_total, 1),
-                        p.rate_bps / 2**20, "-" if p.eta_seconds is None else round(p.eta_seconds))  # fmt: skip
+        with rt.run_step(context):
+            return flow.host_copy(rt.plan(context), rt.arrays, rt.state_dir(), rt.log_progress)
 
-        with rt.step(context):
-            return flow.host_copy(rt.plan(context), rt.arrays, rt.state_dir(), progress)
-
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(task_id=Step.COMMIT, trigger_rule="none_failed_min_one_success")
     def commit(**context: Any) -> None:
-        ti = context["ti"]
-        results = [ti.xcom_pull(task_ids=t, key=rt.RESULT_KEY) for t in ("source_driver_migrate", "target_takeover")]
-        results.append({"model_update": ti.xcom_pull(task_ids="host_copy")})
+        results = [rt.driver_result(context, step) for step in DRIVER_STEPS]
+        results.append({"model_update": context["ti"].xcom_pull(task_ids=Step.HOST_COPY)})
         update = next((r["model_update"] for r in results if r and r.get("model_update")), None)
         flow.commit(rt.plan(context), rt.cinder(), rt.arrays, update)
 
-    @task(trigger_rule="one_failed", retries=5)
+    @task(task_id=Step.ROLLBACK, trigger_rule="one_failed", retries=5)
     def rollback(**context: Any) -> str:
         done = flow.rollback(rt.plan(context), rt.cinder(), rt.arrays, rt.failure_reason(context, BEFORE_ATTACHABLE))
         rt.log.warning("%s", done)
         return done
 
     plan = validate_and_lock()
-    path = choose_path(plan)
+    path = choose(plan)
     source = source_driver_migrate()
     takeover = target_takeover()
     attachable = mark_attachable()
     wait = TargetCopySensor(
-        task_id="wait_for_copy",
+        task_id=Step.WAIT_FOR_COPY,
         backend=f"{{{{ {PLAN}['dest_backend'] }}}}",
         volume_name=f"{{{{ {PLAN}['lun'] }}}}",
         size=f"{{{{ {PLAN}['size'] }}}}",
@@ -123,7 +109,9 @@ def volume_migration() -> None:
         poll_interval=5.0,
         pre_execute=None,
     )
-    skipped = EmptyOperator(task_id="drivers_skipped", doc="force_host_copy or a new volume type: no driver is asked")
+    skipped = EmptyOperator(
+        task_id=Step.DRIVERS_SKIPPED, doc="force_host_copy or a new volume type: no driver is asked"
+    )
     copied = host_copy()
     done = commit()
     undo = rollback()

@@ -7,9 +7,12 @@ Airflow) and from the DAG file (which only wires tasks).
 * ``arrays(backend)``: the array adapter of a Cinder backend, from the
   Connection ``storage_array_<backend>``; a missing or incomplete Connection
   is a LookupError/ValueError that says which one to add;
-* ``step(context)``: runs a task body; a refusal fails the task at once
+* ``run_step(context)``: runs a task body; a refusal fails the task at once
   (no retry can fix bad input), and any failure is recorded as the XCom
   ``failure`` so that ``rollback`` can tell Cinder why;
+* ``keep_result`` / ``driver_result``: a driver step's answer, kept for the
+  steps after it; ``plan(context)``: what ``validate_and_lock`` locked;
+* ``log_progress``: a host copy's progress in the task log;
 * ``state_dir()``: where host-copy checkpoints live (``MIGRATION_STATE_DIR``,
   else ``$AIRFLOW_HOME/migration-state``).
 """
@@ -26,9 +29,10 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowTaskTimeout
 
-from include.backends.base import BackendDriver
-from include.migration.flow import MigrationRefused, Plan, describe_failure
-from include.migration.request import InvalidRequest
+from include.backends.base import BackendDriver, MigrationProgress
+from include.migration.errors import InvalidParams, MigrationRefused
+from include.migration.flow import Plan, describe_failure
+from include.migration.steps import Step
 from plugins.hooks.cinder import CinderHook
 from plugins.hooks.storage_array import StorageArrayHook, conn_id_for
 
@@ -59,8 +63,24 @@ def owner(context: Any) -> str:
 
 
 def plan(context: Any) -> Plan | None:
-    data = context["ti"].xcom_pull(task_ids="validate_and_lock")
+    data = context["ti"].xcom_pull(task_ids=Step.VALIDATE_AND_LOCK)
     return Plan.from_json(data) if data else None
+
+
+def keep_result(context: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """Keep a driver step's answer (XCom ``result``) for the steps after it; returns it."""
+    context["ti"].xcom_push(RESULT_KEY, result)
+    return result
+
+
+def driver_result(context: Any, step: Step) -> dict[str, Any] | None:
+    """What a driver step (``source_driver_migrate``, ``target_takeover``) answered: moved, async, model_update."""
+    return context["ti"].xcom_pull(task_ids=step, key=RESULT_KEY)
+
+
+def log_progress(progress: MigrationProgress) -> None:
+    """A host copy's progress, in the task's log."""
+    log.info("host copy: %s", progress.describe())
 
 
 def state_dir() -> pathlib.Path:
@@ -76,12 +96,12 @@ def apply_task_timeout(context: Any) -> None:
 
 
 @contextlib.contextmanager
-def step(context: Any) -> Iterator[None]:
+def run_step(context: Any) -> Iterator[None]:
     """Run one step: refusals fail without retry; every failure is kept for the rollback's reason."""
     ti = context["ti"]
     try:
         yield
-    except (InvalidRequest, MigrationRefused) as exc:
+    except (InvalidParams, MigrationRefused) as exc:
         ti.xcom_push(FAILURE_KEY, describe_failure(ti.task_id, exc))
         raise AirflowFailException(str(exc)) from None
     except AirflowTaskTimeout:  # a BaseException: task_timeout_s passed
@@ -93,8 +113,8 @@ def step(context: Any) -> Iterator[None]:
         raise
 
 
-def failure_reason(context: Any, task_ids: list[str]) -> str:
-    """The recorded failures of this run's steps, first one first."""
-    found = context["ti"].xcom_pull(task_ids=task_ids, key=FAILURE_KEY)
+def failure_reason(context: Any, steps: tuple[Step, ...]) -> str:
+    """The recorded failures of this run's ``steps``, first one first."""
+    found = context["ti"].xcom_pull(task_ids=list(steps), key=FAILURE_KEY)
     reasons = [r for r in (found if isinstance(found, list) else [found]) if r]
     return "; ".join(reasons) or "a step failed (see the Airflow run's logs)"

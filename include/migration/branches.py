@@ -7,21 +7,14 @@
 3. Target did not move it -> host copy; moved synchronously -> commit;
    moved asynchronously -> mark the volume attachable, then wait for the
    copy (``complete_migration_target``) and commit.
+
+Each returns the ``Step`` (task id) to follow.
 """
 
 from __future__ import annotations
 
-import enum
-
 from include.migration.request import MigrationRequest
-
-
-class Step(str, enum.Enum):
-    SOURCE_DRIVER = "source_driver_migrate"
-    TARGET_TAKEOVER = "target_takeover"
-    HOST_COPY = "host_copy"
-    MARK_ATTACHABLE = "mark_attachable"
-    COMMIT = "commit"
+from include.migration.steps import Step
 
 
 def first_step(request: MigrationRequest) -> Step:
@@ -29,6 +22,11 @@ def first_step(request: MigrationRequest) -> Step:
     if request.force_host_copy or request.new_type:
         return Step.HOST_COPY
     return Step.SOURCE_DRIVER
+
+
+def choose_path(path: str) -> Step:
+    """The branch after validation for a plan's ``path`` (``first_step``): ask the source driver, or skip both."""
+    return Step.SOURCE_DRIVER if path == Step.SOURCE_DRIVER else Step.DRIVERS_SKIPPED
 
 
 def after_source_driver(moved: bool) -> Step:

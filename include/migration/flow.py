@@ -15,8 +15,8 @@ again after a retry or a dead worker:
 * ``rollback``: before the volume was attachable, remove what the run made on
   the target and mark ``error`` with the reason; after it, never delete data.
 
-The callers pass ``cinder`` (``plugins.hooks.cinder.CinderHook`` or any object
-with its methods) and ``arrays``: a function from a Cinder backend name to the
+The callers pass ``cinder`` (a ``CinderApi``: ``plugins.hooks.cinder.CinderHook``
+or any object with its methods) and ``arrays``: a function from a Cinder backend name to the
 ``BackendDriver`` that serves it.
 """
 
@@ -28,41 +28,20 @@ import logging
 import pathlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from include.backends.base import BackendDriver, Destination, GiB, MiB, MigrationState, Volume
+from include.backends.base import BackendDriver, Destination, GiB, MiB, MigrationProgress, MigrationState, Volume
 from include.backends.errors import ArrayUnavailable, BackendError, NotFound
-from include.migration.paths import Step, first_step
+from include.host_copy import host_copy as copy_through_host
+from include.migration.branches import first_step
+from include.migration.cinder_api import CinderApi
+from include.migration.errors import CinderError, MigrationFailed, MigrationRefused
 from include.migration.request import MigrationRequest, parse_request
+from include.migration.steps import Step
 
 log = logging.getLogger(__name__)
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
-
-
-class MigrationRefused(Exception):
-    """The migration cannot start; nothing was changed."""
-
-
-class MigrationFailed(Exception):
-    """A step could not finish; the message says what state it left."""
-
-
-class CinderApi(Protocol):
-    def get_volume(self, volume_id: str) -> dict[str, Any]: ...
-    def get_pools(self) -> list[str]: ...
-    def volume_services(self) -> list[dict[str, Any]]: ...
-    def get_volume_type(self, name_or_id: str) -> dict[str, Any]: ...
-    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]: ...
-    def mark_attachable(self, volume_id: str, host: str, provider_location: str | None = None) -> None: ...
-    def finish_migration(
-        self,
-        volume_id: str,
-        host: str | None = None,
-        provider_location: str | None = None,
-        volume_type_id: str | None = None,
-    ) -> None: ...
-    def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None: ...
 
 
 Arrays = Callable[[str], BackendDriver]
@@ -117,12 +96,7 @@ class Plan:
         return Volume(self.lun, self.size, self.source_pool)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "source_backend": self.source_backend,
-            "dest_backend": self.dest_backend,
-            "dest_pool": self.dest_pool,
-        }
+        return {**asdict(self), "dest_backend": self.dest_backend}  # dest_backend: for wait_for_copy's template
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -141,8 +115,8 @@ def _refused_on(statuses: tuple[int, ...], message: str | None = None) -> Iterat
     """A Cinder answer with one of ``statuses`` becomes MigrationRefused (``message``, else Cinder's own words)."""
     try:
         yield
-    except Exception as exc:  # CinderError: the hook's, not imported here
-        if getattr(exc, "status", None) in statuses:
+    except CinderError as exc:
+        if exc.status in statuses:
             raise MigrationRefused(message or str(exc)) from None
         raise
 
@@ -169,7 +143,7 @@ def _check_service(cinder: CinderApi, dest_host: str) -> None:
 def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, arrays: Arrays) -> Plan:
     """Check everything a migration needs, then lock the volume for ``owner``.
 
-    Raises InvalidRequest (bad parameters) or MigrationRefused (the volume,
+    Raises InvalidParams (bad parameters) or MigrationRefused (the volume,
     the destination or an array is not fit) with one message that names every
     problem found, before any change. The same ``owner`` may run it again
     (a retry, a cleared run): while its lock holds, it answers the same plan,
@@ -307,7 +281,7 @@ def mark_attachable(plan: Plan, cinder: CinderApi, model_update: dict[str, Any] 
     location = (model_update or {}).get("provider_location")
     try:
         cinder.mark_attachable(plan.volume_id, plan.dest_host, location)
-    except Exception as exc:
+    except CinderError as exc:
         volume = cinder.get_volume(plan.volume_id)
         if (volume.get("migration_status"), volume.get("os-vol-host-attr:host")) != (
             MIGRATING_ATTACHABLE,
@@ -324,14 +298,12 @@ def checkpoint_path(state_dir: pathlib.Path, plan: Plan) -> pathlib.Path:
 
 
 def host_copy(
-    plan: Plan, arrays: Arrays, state_dir: pathlib.Path, progress: Callable[[Any], None] | None = None
+    plan: Plan, arrays: Arrays, state_dir: pathlib.Path, progress: Callable[[MigrationProgress], None] | None = None
 ) -> dict[str, Any]:
     """The generic path: create the target LUN (once) and copy through this host, resuming a checkpoint.
 
-    ``progress`` receives ``HostCopyProgress`` every few seconds.
+    ``progress`` receives a ``MigrationProgress`` every few seconds.
     """
-    from include.host_copy import host_copy as copy_through_host  # libnbd: only where a copy runs
-
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
     target = _find_lun(dest, plan.lun) or dest.create_lun(plan.lun, plan.size, plan.dest_pool)
     checkpoint = checkpoint_path(state_dir, plan)

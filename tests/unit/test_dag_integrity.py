@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from include.migration.steps import Step
+
 ROOT = Path(__file__).resolve().parents[2]
 
 PARSE = textwrap.dedent(
@@ -102,6 +104,7 @@ def test_volume_migration_reads_like_the_blueprint(report):
         "commit",
         "rollback",
     }
+    assert set(dag["tasks"]) == set(Step), "the task ids are the flow's Step names, all of them"
     assert dag["params"] == sorted(
         ["volume_id", "dest_host", "force_host_copy", "new_type", "speed_mib", "copy_timeout_s", "task_timeout_s"]
     )

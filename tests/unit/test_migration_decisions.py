@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from include.migration.paths import Step, after_source_driver, after_target_driver, first_step
-from include.migration.request import InvalidRequest, MigrationRequest, parse_request
+from include.migration.branches import after_source_driver, after_target_driver, choose_path, first_step
+from include.migration.errors import InvalidParams
+from include.migration.flow import backend_of, pool_of
+from include.migration.request import MigrationRequest, parse_request
+from include.migration.steps import Step
 
 VOL = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
 
@@ -17,7 +20,7 @@ def req(**kw):
 def test_parse_defaults_and_parts():
     r = req()
     assert r == MigrationRequest(VOL, "lab@alpha#pool2")
-    assert (r.dest_backend, r.dest_array, r.dest_pool) == ("lab@alpha", "alpha", "pool2")
+    assert (backend_of(r.dest_host), pool_of(r.dest_host)) == ("alpha", "pool2")
     assert req(speed_mib=0).speed_mib == 0
     assert req(new_type="").new_type is None
 
@@ -35,12 +38,12 @@ def test_parse_defaults_and_parts():
     ],
 )
 def test_bad_params_are_refused_with_the_reason(conf, message):
-    with pytest.raises(InvalidRequest, match=message):
+    with pytest.raises(InvalidParams, match=message):
         parse_request(conf)
 
 
 def test_every_problem_is_named_at_once():
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(InvalidParams) as err:
         parse_request({"volume_id": 3, "dest_host": None})
     assert "volume_id" in str(err.value) and "dest_host" in str(err.value)
 
@@ -54,3 +57,5 @@ def test_blueprint_paths():
     assert after_target_driver(False, False) is Step.HOST_COPY
     assert after_target_driver(True, False) is Step.COMMIT
     assert after_target_driver(True, True) is Step.MARK_ATTACHABLE
+    assert choose_path(first_step(req())) is Step.SOURCE_DRIVER
+    assert choose_path(first_step(req(force_host_copy=True))) is Step.DRIVERS_SKIPPED

@@ -22,20 +22,14 @@ from include.backends.base import (
 )
 from include.backends.errors import ArrayUnavailable, NotFound
 from include.migration import flow
-from include.migration.request import InvalidRequest
+from include.migration.errors import CinderError, InvalidParams, MigrationFailed, MigrationRefused
 
 VID = str(uuid.uuid4())
 LUN = f"volume-{VID}"
 
 
-class CinderError(Exception):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class ScriptedCinder:
-    """The CinderHook methods the flow calls, over one volume held in memory."""
+    """The CinderApi calls the flow makes, over one volume held in memory."""
 
     def __init__(self, host: str = "lab@beta#pool1", **volume: Any) -> None:
         self.volume = {"id": VID, "size": 1, "status": "available", "migration_status": None}
@@ -184,7 +178,7 @@ def test_validate_refuses_with_one_clear_message_before_any_change(arrays, setup
     cinder = ScriptedCinder()
     setup(cinder, arrays)
     locked_before = bool(cinder.lock)
-    with pytest.raises(flow.MigrationRefused, match=message):
+    with pytest.raises(MigrationRefused, match=message):
         validate(cinder, arrays, **conf)
     assert cinder.volume["status"] == "available"
     if not locked_before:
@@ -193,7 +187,7 @@ def test_validate_refuses_with_one_clear_message_before_any_change(arrays, setup
 
 def test_validate_refuses_bad_params_before_asking_cinder(arrays):
     cinder = ScriptedCinder()
-    with pytest.raises(InvalidRequest, match="volume_id must be a volume UUID.*dest_host must look like"):
+    with pytest.raises(InvalidParams, match="volume_id must be a volume UUID.*dest_host must look like"):
         flow.validate_and_lock({"volume_id": "x", "dest_host": "y"}, "run-1", cinder, arrays)
     assert cinder.calls == []
 
@@ -201,7 +195,7 @@ def test_validate_refuses_bad_params_before_asking_cinder(arrays):
 def test_host_copy_inside_one_array_is_refused(arrays):
     cinder = ScriptedCinder(host="lab@alpha#pool2")
     arrays.found["alpha"].create_lun(LUN, GiB, "pool2")
-    with pytest.raises(flow.MigrationRefused, match="a host copy needs two arrays"):
+    with pytest.raises(MigrationRefused, match="a host copy needs two arrays"):
         validate(cinder, arrays, force_host_copy=True)
 
 
@@ -220,7 +214,7 @@ def test_a_cleared_run_takes_its_own_lock_back_despite_its_partial_target(arrays
     plan = validate(cinder, arrays, force_host_copy=True)
     arrays.found["alpha"].create_lun(LUN, GiB, "pool1")  # host_copy had begun
     assert validate(cinder, arrays, force_host_copy=True) == plan
-    with pytest.raises(flow.MigrationRefused, match="already migrating"):
+    with pytest.raises(MigrationRefused, match="already migrating"):
         flow.validate_and_lock({"volume_id": VID, "dest_host": "lab@alpha#pool1"}, "run-2", cinder, arrays)
 
 
@@ -244,7 +238,7 @@ def test_commit_keeps_the_source_until_the_target_is_complete(arrays):
     cinder = ScriptedCinder()
     plan, alpha, beta = taken_over(cinder, arrays)
     cinder.mark_attachable(VID, plan.dest_host)
-    with pytest.raises(flow.MigrationFailed, match="the source LUN is kept"):
+    with pytest.raises(MigrationFailed, match="the source LUN is kept"):
         flow.commit(plan, cinder, arrays)
     assert LUN in beta.luns and not cinder.called("finish")
     alpha.copy_state = MigrationState.DONE
@@ -278,7 +272,7 @@ def test_rollback_refuses_when_the_source_is_gone(arrays):
     cinder = ScriptedCinder()
     plan, alpha, beta = taken_over(cinder, arrays)
     beta.luns.clear()
-    with pytest.raises(flow.MigrationFailed, match="only copy and is kept"):
+    with pytest.raises(MigrationFailed, match="only copy and is kept"):
         flow.rollback(plan, cinder, arrays, "commit failed")
     assert LUN in alpha.luns and not cinder.called("fail")
 
