@@ -7,7 +7,7 @@ from a checkpoint file after an interruption.
 
 Nothing here knows about Airflow; only the standard library and libnbd's
 Python binding (which imports only with Debian's /usr/bin/python3, see
-include/lab/verify.py) are used.
+lab/verify.py) are used.
 """
 
 from __future__ import annotations
@@ -24,24 +24,13 @@ from dataclasses import dataclass
 
 import nbd
 
-from include.backends.base import MiB
+from include.backends.base import MiB, MigrationProgress, MigrationState
 from include.backends.errors import BackendError
 from include.backends.progress import RateMeter
 
 ZERO_GRANULARITY = 64 * 1024  # zero runs are found in blocks of this size (a qcow2 cluster)
 MAX_REQUEST = 1024 * MiB  # largest block-status / write-zeroes request sent at once
 READ_AHEAD = 4  # chunks the reader thread may hold ahead of the writer
-
-
-@dataclass(frozen=True)
-class HostCopyProgress:
-    """One look at a running copy."""
-
-    bytes_done: int  # offset reached (data + skipped)
-    bytes_total: int
-    bytes_written: int  # data bytes actually written to the target
-    rate_bps: float  # advance of bytes_done per second over the last few seconds
-    eta_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -336,6 +325,12 @@ class _Writer:
             self.dst.flush()
 
 
+def _progress(
+    offset: int, size: int, written: int, meter: RateMeter, state: MigrationState = MigrationState.COPYING
+) -> MigrationProgress:
+    return MigrationProgress(state, offset, size, meter.rate(), meter.eta(), bytes_written=written)
+
+
 def host_copy(
     source_uri: str,
     target_uri: str,
@@ -343,7 +338,7 @@ def host_copy(
     checkpoint: pathlib.Path | None = None,
     speed_bps: int = 0,
     chunk: int = 4 * 1024 * 1024,
-    progress: Callable[[HostCopyProgress], None] | None = None,
+    progress: Callable[[MigrationProgress], None] | None = None,
     progress_interval: float = 2.0,
     checkpoint_every: int = 64 * 1024 * 1024,
 ) -> HostCopyResult:
@@ -361,7 +356,8 @@ def host_copy(
       whatever is not already zero is zeroed with may-trim semantics.
     * ``speed_bps`` > 0 caps the data bytes written per second (sleep-based
       pacing); skipped ranges are not throttled. 0 means unlimited.
-    * ``progress`` is called with a HostCopyProgress once at the start (with
+    * ``progress`` is called with a MigrationProgress (``copying``, then
+      ``done``) once at the start (with
       the offset a checkpoint resumes from), then at most every
       ``progress_interval`` seconds, and once at the end. An exception raised
       by it stops the copy and propagates unchanged.
@@ -409,7 +405,7 @@ def host_copy(
         meter.add(time.monotonic(), offset)
         saved, last_report = offset, time.monotonic()
         if progress is not None:
-            progress(HostCopyProgress(offset, size, 0, 0.0, None))
+            progress(_progress(offset, size, 0, meter))
 
         reader = _Reader(src, size, offset, chunk)
         reader.start()
@@ -431,7 +427,7 @@ def host_copy(
             if now - last_report >= progress_interval:
                 meter.add(now, offset)
                 if progress is not None:
-                    progress(HostCopyProgress(offset, size, writer.written, meter.rate(), meter.eta()))
+                    progress(_progress(offset, size, writer.written, meter))
                 last_report = now
         writer.flush()
         if checkpoint is not None:
@@ -439,7 +435,7 @@ def host_copy(
             _fsync_dir(checkpoint.parent)
         meter.add(time.monotonic(), offset)
         if progress is not None:
-            progress(HostCopyProgress(offset, size, writer.written, meter.rate(), meter.eta()))
+            progress(_progress(offset, size, writer.written, meter, MigrationState.DONE))
         return HostCopyResult(
             bytes_total=size,
             bytes_written=writer.written,
@@ -457,4 +453,4 @@ def host_copy(
         _close(dst)
 
 
-__all__ = ["HostCopyProgress", "HostCopyResult", "host_copy"]
+__all__ = ["HostCopyResult", "host_copy"]

@@ -103,14 +103,15 @@ TERMINAL_STATES = frozenset({MigrationState.DONE, MigrationState.FAILED})
 
 @dataclass(frozen=True)
 class MigrationProgress:
-    """One look at a background copy."""
+    """One look at a copy: a takeover's background copy on the target array, or a host copy."""
 
     state: MigrationState
-    bytes_done: int
+    bytes_done: int  # offset reached (for a host copy: data written and holes skipped)
     bytes_total: int
-    rate_bps: float = 0.0
+    rate_bps: float = 0.0  # advance of bytes_done per second over the last few seconds
     eta_seconds: float | None = None
     message: str = ""
+    bytes_written: int | None = None  # data bytes written to the target, where the copier counts them
 
     @property
     def percent(self) -> float:
@@ -137,6 +138,7 @@ class MigrationProgress:
             rate_bps=float(data.get("rate_bps") or 0.0),
             eta_seconds=None if data.get("eta_seconds") is None else float(data["eta_seconds"]),
             message=str(data.get("message") or ""),
+            bytes_written=None if data.get("bytes_written") is None else int(data["bytes_written"]),
         )
 
 

@@ -9,9 +9,9 @@ import uuid
 import nbd
 import pytest
 
-from include.backends.base import MiB
+from include.backends.base import MiB, MigrationProgress, MigrationState
 from include.backends.errors import BackendError
-from include.host_copy import HostCopyProgress, host_copy
+from include.host_copy import host_copy
 from lab import verify
 
 pytestmark = pytest.mark.integration
@@ -102,7 +102,7 @@ def source_lun(lab, make_lun, lun_name):
 def test_copy_is_exact_and_sparse(source_lun, target_lun, source, target):
     src_uri, data = source_lun(source, seed=3)
     _, dst_uri = target_lun(target)
-    reports: list[HostCopyProgress] = []
+    reports: list[MigrationProgress] = []
 
     result = host_copy(src_uri, dst_uri, progress=reports.append, progress_interval=0.01)
 
@@ -118,6 +118,7 @@ def test_copy_is_exact_and_sparse(source_lun, target_lun, source, target):
     assert reports, "no progress report"
     last = reports[-1]
     assert (last.bytes_done, last.bytes_total, last.bytes_written) == (SIZE, SIZE, result.bytes_written)
+    assert last.state is MigrationState.DONE and {r.state for r in reports[:-1]} <= {MigrationState.COPYING}
     assert [r.bytes_done for r in reports] == sorted(r.bytes_done for r in reports)
 
 
@@ -126,7 +127,7 @@ def test_resume_from_checkpoint(tmp_path, source_lun, target_lun):
     _, dst_uri = target_lun("alpha")
     checkpoint = tmp_path / "copy.json"
 
-    def interrupt(p: HostCopyProgress) -> None:
+    def interrupt(p: MigrationProgress) -> None:
         if p.bytes_done >= 32 * MiB:
             raise Interrupted
 
@@ -224,7 +225,7 @@ def test_target_lost_midway_names_target_and_offset(lab, source_lun, target_lun)
     alpha = lab.backend("alpha")
     name, dst_uri = target_lun("alpha")
 
-    def unexport(p: HostCopyProgress) -> None:
+    def unexport(p: MigrationProgress) -> None:
         if p.bytes_done >= 16 * MiB:
             alpha.unexport_lun(name)  # drops the export hard: the copy's connection breaks
 
