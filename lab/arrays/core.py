@@ -245,11 +245,15 @@ class BaseArray:
             return info.to_json()
 
     def unexport(self, name: str) -> None:
+        self._end_export(name, "server", cleared=False)
+
+    def _end_export(self, name: str, kind: str, cleared: bool | None) -> None:
+        """Remove the export ``kind`` of a LUN if it has one; its record becomes ``cleared``."""
         with self.lock:
             lun = self.lun(name)
-            if lun.get("server_export"):
-                self._dp_unexport(lun, "server")
-                lun["server_export"] = False
+            if lun.get(f"{kind}_export"):
+                self._dp_unexport(lun, kind)
+                lun[f"{kind}_export"] = cleared
                 self.inventory.save()
 
     def export_for_takeover(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -270,12 +274,7 @@ class BaseArray:
             return info.to_json()
 
     def release_takeover(self, name: str) -> None:
-        with self.lock:
-            lun = self.lun(name)
-            if lun.get("takeover_export"):
-                self._dp_unexport(lun, "takeover")
-                lun["takeover_export"] = None
-                self.inventory.save()
+        self._end_export(name, "takeover", cleared=None)
 
     def routes(self) -> Router:
         r = Router()
