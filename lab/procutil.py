@@ -173,3 +173,35 @@ def tree_rss_kib(pid: int) -> int:
         except (OSError, ValueError):
             continue
     return total
+
+
+def comm(pid: int) -> str:
+    """The command name of ``pid`` (/proc/<pid>/comm, at most 15 characters); "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def descendant_named(pid: int, prefixes: tuple[str, ...]) -> int | None:
+    """The first process in ``process_tree(pid)`` whose command name starts with one of ``prefixes``."""
+    return next((p for p in process_tree(pid) if comm(p).startswith(prefixes)), None)
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time ``pid`` has used, user + system, in clock ticks (os.sysconf("SC_CLK_TCK")); 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot (/proc/stat; idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)

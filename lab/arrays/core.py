@@ -36,7 +36,7 @@ class ArrayConfig:
     state_dir: Path
     pools: dict[str, int]  # pool name -> capacity in bytes
     # background copy throttle when a takeover names none (0 = unlimited). 56 MiB/s is
-    # measured on the lab (bench/bench_dataplane.py, section 2h): the copy still moves
+    # measured on the lab (bench/client_iops.py, hot_set_iops): the copy still moves
     # about 50 MiB/s while a busy client keeps about 80% of its IOPS; unlimited, the
     # copy runs at about 200 MiB/s and the client keeps about 25%.
     default_speed_bps: int = 56 * 1024 * 1024

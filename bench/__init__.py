@@ -1,0 +1,1 @@
+"""Data-plane benchmark of the lab: the runner ``dataplane``, one module per measurement."""
