@@ -24,9 +24,11 @@ from pathlib import Path
 
 from include.backends.errors import BackendError
 from lab.env import DEFAULT_ROOT
+from lab.errors import LabError
 from lab.lab import Lab
 from lab.services.airflow import AirflowLab
 from lab.services.cinder import CinderLab
+from lab.services.openstack import Services
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(status(lab), indent=1))
             print(f"lab up: {', '.join(f'{n} pid {p}' for n, p in pids.items())}")
             if not args.arrays_only:
-                print(f"credentials: source {lab.services.root}/openrc-admin (or openrc-member)")
+                print(f"credentials: source {services_of(lab).root}/openrc-admin (or openrc-member)")
                 airflow = airflow_of(lab)
                 print(f"Airflow: {airflow.url} (user admin, password in {airflow.root / 'passwords.json'})")
         elif args.command == "down":
@@ -61,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
 
             up_all(lab)
             try:
-                return run_demo(lab, airflow_of(lab).api, size_gib=args.size_gib, speed_mib=args.speed_mib,
+                api = airflow_of(lab).api
+                return run_demo(lab, services_of(lab), api, size_gib=args.size_gib, speed_mib=args.speed_mib,
                                 keep=args.keep)  # fmt: skip
             finally:
                 if not args.keep:
                     down_all(lab)
-    except BackendError as exc:
+    except (LabError, BackendError) as exc:  # the lab's own failures; an array's refusal
         print(f"lab {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def up_all(lab: Lab) -> dict[str, int]:
     pids = lab.up()
-    pids.update(lab.services.up())
+    pids.update(services_of(lab).up())
     pids.update(cinder_of(lab).up())
     pids.update(airflow_of(lab).up())
     return pids
@@ -83,26 +86,32 @@ def up_all(lab: Lab) -> dict[str, int]:
 def down_all(lab: Lab) -> int:
     results = airflow_of(lab).down()
     results.update(cinder_of(lab).down())
-    results.update(lab.services.down())
+    results.update(services_of(lab).down())
     results.update(lab.down())
     print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
     return 0 if all(results.values()) else 1
 
 
 @functools.cache
+def services_of(lab: Lab) -> Services:
+    """PostgreSQL, RabbitMQ and Keystone of the lab, under ``root/services``."""
+    return Services(lab.root / "services")
+
+
+@functools.cache
 def cinder_of(lab: Lab) -> CinderLab:
-    return CinderLab(lab.root / "cinder", lab, lab.services)
+    return CinderLab(lab.root / "cinder", lab, services_of(lab))
 
 
 @functools.cache
 def airflow_of(lab: Lab) -> AirflowLab:
-    return AirflowLab(lab.root / "airflow", lab, lab.services)
+    return AirflowLab(lab.root / "airflow", lab, services_of(lab))
 
 
 def status(lab: Lab) -> dict[str, list[dict[str, object]]]:
     return {
         "arrays": lab.status(),
-        "services": lab.services.status(),
+        "services": services_of(lab).status(),
         "cinder": cinder_of(lab).status(),
         "airflow": airflow_of(lab).status(),
     }

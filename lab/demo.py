@@ -22,7 +22,8 @@ from include.backends.base import GiB, MiB, Volume
 from include.backends.errors import NotFound
 from lab import verify
 from lab.lab import Lab
-from lab.services.airflow import AirflowApi
+from lab.services.airflow_api import AirflowApi
+from lab.services.openstack import Services
 from plugins.hooks.cinder import CinderHook
 
 DAG = "volume_migration"
@@ -30,8 +31,8 @@ DEMO_TIMEOUT = 900.0
 CONNECTOR = {"host": "lab-demo", "ip": "127.0.0.1", "initiator": "iqn.lab-demo", "multipath": False}
 
 
-def _cinder(lab: Lab) -> CinderHook:
-    os.environ["AIRFLOW_CONN_LAB_DEMO_CINDER"] = json.dumps(lab.services.cinder_connection("admin"))
+def _cinder(services: Services) -> CinderHook:
+    os.environ["AIRFLOW_CONN_LAB_DEMO_CINDER"] = json.dumps(services.cinder_connection("admin"))
     return CinderHook("lab_demo_cinder")
 
 
@@ -52,8 +53,8 @@ def _tasks(api: AirflowApi, run_id: str) -> str:
     return ", ".join(f"{t}={tis[t]['state']}" for t in (*order, "commit") if t in tis and tis[t]["state"])
 
 
-def run_demo(lab: Lab, api: AirflowApi, *, size_gib: int, speed_mib: int, keep: bool) -> int:
-    cinder, rng = _cinder(lab), random.Random(42)
+def run_demo(lab: Lab, services: Services, api: AirflowApi, *, size_gib: int, speed_mib: int, keep: bool) -> int:
+    cinder, rng = _cinder(services), random.Random(42)
     size, dest = size_gib * GiB, "lab@alpha#pool1"
     body = {"volume": {"size": size_gib, "availability_zone": "gamma", "name": "lab-demo"}}
     volume_id = cinder.request("POST", "/volumes", body)["volume"]["id"]

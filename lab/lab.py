@@ -4,8 +4,9 @@
 config (0600: it holds the API token), inventory, images, logs and PID file.
 The same class serves the ``lab`` command and the tests, which start their
 own lab in a temporary folder on free ports. The lab's OpenStack services
-(PostgreSQL, RabbitMQ, Keystone) are ``lab.services`` (``services.py``), under
-``root/services``; ``Lab.up`` and ``Lab.down`` handle the arrays only.
+(PostgreSQL, RabbitMQ, Keystone: ``lab/services/openstack.py``) live under
+``root/services``, composed with the arrays by the lab command (``cli.py``);
+``Lab.up`` and ``Lab.down`` handle the arrays only.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from include.backends.base import GiB
 from include.backends.errors import BackendError
 from lab.arrays.core import ArrayConfig
 from lab.env import DEFAULT_ROOT, HOST, PROJECT_ROOT, free_port
-from lab.procutil import pid_alive, read_pid, stop_pid, wait_until, write_private
-from lab.services.openstack import Services
+from lab.procutil import pid_alive, read_pid, stop_pid, wait_ready, wait_until, write_private
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,6 @@ class Lab:
     def __init__(self, root: Path = DEFAULT_ROOT) -> None:
         self.root = Path(root)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}  # children of this process, reaped on stop
-        self._services: Services | None = None
-
-    @property
-    def services(self) -> Services:
-        """PostgreSQL, RabbitMQ and Keystone under ``root/services``: started by the lab command, not by ``up``."""
-        if self._services is None:
-            self._services = Services(self.root / "services")
-        return self._services
 
     # ---- configuration --------------------------------------------------------
     def array_dir(self, name: str) -> Path:
@@ -102,7 +94,7 @@ class Lab:
         return read_pid(self.pid_path(name))
 
     def start(self, name: str, timeout: float = 30.0) -> int:
-        """Start one array daemon (if not running) and wait for its API."""
+        """Start one array daemon (if not running) and wait for its API; LabError if it does not come up."""
         pid = self.pid(name)
         if pid is None:
             with open(self.array_dir(name) / "arrayd.log", "ab") as log:
@@ -120,17 +112,15 @@ class Lab:
             self._procs[name] = proc
         backend = self.backend(name)
 
-        def ready() -> bool:
-            if not pid_alive(pid):
-                raise BackendError(f"array {name} exited at start; see {self.array_dir(name) / 'arrayd.log'}")
+        def answers() -> bool:
             try:
                 backend.request("GET", "/v1/health")
                 return True
             except BackendError:
                 return False
 
-        if not wait_until(ready, timeout, 0.1):
-            raise BackendError(f"array {name} did not answer within {timeout:.0f} s")
+        log = self.array_dir(name) / "arrayd.log"
+        wait_ready(answers, pids={f"array {name}": pid}, timeout=timeout, what=f"array {name}", log=log)
         return pid
 
     def up(self, names: list[str] | None = None) -> dict[str, int]:

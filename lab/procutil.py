@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lab.errors import LabError
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -49,6 +51,34 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def wait_ready(
+    probe: Callable[[], bool],
+    *,
+    pids: dict[str, int],
+    timeout: float,
+    what: str,
+    log: object,
+    interval: float = 0.1,
+    seen: object = None,
+) -> None:
+    """Poll ``probe`` until it is true.
+
+    LabError "<name> exited at start; see <log>" as soon as a process of ``pids`` (name -> PID) is gone,
+    "<what> not ready within <timeout> s; see <log>" when time is up (with ``seen``, what the probe saw
+    last, if given: it is formatted then).
+    """
+
+    def ready() -> bool:
+        for name, pid in pids.items():
+            if not pid_alive(pid):
+                raise LabError(f"{name} exited at start; see {log}")
+        return probe()
+
+    if not wait_until(ready, timeout, interval):
+        state = "" if seen is None else f": {seen}"
+        raise LabError(f"{what} not ready within {timeout:.0f} s{state}; see {log}")
 
 
 def read_pid(path: Path) -> int | None:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from include.backends.errors import BackendError
 from lab.env import HOST, PROJECT_ROOT
+from lab.errors import LabError
 from lab.lab import Lab
 from lab.localhttp import http_call
-from lab.procutil import pid_alive, read_pid, spawn_daemon, stop_daemon, wait_until, write_private
+from lab.procutil import wait_ready, wait_until, write_private
+from lab.services.daemon import Daemons, run_cli
 
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
@@ -29,9 +29,13 @@ EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.e
 EXTENSION_ALIAS = "os-async-migration"
 
 
-class CinderLab:
+class CinderLab(Daemons):
+    """Cinder's services under ``root``, each ``<root>/<service>.pid`` (cinder-volume's children go with it)."""
+
+    names = SERVICES
+
     def __init__(self, root: Path, lab: Lab, services: Any) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.lab = lab
         self.services = services
         self.conf_path = self.root / "cinder.conf"
@@ -112,53 +116,34 @@ class CinderLab:
         return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
     def manage(self, *args: str, timeout: float = 300) -> str:
-        run = subprocess.run(
-            [self.bin("cinder-manage"), "--config-file", str(self.conf_path), *args],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=timeout,
-        )
-        if run.returncode:
-            raise BackendError(f"cinder-manage {' '.join(args)} failed: {run.stderr.strip()[-2000:]}")
-        return run.stdout
+        """Run ``cinder-manage`` on our configuration (logged to ``log/cinder-manage.out``)."""
+        cmd = [self.bin("cinder-manage"), "--config-file", str(self.conf_path), *args]
+        log = self.root / "log" / "cinder-manage.out"
+        return run_cli(cmd, log, timeout=timeout, env=self.env(), what=f"cinder-manage {' '.join(args)}")
 
     # ---- processes --------------------------------------------------------------
-    def pid_path(self, service: str) -> Path:
-        return self.root / f"{service}.pid"
+    def log_path(self, service: str) -> Path:
+        return self.root / "log" / f"{service}.out"
 
-    def pid(self, service: str) -> int | None:
-        return read_pid(self.pid_path(service))
-
-    def start(self, service: str) -> int:
-        return spawn_daemon(
-            [self.bin(service), "--config-file", str(self.conf_path)],
-            log_path=self.root / "log" / f"{service}.out",
-            pid_path=self.pid_path(service),
-            env=self.env(),
-        )
-
-    def stop(self, service: str) -> bool:
-        return stop_daemon(self.pid_path(service))  # cinder-volume's children per backend go with it
+    def command(self, service: str) -> list[str]:
+        return [self.bin(service), "--config-file", str(self.conf_path)]
 
     def up(self, timeout: float = 120.0) -> dict[str, int]:
         self.configure()
         self.manage("db", "sync")
-        pids = {service: self.start(service) for service in SERVICES}
+        pids = self.start_all()
         expected = {f"{CINDER_HOST}@{name}" for name in self.lab.names()}
         last: dict[str, Any] = {}
 
         def ready() -> bool:
-            for service, pid in pids.items():
-                if not pid_alive(pid):
-                    raise BackendError(f"{service} exited at start; see {self.root / 'log'}")
             last.update(self.service_states())
             return all(last.get(("cinder-volume", host)) for host in expected) and bool(
                 last.get(("cinder-scheduler", CINDER_HOST))
             )
 
-        if not wait_until(ready, timeout, 1.0):
-            raise BackendError(f"Cinder services not up within {timeout:.0f} s: {last}; see {self.root / 'log'}")
+        wait_ready(
+            ready, pids=pids, timeout=timeout, what="Cinder services", log=self.root / "log", interval=1.0, seen=last
+        )
         self.check_extension()
         return pids
 
@@ -179,14 +164,14 @@ class CinderLab:
             return True
 
         if not wait_until(listed, timeout, 1.0):
-            raise BackendError(f"cinder-api did not answer {url} within {timeout:.0f} s; see {self.root / 'log'}")
+            raise LabError(f"cinder-api did not answer {url} within {timeout:.0f} s; see {self.root / 'log'}")
         if EXTENSION_ALIAS not in aliases:
-            raise BackendError(
+            raise LabError(
                 f"Cinder did not load the {EXTENSION_ALIAS} extension; see {self.root / 'log' / 'cinder-api.log'}"
             )
 
     def down(self) -> dict[str, bool]:
-        return {service: self.stop(service) for service in reversed(SERVICES)}
+        return self.stop_all()
 
     def status(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = [{"service": service, "pid": self.pid(service)} for service in SERVICES]
@@ -195,7 +180,7 @@ class CinderLab:
                 rows += [
                     {"service": binary, "host": host, "up": up} for (binary, host), up in self.service_states().items()
                 ]
-            except BackendError as exc:
+            except LabError as exc:
                 rows.append({"error": str(exc)})
         return rows
 

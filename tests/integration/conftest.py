@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from include.migration.errors import CinderError
 from lab.env import port_open
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.cinder import CINDER_VENV, CinderLab
 from lab.services.openstack import Services
-from plugins.hooks.cinder import CinderError, CinderHook
+from plugins.hooks.cinder import CinderHook
 
 SERVICE_PORTS = ("postgres", "rabbitmq", "rabbitmq_dist", "epmd", "keystone")
 
@@ -77,16 +78,20 @@ def hook_for(services, user):
     return CinderHook(conn_id, retry_attempts=6, retry_seconds=60)
 
 
+def running(component, what):
+    """Fixture body: ``component.up()`` (timed, printed as ``what``), yield it, then ``down()``, every part stopped."""
+    started = time.monotonic()
+    component.up()
+    print(f"\n{what} up in {time.monotonic() - started:.1f} s")
+    try:
+        yield component
+    finally:
+        assert all(component.down().values())
+
+
 @pytest.fixture(scope="session")
 def cinder(lab, services, tmp_path_factory):
-    cinder = CinderLab(tmp_path_factory.mktemp("cinder"), lab, services)
-    started = time.monotonic()
-    cinder.up()
-    print(f"cinder up in {time.monotonic() - started:.1f} s")
-    try:
-        yield cinder
-    finally:
-        assert all(cinder.down().values())
+    yield from running(CinderLab(tmp_path_factory.mktemp("cinder"), lab, services), "cinder")
 
 
 @pytest.fixture(scope="session")

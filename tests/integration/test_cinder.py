@@ -15,11 +15,11 @@ import uuid
 import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
-from include.backends.errors import BackendError
+from include.migration.errors import CinderError
 from lab import verify
+from lab.errors import LabError
 from lab.procutil import pid_alive, wait_until
 from lab.services.cinder import CINDER_HOST
-from plugins.hooks.cinder import CinderError
 from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
 pytestmark = pytest.mark.integration
@@ -240,7 +240,7 @@ def test_attach_during_takeover_is_served_by_the_target(lab, admin, volume):
 def test_extension_check_fails_loudly_when_the_alias_is_missing(cinder, monkeypatch):
     cinder.check_extension()  # loaded: passes
     monkeypatch.setattr("lab.services.cinder.EXTENSION_ALIAS", "os-not-loaded")
-    with pytest.raises(BackendError, match="did not load the os-not-loaded extension"):
+    with pytest.raises(LabError, match="did not load the os-not-loaded extension"):
         cinder.check_extension()
 
 

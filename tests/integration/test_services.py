@@ -20,7 +20,8 @@ import pytest
 
 from lab.env import port_open
 from lab.procutil import process_tree
-from lab.services.openstack import Services, pg_bindir
+from lab.services.openstack import Services
+from lab.services.postgres import pg_bindir
 
 pytestmark = pytest.mark.integration
 

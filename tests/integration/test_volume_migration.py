@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 import uuid
@@ -21,9 +22,10 @@ from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import NotFound
 from lab import verify
 from lab.procutil import pid_alive, wait_until
-from lab.services.airflow import AirflowError, AirflowLab
+from lab.services.airflow import AirflowLab
+from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST
-from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
+from tests.integration.conftest import CONNECTOR, cinder_cli, running, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +36,7 @@ RUN_TIMEOUT = 300
 @pytest.fixture(scope="session")
 def airflow(lab, services, cinder, tmp_path_factory):
     airflow = AirflowLab(tmp_path_factory.mktemp("airflow"), lab, services)
-    started = time.monotonic()
-    airflow.up()
-    print(f"\nairflow up (db migrate, 4 components healthy, DAG parsed) in {time.monotonic() - started:.1f} s")
-    try:
-        yield airflow
-    finally:
-        assert all(airflow.down().values())
+    yield from running(airflow, "airflow (db migrate, 4 components healthy, DAG parsed)")
 
 
 @pytest.fixture(scope="session")
@@ -315,8 +311,9 @@ def test_a_failure_after_the_lock_rolls_back_and_says_why(lab, admin, api, volum
 
     def first_percent(try_number):
         log = api.task_log(DAG, run_id, "host_copy", try_number)
-        line = next(line for line in log.splitlines() if "% done" in line)
-        return float(line.split("host copy: ")[1].split("%")[0])
+        found = re.search(r"host copy: \w+: +([\d.]+)%", log)  # MigrationProgress.describe(): "copying:  12.5% (...)"
+        assert found, log[-2000:]
+        return float(found.group(1))
 
     assert first_percent(1) == 0.0 and first_percent(4) > 0  # the later tries resumed from the checkpoint
     assert "target LUN deleted from alpha" in logs_of(api, run_id, "rollback", tis)

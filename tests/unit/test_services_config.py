@@ -7,13 +7,13 @@ import stat
 
 import pytest
 
-from include.backends.errors import BackendError
+from lab.errors import LabError
 from lab.services.openstack import Services
 
 
 def test_configure_once_private_and_stable(tmp_path):
     services = Services(tmp_path / "services")
-    with pytest.raises(BackendError, match="not configured"):
+    with pytest.raises(LabError, match="not configured"):
         services.port("keystone")
     assert services.down() == {} and services.status() == []
     services.configure()
@@ -46,5 +46,21 @@ def test_urls_and_credentials(tmp_path):
     rc = services.openrc("admin").splitlines()
     assert f"export OS_PASSWORD={services.password('admin')}" in rc
     assert "export OS_IDENTITY_API_VERSION=3" in rc and "export OS_VOLUME_API_VERSION=3" in rc
-    with pytest.raises(BackendError, match="unknown lab user"):
+    with pytest.raises(LabError, match="unknown lab user"):
         services.credentials("guest")
+
+
+def test_an_older_services_json_still_reads(tmp_path):
+    """Files written before ``host``, ``users`` and ``paths`` were dropped (derived, never read) keep working."""
+    services = Services(tmp_path / "services")
+    services.configure()
+    config = json.loads(services.config_path.read_text())
+    assert set(config) == {"ports", "passwords", "rabbitmq_node"}
+    config.update(host="127.0.0.1", users={"postgres": "lab", "rabbitmq": "lab"}, paths={"root": str(services.root)})
+    services.config_path.write_text(json.dumps(config))
+    older = Services(tmp_path / "services")
+    older.configure()  # written once: left as it is
+    assert json.loads(older.config_path.read_text()) == config
+    assert older.port("keystone") == config["ports"]["keystone"]
+    assert older.rabbit_node == config["rabbitmq_node"]
+    assert older.credentials("admin")["password"] == config["passwords"]["admin"]
