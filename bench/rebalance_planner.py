@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--threshold", type=float, default=80)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     pools, volumes = cloud(args.volumes, args.pools, args.seed)
@@ -121,9 +122,9 @@ def main() -> None:
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
     print("| " + " | ".join(str(c) for c in cells) + " |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     details = {
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "result": row,
         "times_s": [round(t, 5) for t in times],
         "skipped_by_reason": dict(Counter(s.reason.value for s in plan.skipped).most_common()),
@@ -132,8 +133,8 @@ def main() -> None:
         "machine": platform.machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    RESULTS.write_text(json.dumps(details, indent=2) + "\n")
-    log(f"details in {RESULTS}")
+    args.output.write_text(json.dumps(details, indent=2) + "\n")
+    log(f"details in {args.output}")
 
 
 if __name__ == "__main__":
