@@ -67,7 +67,8 @@ PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
-def _int(conf: dict[str, Any], key: str, lo: int, hi: int, default: int | None) -> int | None:
+def whole_number(conf: dict[str, Any], key: str, lo: int, hi: int, default: int | None) -> int | None:
+    """``conf[key]`` (else ``default``) as a whole number in ``lo``..``hi``; InvalidParams naming ``key``."""
     value = conf.get(key, default)
     if value is None:
         return None
@@ -109,7 +110,7 @@ def parse_request(conf: dict[str, Any]) -> MigrationRequest:
         ("task_timeout_s", 10, MAX_TIMEOUT_S, MigrationRequest.task_timeout_s),
     ):
         try:
-            numbers[key] = _int(conf, key, lo, hi, default)
+            numbers[key] = whole_number(conf, key, lo, hi, default)
         except InvalidParams as exc:
             problems.append(str(exc))
     if problems:
