@@ -59,7 +59,7 @@ def wait_ready(
     pids: dict[str, int],
     timeout: float,
     what: str,
-    log: object,
+    log: Path | str,
     interval: float = 0.1,
     seen: object = None,
 ) -> None:
@@ -106,10 +106,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:  # a zombie child is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+        return _stat_fields(pid)[0] != "Z"
+    except (OSError, IndexError):
         return False
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: state, ppid, ..., utime (11), stime (12)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> bool:
@@ -176,8 +181,7 @@ def process_tree(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            ppid = int(_stat_fields(entry)[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
@@ -222,8 +226,7 @@ def descendant_named(pid: int, prefixes: tuple[str, ...]) -> int | None:
 def cpu_ticks(pid: int) -> int:
     """CPU time ``pid`` has used, user + system, in clock ticks (os.sysconf("SC_CLK_TCK")); 0 if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
         return int(fields[11]) + int(fields[12])  # utime + stime
     except (OSError, IndexError, ValueError):
         return 0
