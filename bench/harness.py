@@ -207,8 +207,7 @@ class Bench:
             self.finish_takeover(source, Volume(name, self.size))
         except Exception as exc:
             log(f"reset of {name}: {exc}")
-            self.drop_lun("alpha", name)
-            self._logged(name, lambda: self.lab.backend(source).release_takeover(name))
+            self._logged(name, lambda: self.end_takeover(source, name))
         self._logged(name, lambda: self.lab.backend(source).unexport_lun(name))
 
     @staticmethod
