@@ -26,6 +26,7 @@ from oslo_log import log as logging
 from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
 from include.backends.base import Destination, GiB, Volume
 from include.backends.errors import BackendError, NotFound
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
 
 LOG = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class LabArrayDriver(driver.VolumeDriver):
             "storage_protocol": "nbd",
             "lab_array_name": caps.name,
             "lab_array_kind": caps.kind,
-            "lab_takeover": caps.takeover,
+            ASYNC_TARGET_CAPABILITY: caps.takeover,
             "pools": [
                 {
                     "pool_name": pool.name,
@@ -158,7 +159,7 @@ class LabArrayDriver(driver.VolumeDriver):
                     "max_over_subscription_ratio": 1.0,
                     "QoS_support": False,
                     "multiattach": False,
-                    "lab_takeover": caps.takeover,
+                    ASYNC_TARGET_CAPABILITY: caps.takeover,
                 }
                 for pool in caps.pools
             ],

@@ -32,6 +32,11 @@ operator's policy file may override):
   ``status`` restored; the reason is kept in the volume's metadata
   (``async_migration_error``), where ``cinder show`` shows it.
 
+Volume views (``GET /volumes/{id}``, ``GET /volumes/detail``) gain, for those
+the ``begin`` rule allows, ``os-async-migration:lock``: ``{"source_host",
+"host", "owner"}`` of a migration in flight, else ``null`` (so a scheduler of
+many migrations counts them by pool, whoever started them).
+
 Each transition is one compare-and-swap (``conditional_update``): an invalid
 one changes nothing and answers 400/409 with the reason. While a volume is
 ``migrating_attachable`` Cinder's own extend is refused (the LUN is still
@@ -56,11 +61,12 @@ from cinder.volume import volume_utils
 from oslo_log import log as logging
 from oslo_policy import policy as oslo_policy
 
+from include.cinder_plugin.names import ALIAS, ERROR_KEY, LOCK_VIEW_KEY
+
 LOG = logging.getLogger(__name__)
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
 NOT_MIGRATING = (None, "deleting", "error", "success")  # Cinder's AVAILABLE_MIGRATION_STATUS
-ERROR_KEY = "async_migration_error"
 DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"
 SOURCE_KEY = "async_migration_source"
@@ -191,6 +197,25 @@ class AsyncMigrationController(wsgi.Controller):
             return objects.VolumeType.get_by_name_or_id(context, str(type_id))
         except exception.VolumeTypeNotFound as exc:
             raise webob.exc.HTTPBadRequest(explanation=exc.msg) from exc
+
+    # ---- views ---------------------------------------------------------------------
+    @staticmethod
+    def _add_lock(req: Any, view: dict[str, Any]) -> None:
+        volume = req.get_db_volume(view["id"])
+        meta = (volume.admin_metadata or {}) if volume.migration_status not in NOT_MIGRATING else {}
+        lock = {"source_host": meta.get(SOURCE_KEY), "host": meta.get(DEST_KEY), "owner": meta.get(OWNER_KEY)}
+        view[LOCK_VIEW_KEY] = lock if meta.get(DEST_KEY) else None
+
+    @wsgi.extends
+    def show(self, req: Any, resp_obj: Any, id: str) -> None:
+        if req.environ["cinder.context"].authorize(policy_name("begin"), fatal=False):
+            self._add_lock(req, resp_obj.obj["volume"])
+
+    @wsgi.extends
+    def detail(self, req: Any, resp_obj: Any) -> None:
+        if req.environ["cinder.context"].authorize(policy_name("begin"), fatal=False):
+            for view in resp_obj.obj["volumes"]:
+                self._add_lock(req, view)
 
     # ---- actions -----------------------------------------------------------------
     def _open(self, req: Any, id: str, body: dict[str, Any], action: str) -> tuple[Any, dict[str, Any], Any]:
@@ -346,7 +371,7 @@ class Async_migration(extensions.ExtensionDescriptor):
     """Async volume migration between backends: begin, attachable, finish and fail transitions."""
 
     name = "AsyncMigration"
-    alias = "os-async-migration"
+    alias = ALIAS
     updated = "2026-11-27T00:00:00+00:00"
 
     def get_controller_extensions(self) -> list[Any]:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from include.cinder_plugin.names import ALIAS as EXTENSION_ALIAS
 from lab.env import HOST, PROJECT_ROOT
 from lab.errors import LabError
 from lab.lab import Lab
@@ -26,7 +27,6 @@ CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
 CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
 EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
-EXTENSION_ALIAS = "os-async-migration"
 
 
 class CinderLab(Daemons):

@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, LOCK_VIEW_KEY
 from include.migration.errors import CinderError
 from lab import verify
 from lab.errors import LabError
@@ -61,7 +62,7 @@ def test_pools_and_capabilities_reach_the_scheduler(admin):
     names = {p["name"] for p in pools}
     assert {f"{CINDER_HOST}@alpha#pool1", f"{CINDER_HOST}@alpha#pool2", f"{CINDER_HOST}@gamma#pool1"} <= names
     alpha1 = next(p for p in pools if p["name"] == f"{CINDER_HOST}@alpha#pool1")["capabilities"]
-    assert alpha1["storage_protocol"] == "nbd" and alpha1["lab_takeover"] is True
+    assert alpha1["storage_protocol"] == "nbd" and alpha1[ASYNC_TARGET_CAPABILITY] is True
     assert alpha1["total_capacity_gb"] == 40
 
 
@@ -300,8 +301,13 @@ def test_begin_refuses_in_use_error_and_snapshotted_volumes(admin, volume):
 def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(lab, admin, volume):
     vol = volume("beta")
     vid, src, dest = vol["id"], vol["os-vol-host-attr:host"], f"{CINDER_HOST}@alpha#pool1"
+    assert admin.get_volume(vid)[LOCK_VIEW_KEY] is None
     lock = admin.begin_migration(vid, dest, owner="run-a")
     assert lock == {"source_host": src, "host": dest, "owner": "run-a", "migration_status": "starting"}
+    # the lock shows in the volume's views, to admins only: who moves it, from where, to where
+    shown = {"source_host": src, "host": dest, "owner": "run-a"}
+    assert admin.get_volume(vid)[LOCK_VIEW_KEY] == shown
+    assert {v["id"]: v[LOCK_VIEW_KEY] for v in admin.list_volumes()}[vid] == shown
     assert admin.begin_migration(vid, dest, owner="run-a") == lock  # the same run again: nothing changes
     with pytest.raises(CinderError, match="already migrating"):
         admin.begin_migration(vid, dest, owner="run-b")
@@ -315,5 +321,5 @@ def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(lab, 
         admin.begin_migration(vid, dest, owner="run-b")
     admin.finish_migration(vid)
     v = admin.get_volume(vid)
-    assert (v["migration_status"], v["os-vol-host-attr:host"]) == ("success", dest)
+    assert (v["migration_status"], v["os-vol-host-attr:host"], v[LOCK_VIEW_KEY]) == ("success", dest, None)
     lab.backend("beta").delete_lun(f"volume-{vid}")  # state transitions only: the data never moved

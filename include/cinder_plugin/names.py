@@ -1,0 +1,10 @@
+"""The names the async-migration extension puts into Cinder's API, for its clients as for itself.
+
+No Cinder import here: the Airflow side (``include.migration.cinder_api``) and
+the lab read these without Cinder installed.
+"""
+
+ALIAS = "os-async-migration"  # the extension's alias in GET /extensions
+ERROR_KEY = "async_migration_error"  # volume metadata: why the last migration failed
+LOCK_VIEW_KEY = "os-async-migration:lock"  # volume views: {source_host, host, owner} of a migration in flight
+ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)
