@@ -65,6 +65,32 @@ class CinderApi(abc.ABC):
         """The cinder-volume services: host (host@backend), status (enabled/disabled), state (up/down)."""
         return self.request("GET", "/os-services?binary=cinder-volume")["services"]
 
+    def pool_details(self) -> list[dict[str, Any]]:
+        """Every pool with its capabilities (capacity, over-subscription, what the driver reports)."""
+        return self.request("GET", "/scheduler-stats/get_pools?detail=True")["pools"]
+
+    def list_volumes(self, page: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:
+        """Every volume of every project, as an admin sees it (with the async-migration lock), a page at a time."""
+        return self._all("volumes", page, max_pages)
+
+    def list_snapshots(self, page: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:
+        return self._all("snapshots", page, max_pages)
+
+    def list_volume_types(self) -> list[dict[str, Any]]:
+        """Every volume type with its extra specs (``volume_backend_name`` pins a backend)."""
+        return self.request("GET", "/types?is_public=None")["volume_types"]
+
+    def _all(self, kind: str, page: int, max_pages: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        marker = ""
+        for _ in range(max_pages):
+            batch = self.request("GET", f"/{kind}/detail?all_tenants=1&sort=id:asc&limit={page}{marker}")[kind]
+            found += batch
+            if len(batch) < page:
+                return found
+            marker = f"&marker={batch[-1]['id']}"
+        raise CinderError(f"more than {page * max_pages} {kind}: listing stopped")
+
     def get_volume_type(self, name_or_id: str) -> dict[str, Any]:
         """A volume type by ID, else by name; CinderError 404 when there is none."""
         try:
