@@ -29,14 +29,16 @@ import enum
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import Any
 
 from include.backends.base import GiB
 from include.migration.steps import Step
 
-# migration_status of a volume no migration holds: Cinder's "none", and the ends of one
-NOT_MIGRATING = frozenset({None, "", "success", "error"})
+# migration_status of a volume no migration holds: Cinder's "none", the ends of one, and deleting
+# (Cinder's AVAILABLE_MIGRATION_STATUS)
+NOT_MIGRATING = frozenset({None, "", "success", "error", "deleting"})
 # a destination's path, best first: the shortest time the volume is unusable
 PATH_RANK = {Step.TARGET_TAKEOVER: 0, Step.SOURCE_DRIVER: 1, Step.HOST_COPY: 2}
 
@@ -184,6 +186,25 @@ class RebalancePlan:
     @property
     def moved_bytes(self) -> int:
         return sum(m.size_bytes for m in self.moves)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "moves": [asdict(m) for m in self.moves],
+            "skipped": [asdict(s) for s in self.skipped],
+            "before": self.before,
+            "after": self.after,
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RebalancePlan:
+        return cls(
+            moves=tuple(Move(**{**m, "path": Step(m["path"])}) for m in data["moves"]),
+            skipped=tuple(Skipped(**{**s, "reason": SkipReason(s["reason"])}) for s in data["skipped"]),
+            before=dict(data["before"]),
+            after=dict(data["after"]),
+            threshold=data["threshold"],
+        )
 
 
 def expected_path(source: PoolState, destination: PoolState) -> Step:
@@ -376,20 +397,20 @@ def format_plan(plan: RebalancePlan) -> str:
         rows += [
             (m.volume_id, f"{m.size_bytes / GiB:.1f}", f"{m.source} -> {m.destination}", m.path) for m in plan.moves
         ]
-        lines += _columns(rows)
+        lines += columns(rows)
     if plan.skipped:
         lines.append("stay, by reason:")
         counts = Counter(s.reason for s in plan.skipped)
         rows = [("volumes", "reason", "meaning")]
         rows += [(str(counts[r]), r.value, r.meaning) for r in SkipReason if counts[r]]
-        lines += _columns(rows)
+        lines += columns(rows)
     lines.append("pools, used before -> after:")
     rows = [("pool", "before", "after")]
     rows += [(n, _pct(plan.before[n]), _pct(plan.after[n])) for n in sorted(plan.before)]
-    lines += _columns(rows)
+    lines += columns(rows)
     return "\n".join(lines)
 
 
-def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+def columns(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

@@ -1,0 +1,231 @@
+"""Carry out a rebalance plan: one ``volume_migration`` run per move, under the limits, to the end.
+
+``dispatch(moves, limits, ports)`` is a plain loop (no Airflow here; the DAG
+gives it ``Ports`` that read Cinder and start and watch Airflow runs):
+
+* each round it reads the migrations in flight in Cinder (whoever started
+  them: this run, an operator by hand) and adds the runs it started that have
+  not locked their volume yet, and admits the next moves of the plan that fit
+  the limits per source pool, per destination pool and in total (``admit``);
+* a move is not started, with the reason, when its volume is no longer what
+  the plan saw (moved, migrating, in use, gone), when its source or
+  destination pool is down, or when the last ``max_failures`` moves to its
+  destination failed; a failed move never stops the others;
+* each move's run has a fixed id (``move_run_id``): a cleared rebalance run
+  finds the runs it started and follows them instead of starting a second
+  migration of the same volume;
+* it ends when every move has a result, or at ``deadline_s`` (moves not
+  started then say so, runs still going are reported as running).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from include.migration.inventory import Cloud
+from include.migration.planner import Move
+from include.migration.rebalance import Limits, admit
+
+log = logging.getLogger(__name__)
+
+MIGRATION_DAG = "volume_migration"
+RUN_ENDED = {"success": True, "failed": False}  # Airflow's terminal DAG run states -> moved?
+
+
+class Outcome(enum.StrEnum):
+    MOVED = "moved"
+    FAILED = "failed"
+    NOT_STARTED = "not_started"
+    RUNNING = "still_running"  # the rebalance ran out of time; the migration goes on
+    PLANNED = "planned"  # a dry run
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    volume_id: str
+    size_bytes: int
+    source: str
+    destination: str
+    path: str
+    outcome: Outcome
+    reason: str = ""
+    run_id: str | None = None
+    seconds: float | None = None  # from the run's start to its end, as this loop saw them
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MoveResult:
+        return cls(**{**data, "outcome": Outcome(data["outcome"])})
+
+    @classmethod
+    def of(cls, move: Move, outcome: Outcome, reason: str = "", run_id: str | None = None,
+           seconds: float | None = None) -> MoveResult:  # fmt: skip
+        return cls(move.volume_id, move.size_bytes, move.source, move.destination, str(move.path),
+                   outcome, reason, run_id, None if seconds is None else round(seconds, 1))  # fmt: skip
+
+
+class Ports(Protocol):
+    """What the loop needs from outside; the DAG's runtime supplies them."""
+
+    def look(self) -> Cloud:
+        """Cinder now: pools (up or not), volumes, migrations in flight."""
+
+    def start(self, move: Move, run_id: str) -> None:
+        """Start the ``volume_migration`` run ``run_id`` for ``move`` (nothing if it exists already)."""
+
+    def exists(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs exist already."""
+
+    def state(self, run_id: str) -> str:
+        """The run's Airflow state: queued, running, success, failed."""
+
+    def failure(self, run_id: str, volume_id: str) -> str:
+        """Why the run failed, in a line."""
+
+
+def move_run_id(rebalance_run_id: str, volume_id: str) -> str:
+    """The run that moves ``volume_id`` for this rebalance run: the same on every try and every clear."""
+    return f"rebalance__{volume_id}__{rebalance_run_id}"[:250]
+
+
+@dataclass
+class _Running:
+    move: Move
+    run_id: str
+    started: float
+
+
+@dataclass
+class Dispatch:
+    """The loop's state, for one rebalance run."""
+
+    moves: Sequence[Move]
+    limits: Limits
+    rebalance_run_id: str
+    max_failures: int = 2
+    pending: list[Move] = field(default_factory=list)
+    running: dict[str, _Running] = field(default_factory=dict)
+    results: dict[str, MoveResult] = field(default_factory=dict)
+    failed_in_a_row: Counter[str] = field(default_factory=Counter)
+    peak: Counter[str] = field(default_factory=Counter)  # the most in flight seen at once: "total", "off:", "onto:"
+
+    def not_startable(self, move: Move, cloud: Cloud) -> str | None:
+        """Why ``move`` must not start now, or None."""
+        up = {p.name for p in cloud.pools if p.up}
+        for role, pool in (("source", move.source), ("destination", move.destination)):
+            if pool not in up:
+                return f"{role} pool {pool} is down or unknown to Cinder (its volume service is not enabled and up)"
+        if self.failed_in_a_row[move.destination] >= self.max_failures:
+            return f"destination {move.destination}: the last {self.max_failures} moves to it failed"
+        volume = cloud.volume(move.volume_id)
+        if volume is None:
+            return "the volume no longer exists"
+        if volume.migrating:
+            return f"the volume is already migrating ({volume.migration_status} to {volume.migration_dest or '?'})"
+        if volume.pool != move.source:
+            return f"the volume is on {volume.pool} now, not {move.source}"
+        if volume.status != "available" or volume.attachments:
+            return f"the volume is {volume.status} with {volume.attachments} attachment(s)"
+        return None
+
+    def in_flight(self, cloud: Cloud) -> dict[str, tuple[str, str]]:
+        """volume id -> (source, destination) of every migration under way, ours not yet locked included."""
+        flying = {f.volume_id: (f.source, f.destination) for f in cloud.in_flight}
+        for vid, run in self.running.items():
+            flying.setdefault(vid, (run.move.source, run.move.destination))
+        return flying
+
+    def note_peak(self, flying: dict[str, tuple[str, str]]) -> None:
+        counts = Counter({"total": len(flying)})
+        for source, destination in flying.values():
+            counts[f"off:{source}"] += 1
+            counts[f"onto:{destination}"] += 1
+        for key, n in counts.items():
+            self.peak[key] = max(self.peak[key], n)
+
+    def finish(self, vid: str, moved: bool, reason: str, now: float) -> None:
+        run = self.running.pop(vid)
+        outcome = Outcome.MOVED if moved else Outcome.FAILED
+        self.results[vid] = MoveResult.of(run.move, outcome, reason, run.run_id, now - run.started)
+        self.failed_in_a_row[run.move.destination] = 0 if moved else self.failed_in_a_row[run.move.destination] + 1
+
+
+def dispatch(
+    moves: Sequence[Move],
+    limits: Limits,
+    rebalance_run_id: str,
+    ports: Ports,
+    *,
+    poll_s: float = 5.0,
+    deadline_s: float = 2 * 24 * 3600,
+    max_failures: int = 2,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Dispatch:
+    """Run every move of the plan (in plan order) under ``limits``; returns the state with a result per move."""
+    state = Dispatch(moves, limits, rebalance_run_id, max_failures, pending=list(moves))
+    started_at = clock()
+    ids = {m.volume_id: move_run_id(rebalance_run_id, m.volume_id) for m in moves}
+    existing = ports.exists(list(ids.values())) if moves else set()
+    for move in list(state.pending):  # started by an earlier try of this run: follow them, never start again
+        if ids[move.volume_id] in existing:
+            state.pending.remove(move)
+            state.running[move.volume_id] = _Running(move, ids[move.volume_id], clock())
+            log.info("volume %s: run %s exists already; following it", move.volume_id, ids[move.volume_id])
+    while state.pending or state.running:
+        now = clock()
+        for vid, run in list(state.running.items()):
+            run_state = ports.state(run.run_id)
+            if run_state in RUN_ENDED:
+                moved = RUN_ENDED[run_state]
+                reason = "" if moved else ports.failure(run.run_id, vid)
+                state.finish(vid, moved, reason, now)
+                log.info("volume %s %s -> %s: %s %s", vid, run.move.source, run.move.destination,
+                         state.results[vid].outcome, reason)  # fmt: skip
+        if now - started_at > deadline_s:
+            break
+        cloud = ports.look()
+        for move in list(state.pending):
+            why = state.not_startable(move, cloud)
+            if why is not None:
+                state.pending.remove(move)
+                state.results[move.volume_id] = MoveResult.of(move, Outcome.NOT_STARTED, why)
+                log.warning("volume %s not moved to %s: %s", move.volume_id, move.destination, why)
+        flying = state.in_flight(cloud)
+        for move in admit(state.pending, flying.values(), limits):
+            run_id = ids[move.volume_id]
+            ports.start(move, run_id)
+            state.pending.remove(move)
+            state.running[move.volume_id] = _Running(move, run_id, clock())
+            flying[move.volume_id] = (move.source, move.destination)
+            log.info("volume %s: %s -> %s started as run %s", move.volume_id, move.source, move.destination, run_id)
+        state.note_peak(flying)
+        if state.pending or state.running:
+            sleep(poll_s)
+    for move in state.pending:
+        state.results[move.volume_id] = MoveResult.of(move, Outcome.NOT_STARTED, "the rebalance ran out of time")
+    for vid, run in state.running.items():
+        state.results[vid] = MoveResult.of(run.move, Outcome.RUNNING, f"run {run.run_id} still going", run.run_id)
+    state.pending, state.running = [], {}
+    return state
+
+
+def planned(moves: Sequence[Move]) -> list[MoveResult]:
+    """A dry run's results: every move planned, none started."""
+    return [MoveResult.of(m, Outcome.PLANNED, "dry run: nothing started") for m in moves]
+
+
+def migration_conf(move: Move, speed_mib: int | None) -> dict[str, Any]:
+    """The ``volume_migration`` params of one move."""
+    conf: dict[str, Any] = {"volume_id": move.volume_id, "dest_host": move.destination}
+    if speed_mib is not None:
+        conf["speed_mib"] = speed_mib
+    return conf
