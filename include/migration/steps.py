@@ -31,3 +31,12 @@ BEFORE_ATTACHABLE = (
 )
 # The steps whose XCom "result" carries the driver's model_update, in the order commit looks at them.
 DRIVER_STEPS = (Step.SOURCE_DRIVER, Step.TARGET_TAKEOVER)
+
+
+class RebalanceStep(enum.StrEnum):
+    """Task ids of the volume_rebalance DAG, in order."""
+
+    PLAN = "plan"  # read Cinder, validate the params against it, plan, log the plan
+    MIGRATE = "migrate"  # one volume_migration run per move, under the limits
+    SUMMARIZE = "summarize"  # every volume's result and the pools before and after, in the log
+    PUBLISH = "publish"  # the summary as an asset event (not for a dry run)

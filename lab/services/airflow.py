@@ -108,6 +108,8 @@ class AirflowLab(Daemons):
             # and the triggers of a triggerer that died move to a live one within ~15 s (default 30)
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
             "MIGRATION_STATE_DIR": str(self.root / "migration-state"),
+            # the lab's rebalances run when a test or a bench triggers them, never on the daily schedule
+            "VOLUME_REBALANCE_SCHEDULE": "none",
             "NO_PROXY": "127.0.0.1,localhost",
         }
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from include.migration.steps import Step
+from include.migration.rebalance import REBALANCE_PARAMS_SCHEMA
+from include.migration.steps import RebalanceStep, Step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,9 @@ PARSE = textwrap.dedent(
                 "tags": sorted(dag.tags),
                 "tasks": {t.task_id: t.retries for t in dag.tasks},
                 "params": sorted(dag.params.keys()),
+                "schedule": getattr(dag.timetable, "expression", None),
+                "max_active_runs": dag.max_active_runs,
+                "outlets": {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets},
             }
             for dag_id, dag in bag.dags.items()
         },
@@ -76,7 +80,7 @@ def report(tmp_path_factory):
 
 def test_every_dag_imports_without_errors(report):
     assert report["import_errors"] == {}
-    assert "volume_migration" in report["dags"]
+    assert {"volume_migration", "volume_rebalance"} <= set(report["dags"])
 
 
 def test_no_network_process_or_file_writes_at_parse_time(report):
@@ -108,3 +112,12 @@ def test_volume_migration_reads_like_the_blueprint(report):
     assert dag["params"] == sorted(
         ["volume_id", "dest_host", "force_host_copy", "new_type", "speed_mib", "copy_timeout_s", "task_timeout_s"]
     )
+
+
+def test_volume_rebalance_plans_migrates_and_publishes(report):
+    dag = report["dags"]["volume_rebalance"]
+    assert set(dag["tasks"]) == set(RebalanceStep)
+    assert dag["params"] == sorted(REBALANCE_PARAMS_SCHEMA)
+    assert dag["schedule"] == "0 3 * * *", "daily at 03:00 unless VOLUME_REBALANCE_SCHEDULE says otherwise"
+    assert dag["max_active_runs"] == 1, "one dispatcher at a time counts the limits"
+    assert dag["outlets"] == {RebalanceStep.PUBLISH: ["volume_rebalance"]}
