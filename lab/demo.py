@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 from typing import Any
@@ -29,11 +27,6 @@ from plugins.hooks.cinder import CinderHook
 DAG = "volume_migration"
 DEMO_TIMEOUT = 900.0
 CONNECTOR = {"host": "lab-demo", "ip": "127.0.0.1", "initiator": "iqn.lab-demo", "multipath": False}
-
-
-def _cinder(services: Services) -> CinderHook:
-    os.environ["AIRFLOW_CONN_LAB_DEMO_CINDER"] = json.dumps(services.cinder_connection("admin"))
-    return CinderHook("lab_demo_cinder")
 
 
 def _wait_volume(cinder: CinderHook, volume_id: str, done: Any, timeout: float = 120.0) -> dict[str, Any]:
@@ -54,7 +47,7 @@ def _tasks(api: AirflowApi, run_id: str) -> str:
 
 
 def run_demo(lab: Lab, services: Services, api: AirflowApi, *, size_gib: int, speed_mib: int, keep: bool) -> int:
-    cinder, rng = _cinder(services), random.Random(42)
+    cinder, rng = services.cinder_hook(), random.Random(42)
     size, dest = size_gib * GiB, "lab@alpha#pool1"
     body = {"volume": {"size": size_gib, "availability_zone": "gamma", "name": "lab-demo"}}
     volume_id = cinder.request("POST", "/volumes", body)["volume"]["id"]

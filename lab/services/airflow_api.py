@@ -102,9 +102,34 @@ class AirflowApi:
         answer = self.request("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)
         return [ti["task_id"] for ti in answer.get("task_instances", [])]
 
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[str]:
+        """Clear these tasks of a run (a running one is stopped and runs again); returns the cleared task ids."""
+        body = {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "task_ids": task_ids}
+        answer = self.request("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)
+        return [ti["task_id"] for ti in answer.get("task_instances", [])]
+
+    def runs(self, dag_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The DAG's runs, newest first (at most ``limit``)."""
+        path = f"/dags/{self._q(dag_id)}/dagRuns?limit={limit}&order_by=-run_after"
+        return self.request("GET", path)["dag_runs"]
+
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         path = f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances"
         return {ti["task_id"]: ti for ti in self.request("GET", path)["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """A task's XCom value, deserialized."""
+        path = (
+            f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
+            f"/xcomEntries/{self._q(key)}?deserialize=true"
+        )
+        value = self.request("GET", path)["value"]
+        return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+
+    def asset_events(self, source_dag_id: str, source_run_id: str) -> list[dict[str, Any]]:
+        """The asset events a run emitted."""
+        query = urllib.parse.urlencode({"source_dag_id": source_dag_id, "source_run_id": source_run_id})
+        return self.request("GET", f"/assets/events?{query}")["asset_events"]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         """The task's log of one try, as text (one line per event)."""

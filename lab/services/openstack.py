@@ -12,6 +12,8 @@ Stdlib only: this runs in the project's virtualenv, Keystone in its own.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from lab.services.config import ServicesConfig
 from lab.services.keystone import KEYSTONE_VENV, Keystone
 from lab.services.postgres import Postgres, pg_bindir
 from lab.services.rabbitmq import RABBIT_BIN, RabbitMQ
+from plugins.hooks.cinder import CinderHook
 
 __all__ = ["Services", "pg_bindir"]
 
@@ -48,6 +51,12 @@ class Services(ServicesConfig):
     def rabbit_env(self) -> dict[str, str]:
         """Environment for rabbitmq-server and the rabbitmq CLI tools, pointing at this node only."""
         return self.rabbitmq.env()
+
+    def cinder_hook(self, user: str = "admin", **retries: int) -> CinderHook:
+        """The project's Cinder hook as a lab user, on a Connection given through the environment."""
+        conn_id = f"lab_cinder_{user}"
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(self.cinder_connection(user))
+        return CinderHook(conn_id, **retries)
 
     def token(self, user: str) -> tuple[str, dict[str, object]]:
         """A project-scoped token for a lab user: (X-Subject-Token, the token body with its catalog)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,9 +15,9 @@ import pytest
 from include.migration.errors import CinderError
 from lab.env import port_open
 from lab.procutil import pid_alive, process_tree, wait_until
+from lab.services.airflow import AirflowLab
 from lab.services.cinder import CINDER_VENV, CinderLab
 from lab.services.openstack import Services
-from plugins.hooks.cinder import CinderHook
 
 SERVICE_PORTS = ("postgres", "rabbitmq", "rabbitmq_dist", "epmd", "keystone")
 
@@ -73,9 +72,7 @@ CONNECTOR = {"host": "testhost", "ip": "127.0.0.1", "initiator": "iqn.test", "mu
 
 
 def hook_for(services, user):
-    conn_id = f"cinder_{user}"
-    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(services.cinder_connection(user))
-    return CinderHook(conn_id, retry_attempts=6, retry_seconds=60)
+    return services.cinder_hook(user, retry_attempts=6, retry_seconds=60)
 
 
 def running(component, what):
@@ -92,6 +89,17 @@ def running(component, what):
 @pytest.fixture(scope="session")
 def cinder(lab, services, tmp_path_factory):
     yield from running(CinderLab(tmp_path_factory.mktemp("cinder"), lab, services), "cinder")
+
+
+@pytest.fixture(scope="session")
+def airflow(lab, services, cinder, tmp_path_factory):
+    airflow = AirflowLab(tmp_path_factory.mktemp("airflow"), lab, services)
+    yield from running(airflow, "airflow (db migrate, 4 components healthy, DAG parsed)")
+
+
+@pytest.fixture(scope="session")
+def api(airflow):
+    return airflow.api
 
 
 @pytest.fixture(scope="session")

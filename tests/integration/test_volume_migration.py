@@ -22,26 +22,14 @@ from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import NotFound
 from lab import verify
 from lab.procutil import pid_alive, wait_until
-from lab.services.airflow import AirflowLab
 from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST
-from tests.integration.conftest import CONNECTOR, cinder_cli, running, wait_status
+from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
 pytestmark = pytest.mark.integration
 
 DAG = "volume_migration"
 RUN_TIMEOUT = 300
-
-
-@pytest.fixture(scope="session")
-def airflow(lab, services, cinder, tmp_path_factory):
-    airflow = AirflowLab(tmp_path_factory.mktemp("airflow"), lab, services)
-    yield from running(airflow, "airflow (db migrate, 4 components healthy, DAG parsed)")
-
-
-@pytest.fixture(scope="session")
-def api(airflow):
-    return airflow.api
 
 
 # ---- helpers ------------------------------------------------------------------------------------

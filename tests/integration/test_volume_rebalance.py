@@ -1,0 +1,184 @@
+"""The volume_rebalance DAG end to end, on the real lab.
+
+Volumes are created in beta through Cinder and the rebalance drains beta's
+pools onto alpha's, one ``volume_migration`` run per move. Cinder and the
+arrays are sampled every second from outside (``lab.concurrency``): the
+limits must hold, a migration started by hand included. Data written before
+the run is read back after it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from include.backends.base import GiB
+from include.migration.inventory import pools_from
+from lab.concurrency import MigrationSampler
+from lab.fill import create_volumes, delete_volumes, lift_quotas
+from lab.procutil import wait_until
+from lab.services.airflow_api import AirflowError
+from lab.services.cinder import CINDER_HOST
+from tests.integration.test_volume_migration import content_on, seed
+
+pytestmark = pytest.mark.integration
+
+REBALANCE = "volume_rebalance"
+MIGRATION = "volume_migration"
+ALPHA = [f"{CINDER_HOST}@alpha#pool1", f"{CINDER_HOST}@alpha#pool2"]
+BETA = [f"{CINDER_HOST}@beta#pool1", f"{CINDER_HOST}@beta#pool2"]
+THRESHOLD = 10  # percent: beta's 40 GiB pools hold 6 of the 12 volumes each (15%) and must drop to 4 GiB
+RUN_TIMEOUT = 600
+
+
+@pytest.fixture
+def beta_full(admin):
+    """12 volumes of 1 GiB on beta (spread over its two pools by Cinder), deleted afterwards."""
+    lift_quotas(admin)
+    base = gib_used(admin)
+    made = create_volumes(admin, 12, "beta", prefix="rebalance")
+    # the pools' stats reach Cinder's scheduler every few seconds: plan on what they say once they count these
+    assert wait_until(lambda: gib_used(admin) >= base + 12, 60, 1), used(admin)
+    extra = []  # volumes a test adds
+    yield made, extra
+    ids = [v["id"] for v in made + extra]
+
+    def settled(vid):
+        v = admin.get_volume(vid)
+        return v["status"] == "available" and v["migration_status"] in (None, "success", "error")
+
+    wait_until(lambda: all(settled(i) for i in ids), 300, 2)  # a failed test may leave migrations running
+    assert delete_volumes(admin, ids) == []
+    assert wait_until(lambda: gib_used(admin) <= base, 60, 1), used(admin)
+
+
+def used(admin):
+    """Each pool's used ratio, as Cinder reports it now."""
+    return {p.name: p.used_ratio for p in pools_from(admin.pool_details(), admin.volume_services())}
+
+
+def gib_used(admin):
+    """GiB in use in alpha's and beta's pools (40 GiB each in the lab)."""
+    return round(sum(used(admin)[p] for p in ALPHA + BETA) * 40)
+
+
+def volume_states(admin, ids):
+    states = {}
+    for vid in ids:
+        v = admin.get_volume(vid)
+        states[vid] = (v["status"], v["migration_status"], v["os-vol-host-attr:host"])
+    return states
+
+
+def migration_runs(api):
+    return {r["dag_run_id"]: r for r in api.runs(MIGRATION)}
+
+
+def logs(api, run_id, task_id):
+    ti = api.task_instances(REBALANCE, run_id)[task_id]
+    return "\n".join(api.task_log(REBALANCE, run_id, task_id, n) for n in range(1, max(ti["try_number"], 1) + 1))
+
+
+def test_bad_params_are_refused_with_the_param_named_and_nothing_changes(admin, api, beta_full):
+    ids = [v["id"] for v in beta_full[0]]
+    before, runs_before = volume_states(admin, ids), set(migration_runs(api))
+    # refused by Airflow's API with the form's schema, before any run exists
+    for conf, named in (
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": 100}, "threshold"),
+        ({"max_per_source": 0}, "max_per_source"),
+        ({"max_per_destination": -1}, "max_per_destination"),
+        ({"max_total": 0}, "max_total"),
+        ({"max_moves": -1}, "max_moves"),
+        ({"max_gib": -5}, "max_gib"),
+        ({"speed_mib": -1}, "speed_mib"),
+        ({"dry_run": "yes"}, "dry_run"),
+        ({"include_pools": ["beta"]}, "include_pools"),
+    ):
+        with pytest.raises(AirflowError, match=f"HTTP 400: Invalid input for param {named}"):
+            api.trigger(REBALANCE, conf)
+    # well-formed, but wrong against Cinder or across params: refused by plan, once, before anything changes
+    cases = {
+        "unknown pool": ({"include_pools": [f"{CINDER_HOST}@beta#pool9"]}, "include_pools: pools Cinder does not know"),
+        "included and excluded": ({"include_pools": BETA, "exclude_pools": BETA[:1]},
+                                  f"pools both included and excluded: {BETA[0]}"),
+        "unknown parameter": ({"colour": "blue"}, "unknown parameters: colour"),
+    }  # fmt: skip
+    for name, (conf, expected) in cases.items():
+        run_id = api.trigger(REBALANCE, conf)
+        assert api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)["state"] == "failed", name
+        tis = api.task_instances(REBALANCE, run_id)
+        assert tis["plan"]["state"] == "failed" and tis["plan"]["try_number"] == 1, (name, tis["plan"])
+        assert tis["migrate"]["state"] == "upstream_failed", name
+        assert expected in logs(api, run_id, "plan"), name
+    assert volume_states(admin, ids) == before
+    assert set(migration_runs(api)) == runs_before, "no migration was started"
+
+
+def test_dry_run_plans_and_changes_nothing(admin, api, beta_full):
+    ids = [v["id"] for v in beta_full[0]]
+    before, runs_before = volume_states(admin, ids), set(migration_runs(api))
+    conf = {"threshold": THRESHOLD, "include_pools": ALPHA + BETA, "dry_run": True}
+    run_id = api.trigger(REBALANCE, conf)
+    assert api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)["state"] == "success"
+    summary = api.xcom(REBALANCE, run_id, "summarize")
+    assert summary["dry_run"] is True and summary["counts"].get("planned", 0) >= 2, summary["counts"]
+    assert {m["source"] for m in summary["moves"]} <= set(BETA)
+    assert {m["destination"] for m in summary["moves"]} <= set(ALPHA)
+    assert "rebalance plan, threshold 10.0%" in logs(api, run_id, "plan")
+    assert api.task_instances(REBALANCE, run_id)["publish"]["state"] == "skipped", "a dry run emits no event"
+    assert volume_states(admin, ids) == before
+    assert set(migration_runs(api)) == runs_before
+
+
+def test_rebalance_holds_the_limits_counts_a_manual_run_and_survives_a_clear(lab, admin, api, beta_full):
+    """Limits 1/1/2 with a manual migration in flight; the migrate task cleared mid-run; data read back."""
+    made, extra = beta_full
+    seeded = {v["id"]: seed(lab, "beta", f"volume-{v['id']}", seed=i) for i, v in enumerate(made[:3])}
+    manual = create_volumes(admin, 1, "beta", prefix="manual")[0]
+    extra.append(manual)
+    manual_model = seed(lab, "beta", f"volume-{manual['id']}", seed=99)
+    ids = [v["id"] for v in made] + [manual["id"]]
+    limits = {"max_per_source": 1, "max_per_destination": 1, "max_total": 2}
+    conf = {"threshold": THRESHOLD, "include_pools": ALPHA + BETA, "speed_mib": 0, **limits}
+    with MigrationSampler(admin, lab) as sampler:
+        manual_run = api.trigger(MIGRATION, {"volume_id": manual["id"], "dest_host": ALPHA[0], "speed_mib": 16},
+                                 note="by hand during a rebalance")  # fmt: skip
+        assert wait_until(lambda: manual["id"] in sampler.volume_ids, 120, 0.5), "the manual run never locked"
+        run_id = api.trigger(REBALANCE, conf)
+        # once this run's first migration is in flight, clear its migrate task: the new try follows it
+        assert wait_until(lambda: sampler.volume_ids - {manual["id"]}, 180, 0.5), sampler.table()
+        assert api.clear_tasks(REBALANCE, run_id, ["migrate"]) == ["migrate"]
+        run = api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)
+        assert api.wait_run(MIGRATION, manual_run, RUN_TIMEOUT)["state"] == "success"
+        time.sleep(2)  # one more sample after the last migration ended
+    print(sampler.table())
+    assert run["state"] == "success", api.task_instances(REBALANCE, run_id)
+    assert api.task_instances(REBALANCE, run_id)["migrate"]["try_number"] == 2
+    assert sampler.samples >= 10 and not sampler.failures, sampler.failures
+    assert sampler.peak("total") <= 2 and sampler.peak("off:") <= 1 and sampler.peak("onto:") <= 1, sampler.table()
+
+    summary = api.xcom(REBALANCE, run_id, "summarize")
+    moves = {m["volume_id"]: m for m in summary["moves"]}
+    listed = set(moves) | {s["volume_id"] for s in summary["skipped"]}
+    assert set(ids) <= listed, "every volume is in the summary"
+    assert summary["counts"].get("moved", 0) >= 2 and set(summary["counts"]) <= {"moved", "skipped"}, summary
+    assert {m["outcome"] for m in moves.values()} == {"moved"}, "the cleared run followed its moves to the end"
+    assert manual["id"] not in moves, "the manual migration is the operator's: skipped as migrating"
+    mine = [r for r in migration_runs(api) if r.startswith("rebalance__")]
+    assert sorted(m["run_id"] for m in moves.values()) == sorted(r for r in mine if r.endswith(run_id))
+    assert all(migration_runs(api)[m["run_id"]]["state"] == "success" for m in moves.values())
+    events = api.asset_events(REBALANCE, run_id)
+    assert len(events) == 1 and events[0]["extra"]["counts"] == summary["counts"], events
+
+    def drained():
+        now = used(admin)
+        return all(100 * now[p] <= THRESHOLD for p in BETA)
+
+    assert wait_until(drained, 60, 2), used(admin)
+    states = volume_states(admin, ids)
+    assert all(s[1] in (None, "success") and s[0] == "available" for s in states.values()), "none left locked"
+    for vid, model in [*seeded.items(), (manual["id"], manual_model)]:
+        array = states[vid][2].split("@")[1].split("#")[0]
+        assert model.mismatches(content_on(lab, array, f"volume-{vid}", GiB)) == [], vid
