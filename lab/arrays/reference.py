@@ -36,7 +36,7 @@ from typing import Any
 import nbd
 
 from include.backends.base import ConnectionInfo
-from include.backends.errors import BackendError, Conflict, InvalidRequest, NotFound
+from include.backends.errors import BackendError, Conflict, InvalidRequest
 from include.backends.progress import RateMeter
 from lab.arrays.apiserver import Router, require_name
 from lab.arrays.core import ArrayConfig, BaseArray
@@ -231,11 +231,23 @@ class ReferenceArray(TakeoverMixin, BaseArray):
             if "find node" not in exc.desc and "Cannot find" not in exc.desc:
                 raise
 
-    def _node_size(self, node: str) -> int:
-        for info in self.qmp.execute("query-named-block-nodes", {"flat": True}):
-            if info["node-name"] == node:
-                return int(info["image"]["virtual-size"])
-        raise NotFound(f"node {node} not found")
+    def _remote_size(self, lun: dict[str, Any]) -> int:
+        """The source LUN's size, asked of its export over NBD.
+
+        Not of our qemu-storage-daemon: its ``query-named-block-nodes`` segfaulted (QEMU 7.2, Debian 12) while
+        a stream job of another LUN was completing, in a rebalance with three takeovers at once (2026-12-02).
+        """
+        src = lun["copy"]["source"]
+        try:
+            h = nbd.NBD()
+            h.set_export_name(src["export"])
+            h.connect_tcp(src["host"], str(src["port"]))
+            try:
+                return int(h.get_size())
+            finally:
+                h.shutdown()
+        except nbd.Error as exc:
+            raise BackendError(f"source export {src['export']} at {src['host']}:{src['port']}: {exc}") from None
 
     def _close_nodes(self, lun: dict[str, Any]) -> None:
         """Best effort: drop every node, export and job of a LUN (used on failures)."""

@@ -83,7 +83,7 @@ class TakeoverMixin:
             self._create_image(path, size, lun["format"])
             try:
                 self._add_remote(lun)
-                remote_size = self._node_size(self.remote_node(lun))
+                remote_size = self._remote_size(lun)
                 if remote_size != size:
                     raise InvalidRequest(f"source LUN is {remote_size} bytes, not {size}")
                 self._add_image(lun, path, self.node(lun), backing=self._backing(lun))
