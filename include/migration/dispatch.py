@@ -139,8 +139,8 @@ class Dispatch:
     def in_flight(self, cloud: Cloud) -> dict[str, tuple[str, str]]:
         """volume id -> (source, destination) of every migration under way, ours not yet locked included."""
         flying = {f.volume_id: (f.source, f.destination) for f in cloud.in_flight}
-        for vid, run in self.running.items():
-            flying.setdefault(vid, (run.move.source, run.move.destination))
+        for vid, run in self.running.items():  # ours: the plan knows both pools, even before the lock shows them
+            flying[vid] = (run.move.source, run.move.destination)
         return flying
 
     def note_peak(self, flying: dict[str, tuple[str, str]]) -> None:

@@ -18,7 +18,7 @@ from include.migration.dispatch import (
     move_run_id,
     planned,
 )
-from include.migration.inventory import Cloud, InFlight
+from include.migration.inventory import UNKNOWN_POOL, Cloud, InFlight
 from include.migration.planner import Move, PoolState, VolumeState
 from include.migration.rebalance import Limits
 from include.migration.steps import Step
@@ -432,3 +432,21 @@ def test_the_migration_conf_of_a_move(speed):
     if speed is not None:
         expected["speed_mib"] = speed
     assert conf == expected
+
+
+class LockNotShownYet(FakePorts):
+    """Cinder shows our runs' volumes migrating before the lock says where to (between begin's two writes)."""
+
+    def look(self) -> Cloud:
+        seen = super().look()
+        blind = tuple(dataclasses.replace(f, destination=UNKNOWN_POOL) for f in seen.in_flight)
+        return dataclasses.replace(seen, in_flight=blind)
+
+
+def test_our_own_runs_count_on_their_destination_even_before_the_lock_shows_it():
+    moves = [move("v1", A1, B), move("v2", A2, B)]
+    clock = Clock()
+    ports = LockNotShownYet(clock, *cloud_for(moves), ends=after(3))
+    state = run(moves, Limits(per_source=2, per_destination=1, total=6), ports, clock)
+    assert max(load["onto"][B] for load in ports.loads) == 1, "the second move waited for the first"
+    assert outcomes(state) == {"v1": Outcome.MOVED, "v2": Outcome.MOVED}
