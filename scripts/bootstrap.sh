@@ -58,6 +58,14 @@ make_venv() {
 
 # The project's own: libnbd's Python binding is built for Debian's interpreter, hence system site packages.
 make_venv .venv "import nbd" --system-site-packages requirements.txt requirements-dev.txt
+# ... and the project itself, as the Airflow provider it is (editable: the working tree is the code), so that
+# Airflow registers its connection types and their forms (plugins/provider_info.py, pyproject.toml).
+project_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1) $PWD"
+if [ "$(cat .venv/.project.stamp 2>/dev/null)" != "$project_stamp" ]; then
+  echo "bootstrap: installing the project into .venv (pip install -e .)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$project_stamp" >.venv/.project.stamp
+fi
 # Keystone and Cinder run from virtualenvs of their own (their dependencies are not the project's).
 make_venv .venv-keystone "import sys" "" requirements-keystone.txt
 make_venv .venv-cinder "import sys" "" requirements-cinder.txt

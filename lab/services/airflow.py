@@ -27,6 +27,7 @@ from lab.lab import Lab
 from lab.procutil import tree_rss_kib, wait_ready, write_private
 from lab.services.airflow_api import AirflowApi, AirflowError
 from lab.services.daemon import Daemons, run_cli
+from plugins.provider_info import STORAGE_ARRAY_CONN_TYPE
 
 VENV = PROJECT_ROOT / ".venv"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -195,7 +196,7 @@ class AirflowLab(Daemons):
             config = self.lab.config(name)
             api.set_connection(
                 f"storage_array_{name}",
-                "storage_array",
+                STORAGE_ARRAY_CONN_TYPE,
                 host=config.url,
                 password=config.token,
                 extra={"kind": config.kind, "array": name},

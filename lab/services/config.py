@@ -17,6 +17,7 @@ from pathlib import Path
 from lab.env import HOST, free_port
 from lab.errors import LabError
 from lab.procutil import write_private
+from plugins.provider_info import CINDER_CONN_TYPE
 
 DB_USER = "lab"
 RABBIT_USER = "lab"
@@ -127,7 +128,7 @@ class ServicesConfig:
         """``user``'s credentials as an Airflow Connection of type openstack_cinder (plugins/hooks/cinder.py)."""
         c = self.credentials(user)
         return {
-            "conn_type": "openstack_cinder",
+            "conn_type": CINDER_CONN_TYPE,
             "host": c["auth_url"],
             "login": c["username"],
             "password": c["password"],

@@ -35,6 +35,7 @@ from keystoneauth1.identity import v3
 
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError
+from plugins.provider_info import CINDER_CONN_TYPE, CINDER_HOOK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class CinderHook(BaseHook, CinderApi):
 
     conn_name_attr = "cinder_conn_id"
     default_conn_name = "cinder_default"
-    conn_type = "openstack_cinder"
-    hook_name = "OpenStack Cinder"
+    conn_type = CINDER_CONN_TYPE
+    hook_name = CINDER_HOOK_NAME
 
     def __init__(self, cinder_conn_id: str = default_conn_name, *, retry_attempts: int = RETRY_ATTEMPTS,
                  retry_seconds: float = RETRY_SECONDS) -> None:  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
+from plugins.provider_info import STORAGE_ARRAY_CONN_TYPE, STORAGE_ARRAY_HOOK_NAME
 
 ADAPTERS: dict[str, type[ArrayApiBackend]] = {"reference": ReferenceArrayBackend, "plain": PlainArrayBackend}
 
@@ -41,8 +42,8 @@ def adapter_from_connection(conn: Any) -> ArrayApiBackend:
 
 class StorageArrayHook(BaseHook):
     conn_name_attr = "storage_array_conn_id"
-    conn_type = "storage_array"
-    hook_name = "Storage array (lab management API)"
+    conn_type = STORAGE_ARRAY_CONN_TYPE
+    hook_name = STORAGE_ARRAY_HOOK_NAME
 
     def __init__(self, storage_array_conn_id: str) -> None:
         super().__init__()
