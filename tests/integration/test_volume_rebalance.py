@@ -14,6 +14,7 @@ import time
 import pytest
 
 from include.backends.base import GiB
+from include.migration.errors import CinderError
 from include.migration.inventory import pools_from
 from lab.concurrency import MigrationSampler
 from lab.fill import create_volumes, delete_volumes, lift_quotas
@@ -33,24 +34,35 @@ RUN_TIMEOUT = 600
 
 
 @pytest.fixture
-def beta_full(admin):
+def beta_full(lab, admin):
     """12 volumes of 1 GiB on beta (spread over its two pools by Cinder), deleted afterwards."""
     lift_quotas(admin)
-    base = gib_used(admin)
-    made = create_volumes(admin, 12, "beta", prefix="rebalance")
-    # the pools' stats reach Cinder's scheduler every few seconds: plan on what they say once they count these
-    assert wait_until(lambda: gib_used(admin) >= base + 12, 60, 1), used(admin)
-    extra = []  # volumes a test adds
-    yield made, extra
-    ids = [v["id"] for v in made + extra]
+    made, extra = [], []  # extra: volumes a test adds
+    try:
+        made += create_volumes(admin, 12, "beta", prefix="rebalance")
+        stats_current(lab, admin)  # plan on pool stats that count these volumes
+        yield made, extra
+    finally:
+        ids = [v["id"] for v in made + extra]
 
-    def settled(vid):
-        v = admin.get_volume(vid)
-        return v["status"] == "available" and v["migration_status"] in (None, "success", "error")
+        def settled(vid):
+            v = admin.get_volume(vid)
+            return v["status"] == "available" and v["migration_status"] in (None, "success", "error")
 
-    wait_until(lambda: all(settled(i) for i in ids), 300, 2)  # a failed test may leave migrations running
-    assert delete_volumes(admin, ids) == []
-    assert wait_until(lambda: gib_used(admin) <= base, 60, 1), used(admin)
+        wait_until(lambda: all(settled(i) for i in ids), 300, 2)  # a failed test may leave migrations running
+        assert delete_volumes(admin, ids) == []
+        assert wait_until(lambda: not any(exists(admin, i) for i in ids), 120, 1)
+        stats_current(lab, admin)
+
+
+def exists(admin, volume_id):
+    try:
+        admin.get_volume(volume_id)
+    except CinderError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def used(admin):
@@ -58,9 +70,19 @@ def used(admin):
     return {p.name: p.used_ratio for p in pools_from(admin.pool_details(), admin.volume_services())}
 
 
-def gib_used(admin):
-    """GiB in use in alpha's and beta's pools (40 GiB each in the lab)."""
-    return round(sum(used(admin)[p] for p in ALPHA + BETA) * 40)
+def stats_current(lab, admin, timeout=60):
+    """Wait until Cinder's pool stats (the drivers report every few seconds) say what alpha's and beta's arrays say."""
+
+    def current():
+        cinder = {p.name: p.free_bytes for p in pools_from(admin.pool_details(), admin.volume_services())}
+        arrays = {
+            f"{CINDER_HOST}@{name}#{pool.name}": pool.free_bytes // GiB * GiB
+            for name in ("alpha", "beta")
+            for pool in lab.backend(name).capabilities().pools
+        }
+        return all(cinder.get(p) == free for p, free in arrays.items())
+
+    assert wait_until(current, timeout, 1), used(admin)
 
 
 def volume_states(admin, ids):
@@ -172,11 +194,9 @@ def test_rebalance_holds_the_limits_counts_a_manual_run_and_survives_a_clear(lab
     events = api.asset_events(REBALANCE, run_id)
     assert len(events) == 1 and events[0]["extra"]["counts"] == summary["counts"], events
 
-    def drained():
-        now = used(admin)
-        return all(now[p] <= THRESHOLD / 100 + 1e-9 for p in BETA)
-
-    assert wait_until(drained, 60, 2), used(admin)
+    stats_current(lab, admin)
+    now = used(admin)
+    assert all(now[p] <= THRESHOLD / 100 + 1e-9 for p in BETA), now
     states = volume_states(admin, ids)
     assert all(s[1] in (None, "success") and s[0] == "available" for s in states.values()), "none left locked"
     for vid, model in [*seeded.items(), (manual["id"], manual_model)]:
