@@ -23,6 +23,10 @@ from typing import Any
 
 GiB = 1024**3
 MiB = 1024**2
+# How a takeover copies (``migrate_volume_target``'s ``mode``): "stream" writes land on the target only and
+# the data is streamed under them; "mirror" writes go to both until the target is in sync (the source stays
+# current until the switch-over).
+COPY_MODES = ("stream", "mirror")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class Plan:
     owner: str  # who holds the lock in Cinder (the Airflow run)
     path: str  # Step.SOURCE_DRIVER or Step.HOST_COPY
     speed_mib: int | None = None
+    copy_mode: str | None = None  # a takeover's copy mode; None: the target array's default
     copy_timeout_s: int = 24 * 3600
     volume_type_id: str | None = None
 
@@ -197,6 +198,7 @@ def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, o
         owner=owner,
         path=first_step(request).value,
         speed_mib=request.speed_mib,
+        copy_mode=request.copy_mode,
         copy_timeout_s=request.copy_timeout_s,
         volume_type_id=volume_type_id,
     )
@@ -270,7 +272,7 @@ def target_takeover(plan: Plan, arrays: Arrays) -> dict[str, Any]:
     """
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
     moved, is_async, update = dest.migrate_volume_target(
-        plan.volume, source, pool=plan.dest_pool, speed_bps=plan.speed_bps
+        plan.volume, source, pool=plan.dest_pool, speed_bps=plan.speed_bps, mode=plan.copy_mode
     )
     log.info("target driver %s: moved=%s async=%s %s", dest.name, moved, is_async, update or "")
     return {"moved": moved, "async": is_async, "model_update": update}

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from include.backends.base import COPY_MODES
 from include.migration.errors import InvalidParams
 
 HOST_RE = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+#[A-Za-z0-9_.-]+$")
@@ -25,6 +26,7 @@ class MigrationRequest:
     dest_host: str  # host@backend#pool
     force_host_copy: bool = False
     new_type: str | None = None
+    copy_mode: str | None = None  # a takeover's copy mode (COPY_MODES); None: the target array's default
     speed_mib: int | None = None  # copy throttle; None: the target array's default, 0: unlimited
     copy_timeout_s: int = 24 * 3600  # how long the background copy may take
     task_timeout_s: int = 3600  # how long one synchronous step may take
@@ -42,6 +44,13 @@ PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
         "type": ["null", "string"],
         "default": None,
         "description": "change the volume type with the move (host copy)",
+    },
+    "copy_mode": {
+        "type": ["null", "string"],
+        "enum": [None, *COPY_MODES],
+        "default": None,
+        "description": "a takeover's copy: stream (writes on the target only) or mirror (the source stays current "
+        "until the switch-over); empty: the target array's default",
     },
     "speed_mib": {
         "type": ["null", "integer"],
@@ -103,6 +112,11 @@ def parse_request(conf: dict[str, Any]) -> MigrationRequest:
     new_type = conf.get("new_type") or None
     if new_type is not None and not isinstance(new_type, str):
         problems.append(f"new_type must be a volume type name or ID, got {new_type!r}")
+    copy_mode = conf.get("copy_mode") or None
+    if copy_mode is not None and copy_mode not in COPY_MODES:
+        problems.append(f"copy_mode must be one of {', '.join(COPY_MODES)}, got {copy_mode!r}")
+    elif copy_mode is not None and (force is True or new_type):
+        problems.append("copy_mode is a takeover's; force_host_copy and new_type copy through the host")
     numbers: dict[str, int | None] = {}
     for key, lo, hi, default in (
         ("speed_mib", 0, MAX_SPEED_MIB, None),
@@ -120,6 +134,7 @@ def parse_request(conf: dict[str, Any]) -> MigrationRequest:
         dest_host=dest_host,
         force_host_copy=force,
         new_type=new_type,
+        copy_mode=copy_mode,
         speed_mib=numbers["speed_mib"],
         copy_timeout_s=numbers["copy_timeout_s"],
         task_timeout_s=numbers["task_timeout_s"],

@@ -25,14 +25,13 @@ import logging
 import time
 from typing import Any
 
-from include.backends.base import MigrationState
+from include.backends.base import COPY_MODES, MigrationState
 from include.backends.errors import Conflict, InvalidRequest, NotFound
 from include.backends.progress import RateMeter
 from lab.arrays.apiserver import optional_int, require_name, require_size
 
 log = logging.getLogger(__name__)
 
-COPY_MODES = ("stream", "mirror")
 RESUME_RETRY = 2.0  # seconds between attempts to restart a copy or reopen a LUN whose source is down
 
 

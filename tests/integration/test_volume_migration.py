@@ -102,17 +102,23 @@ def assert_migrated(lab, admin, services, vid, dest, model, source_array):
 
 
 # ---- the paths --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("source", ["beta", "gamma"])
-def test_async_takeover_serves_the_volume_during_the_copy(lab, admin, services, api, volume, source):
-    """beta -> alpha and gamma -> alpha: attachable at once, used through Cinder while the copy runs."""
+@pytest.mark.parametrize(("source", "copy_mode"), [("beta", None), ("gamma", None), ("beta", "mirror")])
+def test_async_takeover_serves_the_volume_during_the_copy(lab, admin, services, api, volume, source, copy_mode):
+    """beta -> alpha and gamma -> alpha (and in mirror mode): attachable at once, used through Cinder while
+    the copy runs."""
     vol = volume(source)
     vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
     model = seed(lab, source, lun)
     alpha = lab.backend("alpha")
-    run_id = api.trigger(DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 24})
+    # a mirror copies only the allocated eighth of the seeded LUN (a stream copies every block): slower, so
+    # that the copy is still going while the client below works
+    speed = 4 if copy_mode == "mirror" else 24
+    conf = {"volume_id": vid, "dest_host": dest, "speed_mib": speed, **({"copy_mode": copy_mode} if copy_mode else {})}
+    run_id = api.trigger(DAG, conf)
 
     assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 120, 0.5), state_of(admin, vid)
     assert state_of(admin, vid) == ("available", "migrating_attachable", dest)
+    assert alpha.get_lun(lun)["copy_mode"] == (copy_mode or "stream")  # the array's default: stream
     assert alpha.complete_migration_target(Volume(lun, GiB)).state is MigrationState.COPYING
     # a second run for the same volume meanwhile is refused and changes nothing
     second, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": f"{CINDER_HOST}@alpha#pool2"})

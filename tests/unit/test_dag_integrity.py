@@ -110,7 +110,16 @@ def test_volume_migration_reads_like_the_blueprint(report):
     }
     assert set(dag["tasks"]) == set(Step), "the task ids are the flow's Step names, all of them"
     assert dag["params"] == sorted(
-        ["volume_id", "dest_host", "force_host_copy", "new_type", "speed_mib", "copy_timeout_s", "task_timeout_s"]
+        [
+            "volume_id",
+            "dest_host",
+            "force_host_copy",
+            "new_type",
+            "copy_mode",
+            "speed_mib",
+            "copy_timeout_s",
+            "task_timeout_s",
+        ]
     )
 
 

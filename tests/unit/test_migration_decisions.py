@@ -23,6 +23,7 @@ def test_parse_defaults_and_parts():
     assert (backend_of(r.dest_host), pool_of(r.dest_host)) == ("alpha", "pool2")
     assert req(speed_mib=0).speed_mib == 0
     assert req(new_type="").new_type is None
+    assert req(copy_mode="mirror").copy_mode == "mirror" and req(copy_mode=None).copy_mode is None
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,18 @@ def test_parse_defaults_and_parts():
         ({"volume_id": VOL, "dest_host": "lab@alpha#p", "speed_mib": 1.5}, "speed_mib must be a whole number"),
         ({"volume_id": VOL, "dest_host": "lab@alpha#p", "copy_timeout_s": 5}, "copy_timeout_s must be between"),
         ({"volume_id": VOL, "dest_host": "lab@alpha#p", "colour": "red"}, "unknown parameters: colour"),
+        (
+            {"volume_id": VOL, "dest_host": "lab@alpha#p", "copy_mode": "sync"},
+            "copy_mode must be one of stream, mirror",
+        ),
+        (
+            {"volume_id": VOL, "dest_host": "lab@alpha#p", "copy_mode": "mirror", "force_host_copy": True},
+            "copy_mode is a takeover's",
+        ),
+        (
+            {"volume_id": VOL, "dest_host": "lab@alpha#p", "copy_mode": "stream", "new_type": "gold"},
+            "copy_mode is a takeover's",
+        ),
     ],
 )
 def test_bad_params_are_refused_with_the_reason(conf, message):
