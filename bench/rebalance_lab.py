@@ -39,10 +39,11 @@ from typing import Any
 
 from bench.measure import log
 from include.backends.base import GiB
-from include.migration.inventory import pools_from
+from include.migration.inventory import read_pools
+from include.migration.rebalance import TOTAL
 from lab import verify
 from lab.cli import airflow_of, down_all, services_of, up_all
-from lab.concurrency import MigrationSampler
+from lab.concurrency import MigrationSampler, highest
 from lab.fill import create_volumes, lift_quotas
 from lab.lab import ArraySpec, Lab
 from lab.procutil import wait_until
@@ -106,7 +107,7 @@ def read_back(lab: Lab, cinder: Any, volume_id: str, written: dict[int, bytes]) 
 
 
 def used(cinder: Any) -> dict[str, float]:
-    return {p.name: round(p.used_ratio, 4) for p in pools_from(cinder.pool_details(), cinder.volume_services())}
+    return {p.name: round(p.used_ratio, 4) for p in read_pools(cinder)}
 
 
 def stop_and_restart(lab: Lab, cinder: Any, after_moves: int, down_s: float, done: threading.Event,
@@ -137,11 +138,9 @@ def rebalance(api: Any, conf: dict[str, Any], sampler: MigrationSampler) -> dict
 
 
 def within(peaks: dict[str, int], limits: dict[str, int]) -> bool:
-    def top(prefix: str) -> int:
-        return max((n for k, n in peaks.items() if k.startswith(prefix)), default=0)
-
-    return (top("off:") <= limits["max_per_source"] and top("onto:") <= limits["max_per_destination"]
-            and peaks.get("total", 0) <= limits["max_total"])  # fmt: skip
+    return (highest(peaks, "off:") <= limits["max_per_source"]
+            and highest(peaks, "onto:") <= limits["max_per_destination"]
+            and peaks.get(TOTAL, 0) <= limits["max_total"])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, moves in (("run1", moves1), ("run2", moves2)):
             r = result[name]
             peaks = r["peaks"]
-            off = max((n for k, n in peaks.items() if k.startswith("off:")), default=0)
-            onto = max((n for k, n in peaks.items() if k.startswith("onto:")), default=0)
+            off, onto = highest(peaks, "off:"), highest(peaks, "onto:")
             print(f"| {name} | {r['state']} | {r['seconds']} | {dict(moves)} | {off} | {onto} | "
                   f"{peaks.get('total', 0)} | {r['samples']} |")  # fmt: skip
         print("\n| pool | before | after |\n|---|---|---|")

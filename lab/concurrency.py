@@ -12,24 +12,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
 
 from include.backends.errors import BackendError
 from include.migration.cinder_api import CinderApi
 from include.migration.inventory import in_flight_from
+from include.migration.rebalance import load
 from lab.lab import Lab
 
-TOTAL = "total"
 
-
-def counts(volumes: list[dict[str, Any]]) -> Counter[str]:
-    """``total``, ``off:<pool>``, ``onto:<pool>`` of the migrations in flight in these volume views."""
-    found = Counter[str]()
-    for flight in in_flight_from(volumes):
-        found[TOTAL] += 1
-        found[f"off:{flight.source}"] += 1
-        found[f"onto:{flight.destination}"] += 1
-    return found
+def highest(counts: Mapping[str, int], prefix: str) -> int:
+    """The highest count among keys starting with ``prefix`` (``off:``, ``onto:``, ``total``)."""
+    return max((n for key, n in counts.items() if key.startswith(prefix)), default=0)
 
 
 class MigrationSampler:
@@ -45,9 +39,9 @@ class MigrationSampler:
         self._thread = threading.Thread(target=self._run, name="migration-sampler", daemon=True)
 
     def sample(self) -> Counter[str]:
-        volumes = self.cinder.list_volumes()
-        now = counts(volumes)
-        self.volume_ids |= {f.volume_id for f in in_flight_from(volumes)}
+        flights = in_flight_from(self.cinder.list_volumes())
+        now = load((f.source, f.destination) for f in flights)
+        self.volume_ids |= {f.volume_id for f in flights}
         if self.lab is not None:
             for name in self.lab.names():
                 try:
@@ -81,8 +75,8 @@ class MigrationSampler:
         self._thread.join(timeout=30)
 
     def peak(self, prefix: str) -> int:
-        """The highest count among keys starting with ``prefix`` (``off:``, ``onto:``, ``total``)."""
-        return max((n for key, n in self.peaks.items() if key.startswith(prefix)), default=0)
+        """The most seen at once among keys starting with ``prefix`` (``off:``, ``onto:``, ``total``)."""
+        return highest(self.peaks, prefix)
 
     def table(self) -> str:
         rows = [f"  {key:<40} {n}" for key, n in sorted(self.peaks.items())]

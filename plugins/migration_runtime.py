@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -113,8 +113,12 @@ def run_step(context: Any) -> Iterator[None]:
         raise
 
 
+def recorded_failures(ti: Any, steps: Iterable[Step], **run: str) -> list[str]:
+    """The failures ``steps`` recorded (XCom ``failure``), first one first: of this run, or of ``dag_id``/``run_id``."""
+    found = ti.xcom_pull(task_ids=list(steps), key=FAILURE_KEY, **run)
+    return [r for r in (found if isinstance(found, list) else [found]) if r]
+
+
 def failure_reason(context: Any, steps: tuple[Step, ...]) -> str:
     """The recorded failures of this run's ``steps``, first one first."""
-    found = context["ti"].xcom_pull(task_ids=list(steps), key=FAILURE_KEY)
-    reasons = [r for r in (found if isinstance(found, list) else [found]) if r]
-    return "; ".join(reasons) or "a step failed (see the Airflow run's logs)"
+    return "; ".join(recorded_failures(context["ti"], steps)) or "a step failed (see the Airflow run's logs)"

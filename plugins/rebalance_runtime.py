@@ -26,7 +26,7 @@ from include.migration.errors import CinderError
 from include.migration.inventory import Cloud, read_cloud
 from include.migration.planner import Move
 from include.migration.steps import Step
-from plugins.migration_runtime import FAILURE_KEY
+from plugins.migration_runtime import recorded_failures
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ class AirflowPorts:
 
     def failure(self, run_id: str, volume_id: str) -> str:
         """The run's recorded failures (its steps' XCom ``failure``), else what Cinder kept, else its state."""
-        found = self.ti.xcom_pull(dag_id=MIGRATION_DAG, run_id=run_id, task_ids=list(Step), key=FAILURE_KEY)
-        reasons = [r for r in (found if isinstance(found, list) else [found]) if r]
+        reasons = recorded_failures(self.ti, Step, dag_id=MIGRATION_DAG, run_id=run_id)
         if reasons:
             return "; ".join(dict.fromkeys(reasons))
         try:

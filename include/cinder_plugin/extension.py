@@ -61,12 +61,12 @@ from cinder.volume import volume_utils
 from oslo_log import log as logging
 from oslo_policy import policy as oslo_policy
 
-from include.cinder_plugin.names import ALIAS, ERROR_KEY, LOCK_VIEW_KEY
+from include.cinder_plugin.names import ALIAS, ERROR_KEY, LOCK_VIEW_KEY, SETTLED_MIGRATION_STATUSES
 
 LOG = logging.getLogger(__name__)
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
-NOT_MIGRATING = (None, "deleting", "error", "success")  # Cinder's AVAILABLE_MIGRATION_STATUS
+NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
 DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"
 SOURCE_KEY = "async_migration_source"

@@ -7,4 +7,6 @@ the lab read these without Cinder installed.
 ALIAS = "os-async-migration"  # the extension's alias in GET /extensions
 ERROR_KEY = "async_migration_error"  # volume metadata: why the last migration failed
 LOCK_VIEW_KEY = "os-async-migration:lock"  # volume views: {source_host, host, owner} of a migration in flight
+# migration_status of a volume that no migration holds (Cinder's AVAILABLE_MIGRATION_STATUS)
+SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")
 ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)

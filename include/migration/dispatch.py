@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from include.migration.inventory import Cloud
 from include.migration.planner import Move
-from include.migration.rebalance import Limits, admit
+from include.migration.rebalance import Limits, admit, load
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +107,17 @@ class _Running:
 class Dispatch:
     """The loop's state, for one rebalance run."""
 
-    moves: Sequence[Move]
-    limits: Limits
-    rebalance_run_id: str
     max_failures: int = 2
     pending: list[Move] = field(default_factory=list)
     running: dict[str, _Running] = field(default_factory=dict)
     results: dict[str, MoveResult] = field(default_factory=dict)
     failed_in_a_row: Counter[str] = field(default_factory=Counter)
-    peak: Counter[str] = field(default_factory=Counter)  # the most in flight seen at once: "total", "off:", "onto:"
+    peak: Counter[str] = field(default_factory=Counter)  # the most in flight seen at once, by the keys of load()
 
     def not_startable(self, move: Move, cloud: Cloud) -> str | None:
         """Why ``move`` must not start now, or None."""
-        up = {p.name for p in cloud.pools if p.up}
         for role, pool in (("source", move.source), ("destination", move.destination)):
-            if pool not in up:
+            if pool not in cloud.up_pools:
                 return f"{role} pool {pool} is down or unknown to Cinder (its volume service is not enabled and up)"
         if self.failed_in_a_row[move.destination] >= self.max_failures:
             return f"destination {move.destination}: the last {self.max_failures} moves to it failed"
@@ -144,11 +140,7 @@ class Dispatch:
         return flying
 
     def note_peak(self, flying: dict[str, tuple[str, str]]) -> None:
-        counts = Counter({"total": len(flying)})
-        for source, destination in flying.values():
-            counts[f"off:{source}"] += 1
-            counts[f"onto:{destination}"] += 1
-        for key, n in counts.items():
+        for key, n in load(flying.values()).items():
             self.peak[key] = max(self.peak[key], n)
 
     def finish(self, vid: str, moved: bool, reason: str, now: float) -> None:
@@ -171,7 +163,7 @@ def dispatch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Dispatch:
     """Run every move of the plan (in plan order) under ``limits``; returns the state with a result per move."""
-    state = Dispatch(moves, limits, rebalance_run_id, max_failures, pending=list(moves))
+    state = Dispatch(max_failures, pending=list(moves))
     started_at = clock()
     ids = {m.volume_id: move_run_id(rebalance_run_id, m.volume_id) for m in moves}
     existing = ports.exists(list(ids.values())) if moves else set()

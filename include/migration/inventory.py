@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from include.backends.base import GiB
@@ -48,8 +49,16 @@ class Cloud:
     def pool_names(self) -> list[str]:
         return sorted(p.name for p in self.pools)
 
+    @cached_property
+    def up_pools(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.pools if p.up)
+
+    @cached_property
+    def _volumes_by_id(self) -> dict[str, VolumeState]:
+        return {v.id: v for v in self.volumes}
+
     def volume(self, volume_id: str) -> VolumeState | None:
-        return next((v for v in self.volumes if v.id == volume_id), None)
+        return self._volumes_by_id.get(volume_id)
 
 
 def _backend_host(pool: str) -> str:
@@ -164,9 +173,14 @@ def volumes_from(
     return states
 
 
+def read_pools(cinder: CinderApi) -> list[PoolState]:
+    """The pools with a capacity, up or not, as Cinder says them now."""
+    return pools_from(cinder.pool_details(), cinder.volume_services())
+
+
 def read_cloud(cinder: CinderApi) -> Cloud:
     """Pools, volumes and migrations in flight, as Cinder says them now."""
-    pools = pools_from(cinder.pool_details(), cinder.volume_services())
+    pools = read_pools(cinder)
     volumes = cinder.list_volumes()
     with_snapshots = {s["volume_id"] for s in cinder.list_snapshots()}
     states = volumes_from(volumes, with_snapshots, pinned_backends(cinder.list_volume_types()))

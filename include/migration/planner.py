@@ -34,11 +34,11 @@ from fractions import Fraction
 from typing import Any
 
 from include.backends.base import GiB
+from include.cinder_plugin.names import SETTLED_MIGRATION_STATUSES
 from include.migration.steps import Step
 
-# migration_status of a volume no migration holds: Cinder's "none", the ends of one, and deleting
-# (Cinder's AVAILABLE_MIGRATION_STATUS)
-NOT_MIGRATING = frozenset({None, "", "success", "error", "deleting"})
+# migration_status of a volume no migration holds: Cinder's settled ones, and an empty one
+NOT_MIGRATING = frozenset({"", *SETTLED_MIGRATION_STATUSES})
 # a destination's path, best first: the shortest time the volume is unusable
 PATH_RANK = {Step.TARGET_TAKEOVER: 0, Step.SOURCE_DRIVER: 1, Step.HOST_COPY: 2}
 

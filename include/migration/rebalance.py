@@ -6,7 +6,7 @@
   anything is read or changed;
 * ``admit``: the moves of a plan that may start now under the concurrency
   limits (per source pool, per destination pool, in total), counting the
-  migrations already running, whoever started them.
+  migrations already running, whoever started them; ``load``: that count.
 """
 
 from __future__ import annotations
@@ -22,6 +22,27 @@ from include.migration.planner import Move, RebalanceParams
 from include.migration.request import HOST_RE, MAX_SPEED_MIB, whole_number
 
 MAX_LIMIT = 1000  # concurrent migrations; far above what one cloud's arrays take
+TOTAL = "total"  # the key of load() that counts every migration in flight
+
+
+def off(pool: str) -> str:
+    """The key of load() that counts the migrations in flight off ``pool``."""
+    return f"off:{pool}"
+
+
+def onto(pool: str) -> str:
+    """The key of load() that counts the migrations in flight onto ``pool``."""
+    return f"onto:{pool}"
+
+
+def load(flying: Iterable[tuple[str, str]]) -> Counter[str]:
+    """Migrations in flight, from their ``(source pool, destination pool)``: ``TOTAL``, ``off(p)``, ``onto(p)``."""
+    counts = Counter[str]()
+    for source, destination in flying:
+        counts[TOTAL] += 1
+        counts[off(source)] += 1
+        counts[onto(destination)] += 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -161,20 +182,13 @@ def admit(pending: Sequence[Move], running: Iterable[tuple[str, str]], limits: L
     ``per_destination`` and all of them fewer than ``total`` migrations; each
     admitted move counts for the next.
     """
-    off, onto = Counter[str](), Counter[str]()
-    total = 0
-    for source, destination in running:
-        off[source] += 1
-        onto[destination] += 1
-        total += 1
+    current = load(running)
     admitted = []
     for move in pending:
-        if total >= limits.total:
+        if current[TOTAL] >= limits.total:
             break
-        if off[move.source] >= limits.per_source or onto[move.destination] >= limits.per_destination:
+        if current[off(move.source)] >= limits.per_source or current[onto(move.destination)] >= limits.per_destination:
             continue
         admitted.append(move)
-        off[move.source] += 1
-        onto[move.destination] += 1
-        total += 1
+        current.update(load([(move.source, move.destination)]))
     return admitted

@@ -16,7 +16,7 @@ from typing import Any
 
 from include.migration.cinder_api import CinderApi
 from include.migration.dispatch import MoveResult, Ports, dispatch, planned
-from include.migration.inventory import pools_from, read_cloud
+from include.migration.inventory import read_cloud, read_pools
 from include.migration.planner import RebalancePlan, format_plan, plan_rebalance
 from include.migration.rebalance import parse_rebalance_request
 from include.migration.rebalance_report import RebalanceSummary, format_summary, summarize
@@ -53,10 +53,7 @@ def summary(
 ) -> RebalanceSummary:
     """The run's summary; the pools' used ratios after it read from Cinder (a dry run: the plan's projection)."""
     dry_run = parse_rebalance_request(conf).dry_run
-    if dry_run:
-        after = plan.after
-    else:
-        after = {p.name: p.used_ratio for p in pools_from(cinder.pool_details(), cinder.volume_services())}
+    after = plan.after if dry_run else {p.name: p.used_ratio for p in read_pools(cinder)}
     done = summarize(plan, results, after, dry_run=dry_run)
     log.info("%s", format_summary(done))
     return done

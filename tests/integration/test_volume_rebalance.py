@@ -15,7 +15,7 @@ import pytest
 
 from include.backends.base import GiB
 from include.migration.errors import CinderError
-from include.migration.inventory import pools_from
+from include.migration.inventory import read_pools
 from lab.concurrency import MigrationSampler
 from lab.fill import create_volumes, delete_volumes, lift_quotas
 from lab.procutil import wait_until
@@ -67,14 +67,14 @@ def exists(admin, volume_id):
 
 def used(admin):
     """Each pool's used ratio, as Cinder reports it now."""
-    return {p.name: p.used_ratio for p in pools_from(admin.pool_details(), admin.volume_services())}
+    return {p.name: p.used_ratio for p in read_pools(admin)}
 
 
 def stats_current(lab, admin, timeout=60):
     """Wait until Cinder's pool stats (the drivers report every few seconds) say what alpha's and beta's arrays say."""
 
     def current():
-        cinder = {p.name: p.free_bytes for p in pools_from(admin.pool_details(), admin.volume_services())}
+        cinder = {p.name: p.free_bytes for p in read_pools(admin)}
         arrays = {
             f"{CINDER_HOST}@{name}#{pool.name}": pool.free_bytes // GiB * GiB
             for name in ("alpha", "beta")
