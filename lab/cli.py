@@ -4,7 +4,8 @@ lab up        install what is missing, start the arrays alpha, beta, gamma, the
               services PostgreSQL, RabbitMQ, Keystone, Cinder 29 with the lab's
               drivers and extension, and Airflow 3 (api-server, scheduler,
               dag-processor, triggerer) with the project's DAGs and Connections
-              (--arrays-only: the arrays alone)
+              (--arrays-only: the arrays alone; --executor celery: Airflow on
+              Celery, with Redis and two Celery workers)
 lab down      stop exactly the processes the lab started (by PID)
 lab status    PIDs, ports, pools and LUN counts; the services' PIDs, ports and memory;
               Cinder's services
@@ -26,7 +27,7 @@ from include.backends.errors import BackendError
 from lab.env import DEFAULT_ROOT
 from lab.errors import LabError
 from lab.lab import Lab
-from lab.services.airflow import AirflowLab
+from lab.services.airflow import EXECUTORS, AirflowLab
 from lab.services.cinder import CinderLab
 from lab.services.openstack import Services
 
@@ -40,12 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down")
     sub.add_parser("status")
     demo = sub.add_parser("demo")
+    for command in (up, demo):
+        command.add_argument("--executor", choices=sorted(EXECUTORS),
+                             help="Airflow's executor (default: as last time, else local)")  # fmt: skip
     demo.add_argument("--size-gib", type=int, default=1)
     demo.add_argument("--speed-mib", type=int, default=32, help="copy throttle, MiB/s (0 = unlimited)")
     demo.add_argument("--keep", action="store_true", help="leave the lab running (and the volume) afterwards")
     args = parser.parse_args(argv)
     lab = Lab(args.root)
     try:
+        if getattr(args, "executor", None):
+            airflow_of(lab, args.executor)
         if args.command == "up":
             pids = lab.up() if args.arrays_only else up_all(lab)
             print(json.dumps(status(lab), indent=1))
@@ -103,9 +109,15 @@ def cinder_of(lab: Lab) -> CinderLab:
     return CinderLab(lab.root / "cinder", lab, services_of(lab))
 
 
-@functools.cache
-def airflow_of(lab: Lab) -> AirflowLab:
-    return AirflowLab(lab.root / "airflow", lab, services_of(lab))
+_airflows: dict[Path, AirflowLab] = {}
+
+
+def airflow_of(lab: Lab, executor: str | None = None) -> AirflowLab:
+    """The lab's Airflow; ``executor`` (first call) chooses Local or Celery, else the one it was set up with."""
+    airflow = _airflows.get(lab.root)
+    if airflow is None or (executor is not None and executor != airflow.executor):
+        airflow = _airflows[lab.root] = AirflowLab(lab.root / "airflow", lab, services_of(lab), executor)
+    return airflow
 
 
 def status(lab: Lab) -> dict[str, list[dict[str, object]]]:

@@ -12,12 +12,14 @@ APT_PACKAGES=(
   qemu-block-extra
   nbdkit              # the plain array's NBD server
   fio                 # benchmarks and I/O tests (--ioengine=nbd)
+  jq                  # the README's REST example (run verbatim by tests/integration/test_readme_rest.py)
   python3-libnbd      # verifying NBD client and host copy
   libnbd-bin          # nbdsh, nbdcopy, nbdfuse
   python3-venv
   python3-pip
   postgresql          # the lab's database server (Keystone, Cinder); its own cluster per lab
   rabbitmq-server     # the lab's message queue (Cinder); its own node per lab
+  redis-server        # the Celery broker of lab up --executor celery; its own server per lab
   build-essential     # uWSGI builds from source in .venv-keystone
   python3-dev
 )
@@ -63,6 +65,8 @@ make_venv .venv "import nbd" --system-site-packages requirements.txt requirement
 project_stamp="$(sha256sum pyproject.toml | cut -d' ' -f1) $PWD"
 if [ "$(cat .venv/.project.stamp 2>/dev/null)" != "$project_stamp" ]; then
   echo "bootstrap: installing the project into .venv (pip install -e .)" >&2
+  # a stale egg-info in the tree (from a build of an older pyproject) would shadow the entry points on PYTHONPATH
+  rm -rf ./*.egg-info
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$project_stamp" >.venv/.project.stamp
 fi

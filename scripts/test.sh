@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Set up (scripts/bootstrap.sh) and run every check: lint, format, the import contracts
-# (pyproject.toml [tool.importlinter]), tests.
-# Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
+# (pyproject.toml [tool.importlinter]), tests: all of them with Airflow on the LocalExecutor, then those
+# marked on_celery_in_ci again in a lab whose Airflow runs on Celery (Redis, two workers).
+# Extra arguments go to pytest instead, e.g. scripts/test.sh tests/unit -x, or
+# scripts/test.sh --executor celery tests/integration/test_volume_migration.py (every migration test on Celery)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports
-exec .venv/bin/python -m pytest "$@"
+if (($#)); then
+  exec .venv/bin/python -m pytest "$@"
+fi
+.venv/bin/python -m pytest
+exec .venv/bin/python -m pytest --executor celery -m on_celery_in_ci tests/integration

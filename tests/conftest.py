@@ -12,6 +12,35 @@ from lab import verify
 from lab.lab import Lab
 from lab.procutil import wait_until
 
+EXECUTOR_OPTION = "--executor"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        EXECUTOR_OPTION,
+        choices=("local", "celery"),
+        default="local",
+        help="Airflow's executor in the integration tests' lab: local (LocalExecutor) or celery (Redis, two workers)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``executors(...)`` run only on those executors: deselected on the others, never skipped."""
+    executor = config.getoption(EXECUTOR_OPTION)
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("executors")
+        (keep if marker is None or executor in marker.args else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def executor(request):
+    """The executor the lab's Airflow runs (``--executor``)."""
+    return request.config.getoption(EXECUTOR_OPTION)
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):

@@ -19,7 +19,11 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 
 
 class AirflowError(LabError):
-    """Airflow's REST API refused a call or could not be reached."""
+    """Airflow's REST API refused a call (``status``: its HTTP status) or could not be reached (None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AirflowApi:
@@ -52,22 +56,22 @@ class AirflowApi:
             self._token = json.loads(raw)["access_token"]
         return self._token
 
-    def request(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = ()) -> Any:
-        """One call below ``/api/v2``; an HTTP error not in ``ok`` raises AirflowError with the API's detail."""
-        status, raw = self._send(
-            method, f"{self.base_url}/api/v2{path}", body, {"Authorization": f"Bearer {self.token()}"}
-        )
+    def request(
+        self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (), under: str = "/api/v2"
+    ) -> Any:
+        """One call below ``under`` (Airflow's API; a plugin's app, say ``/volume-migration``); an HTTP error not
+        in ``ok`` raises AirflowError with the API's detail."""
+        url = f"{self.base_url}{under}{path}"
+        status, raw = self._send(method, url, body, {"Authorization": f"Bearer {self.token()}"})
         if status == 401 and self._token:  # expired: once more with a new token
             self._token = None
-            status, raw = self._send(
-                method, f"{self.base_url}/api/v2{path}", body, {"Authorization": f"Bearer {self.token()}"}
-            )
+            status, raw = self._send(method, url, body, {"Authorization": f"Bearer {self.token()}"})
         if status >= 300 and status not in ok:
             try:
                 detail = json.loads(raw).get("detail", raw)
             except (ValueError, AttributeError):
                 detail = raw[:500]
-            raise AirflowError(f"{method} /api/v2{path}: HTTP {status}: {detail}")
+            raise AirflowError(f"{method} {under}{path}: HTTP {status}: {detail}", status)
         return json.loads(raw) if raw else None
 
     # ---- runs ---------------------------------------------------------------------------

@@ -92,9 +92,9 @@ def cinder(lab, services, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def airflow(lab, services, cinder, tmp_path_factory):
-    airflow = AirflowLab(tmp_path_factory.mktemp("airflow"), lab, services)
-    yield from running(airflow, "airflow (db migrate, 4 components healthy, DAG parsed)")
+def airflow(lab, services, cinder, executor, tmp_path_factory):
+    airflow = AirflowLab(tmp_path_factory.mktemp("airflow"), lab, services, executor)
+    yield from running(airflow, f"airflow on {executor} (db migrate, components healthy, DAG parsed)")
 
 
 @pytest.fixture(scope="session")

@@ -52,11 +52,14 @@ MUST_AGREE = {
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL",
     "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD",
     "AIRFLOW__CORE__LOAD_EXAMPLES",
+    "AIRFLOW__CORE__EXECUTOR",
+    VISIBILITY_TIMEOUT,
 }
 # ... and these differ on purpose, each for its reason. A setting both come to share must be put in one of
 # the two, so a new shared setting cannot drift apart unnoticed.
 DIFFER_ON_PURPOSE = {
-    "AIRFLOW__CORE__EXECUTOR": "the lab runs one machine's LocalExecutor; compose runs Celery workers",
+    "AIRFLOW__CELERY__BROKER_URL": "where Redis is, and its password (the schemes must agree: checked below)",
+    "AIRFLOW__CELERY__RESULT_BACKEND": "where the database is (likewise)",
     "AIRFLOW__CORE__FERNET_KEY": "a secret: the lab generates its own, compose takes the operator's",
     "AIRFLOW__API_AUTH__JWT_SECRET": "a secret, likewise",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "where the database is: the lab's PostgreSQL or the postgres service",
@@ -171,7 +174,7 @@ def test_host_copy_state_is_on_a_volume_every_worker_mounts(compose, services):
 def test_compose_agrees_with_the_lab_on_shared_behaviour(tmp_path, airflow_services):
     lab_services = Services(tmp_path / "services")
     lab_services.configure()  # ports and passwords only: nothing starts
-    lab_airflow = AirflowLab(tmp_path / "airflow", lab=None, services=lab_services)
+    lab_airflow = AirflowLab(tmp_path / "airflow", lab=None, services=lab_services, executor="celery")
     lab_airflow.configure()
     lab_settings = lab_airflow.settings()
     for name, service in airflow_services.items():
@@ -182,6 +185,8 @@ def test_compose_agrees_with_the_lab_on_shared_behaviour(tmp_path, airflow_servi
         assert not unclassified, f"{name}: put {sorted(unclassified)} in MUST_AGREE or DIFFER_ON_PURPOSE"
         for key in sorted(MUST_AGREE):
             assert str(env[key]).lower() == lab_settings[key].lower(), f"{name}: {key}"
+        for key in ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"):  # the same driver
+            assert env[key].split("://")[0] == lab_settings[key].split("://")[0], f"{name}: {key}"
 
 
 def test_dollars_are_escaped_and_every_variable_is_documented():
