@@ -27,7 +27,7 @@ from airflow.sdk import Param, dag, task
 from include.migration import flow
 from include.migration.branches import after_source_driver, after_target_driver, choose_path
 from include.migration.request import PARAMS_SCHEMA
-from include.migration.steps import BEFORE_ATTACHABLE, DRIVER_STEPS, Step
+from include.migration.steps import BEFORE_ATTACHABLE, DRIVER_STEPS, MIGRATION_DAG, Step
 from plugins import migration_runtime as rt
 from plugins.sensors.target_copy import TargetCopySensor
 
@@ -36,7 +36,7 @@ PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}')"
 
 
 @dag(
-    dag_id="volume_migration",
+    dag_id=MIGRATION_DAG,
     schedule=None,
     catchup=False,
     params=PARAMS,
@@ -80,7 +80,8 @@ def volume_migration() -> None:
     @task(task_id=Step.HOST_COPY, trigger_rule="none_failed_min_one_success")
     def host_copy(**context: Any) -> dict[str, Any]:
         with rt.run_step(context):
-            return flow.host_copy(rt.plan(context), rt.arrays, rt.state_dir(), rt.log_progress)
+            plan = rt.plan(context)
+            return flow.host_copy(plan, rt.arrays, rt.state_dir(), rt.host_copy_progress(context, plan))
 
     @task(task_id=Step.COMMIT, trigger_rule="none_failed_min_one_success")
     def commit(**context: Any) -> None:
@@ -106,6 +107,8 @@ def volume_migration() -> None:
         volume_name=f"{{{{ {PLAN}['lun'] }}}}",
         size=f"{{{{ {PLAN}['size'] }}}}",
         copy_timeout_s=f"{{{{ {PLAN}['copy_timeout_s'] }}}}",
+        volume_id=f"{{{{ {PLAN}['volume_id'] }}}}",
+        lock_owner=f"{{{{ {PLAN}['owner'] }}}}",
         poll_interval=5.0,
         pre_execute=None,
     )

@@ -31,7 +31,7 @@ from include.migration import rebalance_flow as flow
 from include.migration.dispatch import MoveResult
 from include.migration.planner import RebalancePlan
 from include.migration.rebalance import REBALANCE_PARAMS_SCHEMA
-from include.migration.steps import RebalanceStep
+from include.migration.steps import REBALANCE_DAG, RebalanceStep
 from plugins import migration_runtime as rt
 from plugins.rebalance_runtime import AirflowPorts
 
@@ -46,7 +46,7 @@ def schedule() -> str | None:
 
 
 @dag(
-    dag_id="volume_rebalance",
+    dag_id=REBALANCE_DAG,
     schedule=schedule(),
     catchup=False,
     params=PARAMS,

@@ -12,7 +12,8 @@ Airflow) and from the DAG file (which only wires tasks).
   ``failure`` so that ``rollback`` can tell Cinder why;
 * ``keep_result`` / ``driver_result``: a driver step's answer, kept for the
   steps after it; ``plan(context)``: what ``validate_and_lock`` locked;
-* ``log_progress``: a host copy's progress in the task log;
+* ``host_copy_progress``: a host copy's progress, in the task log and in
+  Cinder's volume metadata (``include/migration/cinder_progress.py``);
 * ``state_dir()``: where host-copy checkpoints live (``MIGRATION_STATE_DIR``,
   else ``$AIRFLOW_HOME/migration-state``).
 """
@@ -23,13 +24,14 @@ import contextlib
 import logging
 import os
 import pathlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowTaskTimeout
 
 from include.backends.base import BackendDriver, MigrationProgress
+from include.migration.cinder_progress import ProgressToCinder
 from include.migration.errors import InvalidParams, MigrationRefused
 from include.migration.flow import Plan, describe_failure
 from include.migration.steps import Step
@@ -78,9 +80,20 @@ def driver_result(context: Any, step: Step) -> dict[str, Any] | None:
     return context["ti"].xcom_pull(task_ids=step, key=RESULT_KEY)
 
 
-def log_progress(progress: MigrationProgress) -> None:
-    """A host copy's progress, in the task's log."""
-    log.info("host copy: %s", progress.describe())
+def progress_cinder() -> CinderHook:
+    """The Cinder hook that progress reports go through: one try, a report that fails is skipped, not retried."""
+    return CinderHook(CINDER_CONN_ID, retry_attempts=1)
+
+
+def host_copy_progress(context: Any, plan: Plan) -> Callable[[MigrationProgress], None]:
+    """Each progress of a host copy: into the task log, and to Cinder's volume metadata at a bounded rate."""
+    to_cinder = ProgressToCinder(progress_cinder(), plan.volume_id, owner(context))
+
+    def report(progress: MigrationProgress) -> None:
+        log.info("host copy: %s", progress.describe())
+        to_cinder(progress)
+
+    return report
 
 
 def state_dir() -> pathlib.Path:

@@ -21,11 +21,11 @@ from airflow.sdk.execution_time.comms import ErrorResponse, TriggerDagRun
 
 from include.cinder_plugin.names import ERROR_KEY
 from include.migration.cinder_api import CinderApi
-from include.migration.dispatch import MIGRATION_DAG, migration_conf
+from include.migration.dispatch import migration_conf
 from include.migration.errors import CinderError
 from include.migration.inventory import Cloud, read_cloud
 from include.migration.planner import Move
-from include.migration.steps import Step
+from include.migration.steps import MIGRATION_DAG, Step
 from plugins.migration_runtime import recorded_failures
 
 log = logging.getLogger(__name__)

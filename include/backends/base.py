@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -105,6 +106,13 @@ class MigrationState(str, enum.Enum):
 TERMINAL_STATES = frozenset({MigrationState.DONE, MigrationState.FAILED})
 
 
+_DESCRIBED = re.compile(
+    r"(?P<state>\w+): +[\d.]+% \((?P<done>\d+)/(?P<total>\d+) MiB\) at (?P<rate>[\d.]+) MiB/s, "
+    r"ETA (?P<eta>-|\d+)s?(?:; (?P<message>.*))?",
+    re.S,
+)
+
+
 @dataclass(frozen=True)
 class MigrationProgress:
     """One look at a copy: a takeover's background copy on the target array, or a host copy."""
@@ -129,6 +137,23 @@ class MigrationProgress:
             f"at {self.rate_bps / MiB:.1f} MiB/s, ETA {eta}"
         )
         return f"{text}; {self.message}" if self.message else text
+
+    @classmethod
+    def parse(cls, text: str) -> MigrationProgress | None:
+        """Read back what ``describe`` wrote (to MiB precision), e.g. from Cinder's volume metadata; None if
+        ``text`` is not such a line."""
+        found = _DESCRIBED.fullmatch(text.strip())
+        if not found or found["state"] not in MigrationState._value2member_map_:
+            return None
+        eta = None if found["eta"] == "-" else float(found["eta"])
+        return cls(
+            state=MigrationState(found["state"]),
+            bytes_done=int(found["done"]) * MiB,
+            bytes_total=int(found["total"]) * MiB,
+            rate_bps=float(found["rate"]) * MiB,
+            eta_seconds=eta,
+            message=found["message"] or "",
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state.value}

@@ -31,6 +31,11 @@ operator's policy file may override):
   attachable only: ``migration_status`` := ``error``, host unchanged,
   ``status`` restored; the reason is kept in the volume's metadata
   (``async_migration_error``), where ``cinder show`` shows it.
+* ``os-async_migration_progress`` ``{"progress", "owner"?}``: while a
+  migration is in flight (``starting`` or ``migrating_attachable``, whatever
+  the volume's ``status``), the copy's progress as one line of text in the
+  volume's metadata (``async_migration_progress``), where ``cinder show``
+  shows it; removed when the migration ends (``begin`` clears a stale one).
 
 Volume views (``GET /volumes/{id}``, ``GET /volumes/detail``) gain, for those
 the ``begin`` rule allows, ``os-async-migration:lock``: ``{"source_host",
@@ -61,7 +66,7 @@ from cinder.volume import volume_utils
 from oslo_log import log as logging
 from oslo_policy import policy as oslo_policy
 
-from include.cinder_plugin.names import ALIAS, ERROR_KEY, LOCK_VIEW_KEY, SETTLED_MIGRATION_STATUSES
+from include.cinder_plugin.names import ALIAS, ERROR_KEY, LOCK_VIEW_KEY, PROGRESS_KEY, SETTLED_MIGRATION_STATUSES
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"
 SOURCE_KEY = "async_migration_source"
 LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
-ACTIONS = ("begin", "attachable", "finish", "fail")
+ACTIONS = ("begin", "attachable", "finish", "fail", "progress")
 
 
 def policy_name(action: str) -> str:
@@ -113,6 +118,13 @@ def _owner(args: dict[str, Any]) -> str | None:
     if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
         raise webob.exc.HTTPBadRequest(explanation="'owner' must be a non-empty string of at most 255 characters")
     return owner
+
+
+def _text(args: dict[str, Any], key: str, what: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise webob.exc.HTTPBadRequest(explanation=f"'{key}' must {what}")
+    return value.strip()
 
 
 def _host(args: dict[str, Any]) -> str:
@@ -178,9 +190,20 @@ class AsyncMigrationController(wsgi.Controller):
         return webob.Response(status_int=202, json_body={"async_migration": lock})
 
     @staticmethod
+    def _check_holder(volume: Any, owner: str | None) -> None:
+        """409 when ``owner`` is given and another owner holds the lock."""
+        holder = (volume.admin_metadata or {}).get(OWNER_KEY)
+        if owner and holder and holder != owner:
+            raise webob.exc.HTTPConflict(explanation=f"volume {volume.id} is locked by {holder}, not {owner}")
+
+    @staticmethod
     def _release(context: Any, volume: Any) -> None:
         for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY):
             db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
+        try:  # the copy's progress ends with the migration
+            db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)
+        except exception.VolumeMetadataNotFound:
+            pass
 
     @staticmethod
     def _refusal(volume: Any, wanted: str) -> str:
@@ -259,8 +282,9 @@ class AsyncMigrationController(wsgi.Controller):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "starting"))
         lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
         db.volume_admin_metadata_update(context.elevated(), volume.id, lock, False)
-        if ERROR_KEY in (volume.metadata or {}):  # an earlier failure's reason no longer applies
-            db.volume_metadata_delete(context, volume.id, ERROR_KEY)
+        for stale in (ERROR_KEY, PROGRESS_KEY):  # an earlier migration's reason or progress no longer applies
+            if stale in (volume.metadata or {}):
+                db.volume_metadata_delete(context, volume.id, stale)
         LOG.info("async migration of volume %s to %s begins", volume.id, host)
         return self._lock_answer(volume)
 
@@ -314,12 +338,8 @@ class AsyncMigrationController(wsgi.Controller):
     @wsgi.action("os-async_migration_fail")
     def _fail(self, req: Any, id: str, body: dict[str, Any]) -> Any:
         context, args, volume = self._open(req, id, body, "fail")
-        reason, owner = args.get("reason"), _owner(args)
-        if not isinstance(reason, str) or not reason.strip():
-            raise webob.exc.HTTPBadRequest(explanation="'reason' must say what went wrong")
-        holder = (volume.admin_metadata or {}).get(OWNER_KEY)
-        if owner and holder and holder != owner:
-            raise webob.exc.HTTPConflict(explanation=f"volume {id} is locked by {holder}, not {owner}")
+        reason = _text(args, "reason", "say what went wrong")
+        self._check_holder(volume, _owner(args))
         updates = {"migration_status": "error", "status": "available"}
         if not volume.conditional_update(updates, LOCKED):
             raise webob.exc.HTTPConflict(
@@ -329,6 +349,18 @@ class AsyncMigrationController(wsgi.Controller):
         db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
         self._release(context, volume)
         LOG.warning("async migration of volume %s failed: %s", volume.id, reason)
+        return webob.Response(status_int=202)
+
+    @wsgi.action("os-async_migration_progress")
+    def _progress(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context, args, volume = self._open(req, id, body, "progress")
+        text = _text(args, "progress", "be a line of text")
+        if volume.migration_status not in (LOCKED["migration_status"], MIGRATING_ATTACHABLE):
+            raise webob.exc.HTTPConflict(
+                explanation=f"volume {id} is not migrating (migration_status {volume.migration_status})"
+            )
+        self._check_holder(volume, _owner(args))
+        db.volume_metadata_update(context, volume.id, {PROGRESS_KEY: text[:255]}, False)
         return webob.Response(status_int=202)
 
     # ---- Cinder's own actions during a migration -------------------------------------

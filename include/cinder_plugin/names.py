@@ -6,6 +6,7 @@ the lab read these without Cinder installed.
 
 ALIAS = "os-async-migration"  # the extension's alias in GET /extensions
 ERROR_KEY = "async_migration_error"  # volume metadata: why the last migration failed
+PROGRESS_KEY = "async_migration_progress"  # volume metadata: the copy's progress while a migration is in flight
 LOCK_VIEW_KEY = "os-async-migration:lock"  # volume views: {source_host, host, owner} of a migration in flight
 # migration_status of a volume that no migration holds (Cinder's AVAILABLE_MIGRATION_STATUS)
 SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")

@@ -3,7 +3,7 @@
 ``CinderApi`` builds every call on one primitive, ``request``, that a
 concrete client supplies (``plugins.hooks.cinder.CinderHook``: Keystone
 session, microversion, retries). The extension's actions are Cinder's
-``os-async_migration_{begin,attachable,finish,fail}`` (``include/cinder_plugin``).
+``os-async_migration_{begin,attachable,finish,fail,progress}`` (``include/cinder_plugin``).
 Every method raises ``CinderError`` with Cinder's HTTP status on a refusal.
 """
 
@@ -55,6 +55,13 @@ class CinderApi(abc.ABC):
     def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
         """``error`` with ``reason`` (Cinder shows it as metadata ``async_migration_error``); only the owner may."""
         self.action(volume_id, "os-async_migration_fail", {"reason": reason, **({"owner": owner} if owner else {})})
+
+    def report_progress(self, volume_id: str, progress: str, owner: str | None = None) -> None:
+        """The copy's progress, one line, into the volume's metadata ``async_migration_progress``; 409 unless
+        a migration (of ``owner``) is in flight. Cleared when it ends."""
+        self.action(
+            volume_id, "os-async_migration_progress", {"progress": progress, **({"owner": owner} if owner else {})}
+        )
 
     # ---- what the scheduler and the services say --------------------------------------
     def get_pools(self) -> list[str]:

@@ -34,7 +34,6 @@ from include.migration.rebalance import Limits, admit, load
 
 log = logging.getLogger(__name__)
 
-MIGRATION_DAG = "volume_migration"
 RUN_ENDED = {"success": True, "failed": False}  # Airflow's terminal DAG run states -> moved?
 
 
@@ -91,9 +90,20 @@ class Ports(Protocol):
         """Why the run failed, in a line."""
 
 
+MOVE_RUN_PREFIX = "rebalance__"
+
+
 def move_run_id(rebalance_run_id: str, volume_id: str) -> str:
     """The run that moves ``volume_id`` for this rebalance run: the same on every try and every clear."""
-    return f"rebalance__{volume_id}__{rebalance_run_id}"[:250]
+    return f"{MOVE_RUN_PREFIX}{volume_id}__{rebalance_run_id}"[:250]
+
+
+def rebalance_of(run_id: str) -> str | None:
+    """The rebalance run that a ``move_run_id`` names (cut to 250 characters like it), or None for another run."""
+    if not run_id.startswith(MOVE_RUN_PREFIX):
+        return None
+    parts = run_id.split("__", 2)
+    return parts[2] if len(parts) == 3 and parts[2] else None
 
 
 @dataclass

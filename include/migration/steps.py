@@ -1,8 +1,11 @@
-"""The steps of one migration run: each is a task of ``dags/volume_migration.py``, named once here."""
+"""The two DAGs' ids and the steps of their runs (each a task of `dags/`), named once here."""
 
 from __future__ import annotations
 
 import enum
+
+MIGRATION_DAG = "volume_migration"  # one volume's migration: the steps below
+REBALANCE_DAG = "volume_rebalance"  # plans moves between pools and runs a MIGRATION_DAG run for each
 
 
 class Step(enum.StrEnum):

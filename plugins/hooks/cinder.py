@@ -84,6 +84,10 @@ class CinderHook(BaseHook, CinderApi):
     def _conn(self) -> Any:
         return self.get_connection(self.cinder_conn_id)
 
+    async def aconnect(self) -> None:
+        """Fetch the Connection from a trigger's event loop; the calls after it (in a thread) reuse it."""
+        self.__dict__["_conn"] = await self.aget_connection(self.cinder_conn_id)
+
     @cached_property
     def _extra(self) -> dict[str, Any]:
         return self._conn.extra_dejson or {}

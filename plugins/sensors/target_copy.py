@@ -18,7 +18,7 @@ from plugins.triggers.target_copy import TargetCopyTrigger
 
 
 class TargetCopySensor(BaseSensorOperator):
-    template_fields = ("backend", "volume_name", "size", "copy_timeout_s")
+    template_fields = ("backend", "volume_name", "size", "copy_timeout_s", "volume_id", "lock_owner")
 
     def __init__(
         self,
@@ -28,10 +28,14 @@ class TargetCopySensor(BaseSensorOperator):
         size: int | str,
         poll_interval: float = 10.0,
         copy_timeout_s: float | str = 24 * 3600,
+        volume_id: str | None = None,
+        lock_owner: str | None = None,
         deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
-        """``backend``, ``volume_name``, ``size`` and ``copy_timeout_s`` may be templates (rendered per run)."""
+        """``backend``, ``volume_name``, ``size``, ``copy_timeout_s``, ``volume_id`` and ``lock_owner`` may be templates
+        (rendered per run). With ``volume_id`` the deferred wait also reports the copy's progress to Cinder (the
+        volume's metadata) as ``lock_owner``, the migration's owner in Cinder."""
         timeout = copy_timeout_s if isinstance(copy_timeout_s, (int, float)) else 24 * 3600
         super().__init__(poke_interval=poll_interval, timeout=timeout, **kwargs)
         self.backend = backend
@@ -39,6 +43,8 @@ class TargetCopySensor(BaseSensorOperator):
         self.size = size
         self.poll_interval = poll_interval
         self.copy_timeout_s = copy_timeout_s
+        self.volume_id = volume_id
+        self.lock_owner = lock_owner
         self.deferrable = deferrable
 
     def _volume(self) -> Volume:
@@ -64,6 +70,8 @@ class TargetCopySensor(BaseSensorOperator):
                 int(self.size),
                 poll_interval=self.poll_interval,
                 timeout_s=float(self.copy_timeout_s),
+                volume_id=self.volume_id or None,
+                owner=self.lock_owner or None,
             ),
             method_name="execute_complete",
         )

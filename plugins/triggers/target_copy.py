@@ -11,7 +11,9 @@ seconds, logs progress (percent, rate, ETA) and yields exactly one event:
 * ``{"status": "timeout", "progress": ...}``: ``timeout_s`` passed first.
 
 An unreachable array (a restart, say) is not an event: polling goes on
-until it answers again or the timeout passes.
+until it answers again or the timeout passes. With ``volume_id``, the
+progress also goes to the Cinder volume's metadata at a bounded rate
+(``include/migration/cinder_progress.py``), as the migration's ``owner``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from include.backends.base import MigrationState, Volume
 from include.backends.errors import ArrayUnavailable, BackendError
+from include.migration.cinder_progress import ProgressToCinder
 from plugins.hooks.storage_array import StorageArrayHook
+from plugins.migration_runtime import progress_cinder
 
 
 class TargetCopyTrigger(BaseTrigger):
@@ -38,8 +42,12 @@ class TargetCopyTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         timeout_s: float = 24 * 3600,
         started_at: float | None = None,
+        volume_id: str | None = None,
+        owner: str | None = None,
     ) -> None:
         super().__init__()
+        self.volume_id = volume_id
+        self.owner = owner
         self.backend = backend
         self.volume_name = volume_name
         self.size = size
@@ -57,12 +65,15 @@ class TargetCopyTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "timeout_s": self.timeout_s,
                 "started_at": self.started_at,
+                "volume_id": self.volume_id,
+                "owner": self.owner,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         volume = Volume(self.volume_name, self.size)
         adapter = await StorageArrayHook.for_backend(self.backend).aadapter()
+        report = await self._progress_to_cinder()
         last = None
         while True:
             try:
@@ -74,6 +85,8 @@ class TargetCopyTrigger(BaseTrigger):
                 return
             else:
                 self.log.info("copy of %s on %s: %s", self.volume_name, self.backend, last.describe())
+                if report is not None and report.due(last):
+                    await asyncio.to_thread(report, last)
                 if last.state.terminal:
                     status = "done" if last.state is MigrationState.DONE else "failed"
                     yield TriggerEvent({"status": status, "progress": last.to_json()})
@@ -82,3 +95,10 @@ class TargetCopyTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "timeout", "progress": last.to_json() if last else None})
                 return
             await asyncio.sleep(self.poll_interval)
+
+    async def _progress_to_cinder(self) -> ProgressToCinder | None:
+        if not self.volume_id:
+            return None
+        cinder = progress_cinder()
+        await cinder.aconnect()
+        return ProgressToCinder(cinder, self.volume_id, self.owner)

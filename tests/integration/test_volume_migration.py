@@ -9,6 +9,7 @@ byte, on the destination.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -20,8 +21,10 @@ import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import NotFound
+from include.cinder_plugin.names import PROGRESS_KEY
 from lab import verify
-from lab.procutil import pid_alive, wait_until
+from lab.procutil import pid_alive, process_tree, wait_until
+from lab.services.airflow import CELERY_WORKERS
 from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST
 from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
@@ -88,11 +91,26 @@ def states(tis):
     return {task_id: ti["state"] for task_id, ti in tis.items()}
 
 
+def assert_progress_in_cinder(admin, services, vid):
+    """The copy's progress is in the volume's metadata (reported every 15 s at most), and cinder show shows it."""
+    meta = {}
+
+    def reported():
+        meta.update(admin.get_volume(vid)["metadata"])
+        return PROGRESS_KEY in meta
+
+    assert wait_until(reported, 30, 0.5), meta
+    assert re.match(r"(copying|paused): +[\d.]+% \(\d+/1024 MiB\) at [\d.]+ MiB/s, ETA", meta[PROGRESS_KEY]), meta
+    code, out = cinder_cli(services, "admin", "show", vid)
+    assert code == 0 and PROGRESS_KEY in out, out
+
+
 def assert_migrated(lab, admin, services, vid, dest, model, source_array):
     lun = f"volume-{vid}"
     assert state_of(admin, vid) == ("available", "success", dest)
     code, out = cinder_cli(services, "admin", "show", vid)
     assert code == 0 and dest in out and "success" in out, out
+    assert PROGRESS_KEY not in admin.get_volume(vid)["metadata"]  # the migration ended: its progress line too
     assert model.mismatches(content_on(lab, host_of(dest), lun)) == []
     if source_array != host_of(dest):
         with pytest.raises(NotFound):
@@ -102,7 +120,10 @@ def assert_migrated(lab, admin, services, vid, dest, model, source_array):
 
 
 # ---- the paths --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("source", "copy_mode"), [("beta", None), ("gamma", None), ("beta", "mirror")])
+@pytest.mark.parametrize(
+    ("source", "copy_mode"),
+    [pytest.param("beta", None, marks=pytest.mark.on_celery_in_ci), ("gamma", None), ("beta", "mirror")],
+)
 def test_async_takeover_serves_the_volume_during_the_copy(lab, admin, services, api, volume, source, copy_mode):
     """beta -> alpha and gamma -> alpha (and in mirror mode): attachable at once, used through Cinder while
     the copy runs."""
@@ -127,6 +148,8 @@ def test_async_takeover_serves_the_volume_during_the_copy(lab, admin, services, 
     assert state_of(admin, vid) == ("available", "migrating_attachable", dest)
     # the wait is handed to the triggerer: no worker slot held
     assert wait_until(lambda: api.task_instances(DAG, run_id)["wait_for_copy"]["state"] == "deferred", 60, 0.5)
+    # ... which tells Cinder the copy's progress: cinder show has it
+    assert_progress_in_cinder(admin, services, vid)
 
     att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
     info = att["attachment"]["connection_info"]
@@ -180,7 +203,9 @@ def test_pool_move_by_the_source_driver(lab, admin, services, api, volume):
 @pytest.mark.parametrize(
     ("source", "dest", "extra", "asked_target"),
     [
-        ("alpha", f"{CINDER_HOST}@gamma#pool1", {}, True),  # gamma cannot take a LUN over
+        pytest.param(  # gamma cannot take a LUN over
+            "alpha", f"{CINDER_HOST}@gamma#pool1", {}, True, marks=pytest.mark.on_celery_in_ci
+        ),
         ("beta", f"{CINDER_HOST}@alpha#pool2", {"force_host_copy": True}, False),
     ],
     ids=["alpha-to-gamma", "forced-beta-to-alpha"],
@@ -393,3 +418,54 @@ def test_a_run_cleared_during_the_copy_resumes_without_a_second_takeover(lab, ad
     assert tis["mark_attachable"]["state"] == "success"
     assert lab.backend("alpha").get_lun(lun)["created"] == taken_over["created"]  # the same takeover
     assert_migrated(lab, admin, services, vid, dest, model, "beta")
+
+
+@pytest.mark.executors("celery")
+@pytest.mark.on_celery_in_ci
+def test_host_copy_resumes_on_the_other_worker_after_its_worker_host_dies(lab, admin, services, api, airflow, volume):
+    """SIGKILL every process of the Celery worker that runs host_copy (its host is gone) once a checkpoint is saved:
+    the retry runs on the other worker, starts from the checkpoint (first progress above 0%), the data is intact."""
+    vol = volume("alpha")
+    vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@gamma#pool1"
+    model = seed(lab, "alpha", lun)  # 128 MiB of data, one MiB in every 8: at 4 MiB/s ~32 s, a checkpoint every ~2 s
+    run_id = api.trigger(DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 4})
+    checkpoints = airflow.root / "migration-state"
+
+    def saved_offset():
+        found = [json.loads(p.read_text())["offset"] for p in checkpoints.glob(f"{lun}.*.checkpoint")]
+        return max(found, default=0)
+
+    assert wait_until(lambda: saved_offset() >= 256 * MiB, 120, 0.2), f"no checkpoint past 256 MiB in {checkpoints}"
+    assert_progress_in_cinder(admin, services, vid)
+    first = api.task_instances(DAG, run_id)["host_copy"]
+    worker = airflow.component_of(first["pid"])
+    assert worker in CELERY_WORKERS, f"host_copy's process {first['pid']} is in no Celery worker: {worker}"
+    tree = process_tree(airflow.pid(worker))
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not any(pid_alive(p) for p in tree), 10)
+    airflow.pid_path(worker).unlink()
+    killed_at = saved_offset()
+    other = next(w for w in CELERY_WORKERS if w != worker)
+    try:
+        # the scheduler notices the dead worker (heartbeat timeout, 30 s) and retries host_copy; the copy, paced,
+        # still runs for many seconds: long enough to see which worker's process runs it
+        ti = {}
+
+        def retried():
+            ti.update(api.task_instances(DAG, run_id)["host_copy"])
+            return ti["try_number"] >= 2 and ti["state"] == "running" and bool(ti["pid"])
+
+        assert wait_until(retried, 180, 0.5), ti
+        assert airflow.component_of(ti["pid"]) == other
+        assert api.wait_run(DAG, run_id, RUN_TIMEOUT)["state"] == "success"
+        retry = api.task_instances(DAG, run_id)["host_copy"]
+        assert retry["state"] == "success" and retry["try_number"] == ti["try_number"]
+        log = api.task_log(DAG, run_id, "host_copy", retry["try_number"])
+        first_progress = re.search(r"host copy: copying:\s+([\d.]+)%", log)
+        assert first_progress and float(first_progress.group(1)) > 0, log
+        resumed = int(re.search(r"resumed_from=(\d+)", log).group(1))
+        assert resumed >= killed_at > 0, (resumed, killed_at)
+        assert_migrated(lab, admin, services, vid, dest, model, "alpha")
+    finally:
+        airflow.start(worker)  # the host comes back

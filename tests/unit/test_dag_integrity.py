@@ -38,8 +38,17 @@ PARSE = textwrap.dedent(
     sys.addaudithook(audit)
     bag = DagBag(sys.argv[1])
     parsed = list(events)  # what parsing did; the report below adds nothing to watch
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    unserializable = {}
+    for dag_id, dag in bag.dags.items():  # what the dag-processor does next: a DAG it cannot store does not run
+        try:
+            DagSerialization.to_dict(dag)
+        except Exception as exc:
+            unserializable[dag_id] = str(exc)[:2000]
     report = {
         "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+        "unserializable": unserializable,
         "events": parsed,
         "dags": {
             dag_id: {
@@ -80,6 +89,10 @@ def report(tmp_path_factory):
 
 def test_every_dag_imports_without_errors(report):
     assert report["import_errors"] == {}
+
+
+def test_every_dag_serializes_as_the_dag_processor_stores_it(report):
+    assert report["unserializable"] == {}
     assert {"volume_migration", "volume_rebalance"} <= set(report["dags"])
 
 

@@ -11,6 +11,7 @@ from include.backends.base import MigrationProgress, MigrationState
 from include.backends.errors import ArrayUnavailable, NotFound
 from plugins.sensors.target_copy import TargetCopySensor
 from plugins.triggers.target_copy import TargetCopyTrigger
+from tests.unit.test_cinder_progress import RecordingCinder
 
 GiB = 1 << 30
 
@@ -51,10 +52,41 @@ def events(trigger):
 
 
 def test_serialize_round_trip():
-    trigger = TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.5, timeout_s=60, started_at=100.0)
+    trigger = TargetCopyTrigger(
+        "alpha", "volume-1", GiB, poll_interval=0.5, timeout_s=60, started_at=100.0, volume_id="v-1", owner="run"
+    )
     path, kwargs = trigger.serialize()
     assert path == "plugins.triggers.target_copy.TargetCopyTrigger"
     assert TargetCopyTrigger(**kwargs).serialize() == (path, kwargs)
+    assert (kwargs["volume_id"], kwargs["owner"]) == ("v-1", "run")
+
+
+class ProgressCinder(RecordingCinder):
+    """The Cinder hook as the trigger uses it: fetched asynchronously first, then called in a thread."""
+
+    connected = False
+
+    async def aconnect(self):
+        self.connected = True
+
+
+def test_the_wait_reports_progress_to_cinder_once_per_period(adapter, monkeypatch):
+    cinder = ProgressCinder()
+    monkeypatch.setattr("plugins.triggers.target_copy.progress_cinder", lambda: cinder)
+    polls = [progress("copying", i << 20) for i in range(1, 30)] + [progress("done", GiB)]
+    adapter["adapter"] = ScriptedAdapter(polls)
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, volume_id="v-1", owner="run"))
+    assert [e.payload["status"] for e in got] == ["done"]
+    assert cinder.connected
+    reported = [body["os-async_migration_progress"]["progress"] for _, _, body in cinder.sent]
+    # 30 polls within a fraction of a second: the first one, then only the change to done
+    assert reported == [polls[0].describe(), polls[-1].describe()]
+
+
+def test_without_a_volume_id_nothing_goes_to_cinder(adapter, monkeypatch):
+    monkeypatch.setattr("plugins.triggers.target_copy.progress_cinder", lambda: pytest.fail("Cinder was called"))
+    adapter["adapter"] = ScriptedAdapter([progress("done", GiB)])
+    assert [e.payload["status"] for e in events(TargetCopyTrigger("alpha", "volume-1", GiB))] == ["done"]
 
 
 def test_one_done_event_after_progress_and_an_outage(adapter):
