@@ -1,0 +1,186 @@
+"""What the operator view shows of the runs, and which controls a row offers: plain functions, no Airflow.
+
+The view (``plugins/operator_view.py``) reads Airflow's database and the
+arrays, and hands each ``volume_migration`` run to ``migration_row`` as
+``RunFacts``: the run's state and conf, each task's state, the plan that
+``validate_and_lock`` locked (its XCom), the failures the steps recorded,
+and the copy's progress when one is running. A row says: the volume, source
+-> destination, the path the run took, where it is, the progress (percent,
+rate, ETA) and the controls that apply now. Only a takeover's background
+copy on an array can be paused, resumed or re-paced (the array runs it); a
+host copy runs inside an Airflow task and is paced by the run's
+``speed_mib``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from include.backends.base import MigrationProgress, MigrationState, Volume
+from include.migration.dispatch import rebalance_of
+from include.migration.steps import Step
+
+RUNNING_RUN_STATES = frozenset({"queued", "running"})
+DONE_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+LIVE_TASK_STATES = frozenset({"scheduled", "queued", "running", "deferred", "up_for_retry", "up_for_reschedule"})
+
+
+class CopyPath(enum.StrEnum):
+    """The blueprint's three ways, as the view names them."""
+
+    UNDECIDED = "-"
+    POOL_MOVE = "pool move (source driver)"
+    TAKEOVER = "takeover (target driver)"
+    HOST_COPY = "host copy"
+
+
+class Control(enum.StrEnum):
+    """What an operator may do to a running array copy (``POST .../<run>/<control>``)."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    SPEED = "speed"
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One ``volume_migration`` run as Airflow has it."""
+
+    run_id: str
+    state: str
+    conf: dict[str, Any]
+    task_states: dict[str, str]
+    plan: dict[str, Any] | None = None  # validate_and_lock's XCom (``Plan.to_json``), once it succeeded
+    failures: list[str] = field(default_factory=list)
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MigrationRow:
+    run_id: str
+    volume_id: str
+    source: str
+    dest: str
+    path: str
+    copy_mode: str
+    state: str  # the run's
+    step: str  # the task that runs (or waits) now, else the run's end
+    copy_state: str  # the copy's: copying, paused, done, failed, or "-"
+    percent: float | None
+    rate_mib_s: float | None
+    eta_s: float | None
+    controls: tuple[str, ...]
+    failure: str
+    started: str | None
+    ended: str | None
+    rebalance: str | None  # the volume_rebalance run that started it
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "controls": list(self.controls)}
+
+
+def path_of(task_states: dict[str, str]) -> CopyPath:
+    """The path a run takes, from which of the three steps did (or does) the move."""
+    if task_states.get(Step.HOST_COPY) not in (None, "skipped", "upstream_failed", "removed"):
+        return CopyPath.HOST_COPY
+    if task_states.get(Step.MARK_ATTACHABLE) not in (None, "skipped", "upstream_failed", "removed"):
+        return CopyPath.TAKEOVER
+    if task_states.get(Step.SOURCE_DRIVER) == "success" and task_states.get(Step.TARGET_TAKEOVER) == "skipped":
+        return CopyPath.POOL_MOVE
+    return CopyPath.UNDECIDED
+
+
+def array_copy_running(facts: RunFacts) -> bool:
+    """The run waits for a takeover's background copy on the destination array (the array's copy to watch)."""
+    states = facts.task_states
+    return (
+        facts.state in RUNNING_RUN_STATES
+        and facts.plan is not None
+        and states.get(Step.MARK_ATTACHABLE) == "success"
+        and states.get(Step.WAIT_FOR_COPY) in LIVE_TASK_STATES
+    )
+
+
+def host_copy_running(facts: RunFacts) -> bool:
+    return facts.state in RUNNING_RUN_STATES and facts.task_states.get(Step.HOST_COPY) in LIVE_TASK_STATES
+
+
+def copied_volume(plan: dict[str, Any]) -> Volume:
+    """The volume as the destination array knows it (its LUN's name and size)."""
+    return Volume(plan["lun"], int(plan["size"]))
+
+
+def current_step(facts: RunFacts) -> str:
+    """The first task (in the blueprint's order) that is not done yet, else how the run ended."""
+    if facts.state not in RUNNING_RUN_STATES:
+        return facts.state
+    for step in Step:
+        state = facts.task_states.get(step)
+        if state in LIVE_TASK_STATES:
+            return f"{step} ({state})"
+    return facts.state
+
+
+def controls_for(facts: RunFacts, progress: MigrationProgress | None) -> tuple[Control, ...]:
+    """Pause or resume (whichever applies) and speed, for an array copy that runs; nothing otherwise."""
+    if not array_copy_running(facts) or progress is None:
+        return ()
+    if progress.state is MigrationState.PAUSED:
+        return (Control.RESUME, Control.SPEED)
+    if progress.state is MigrationState.COPYING:
+        return (Control.PAUSE, Control.SPEED)
+    return ()
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def migration_row(facts: RunFacts, progress: MigrationProgress | None = None) -> MigrationRow:
+    """The row of one run; ``progress``: the copy's, when one runs (the array's, or the host copy's report)."""
+    plan, conf = facts.plan or {}, facts.conf or {}
+    path = path_of(facts.task_states)
+    if facts.state == "success" and path is not CopyPath.UNDECIDED:
+        percent: float | None = 100.0
+        copy_state = MigrationState.DONE.value
+    elif progress is not None:
+        percent, copy_state = round(progress.percent, 1), progress.state.value
+    else:
+        percent, copy_state = None, "-"
+    live = progress is not None and facts.state in RUNNING_RUN_STATES
+    return MigrationRow(
+        run_id=facts.run_id,
+        volume_id=str(plan.get("volume_id") or conf.get("volume_id") or ""),
+        source=str(plan.get("source_host") or ""),
+        dest=str(plan.get("dest_host") or conf.get("dest_host") or ""),
+        path=path.value,
+        copy_mode=str(plan.get("copy_mode") or conf.get("copy_mode") or ""),
+        state=facts.state,
+        step=current_step(facts),
+        copy_state=copy_state,
+        percent=percent,
+        rate_mib_s=round(progress.rate_bps / (1 << 20), 1) if live and progress else None,
+        eta_s=progress.eta_seconds if live and progress else None,
+        controls=tuple(c.value for c in controls_for(facts, progress)),
+        failure=facts.failures[0] if facts.failures else "",
+        started=_when(facts.started),
+        ended=_when(facts.ended),
+        rebalance=rebalance_of(facts.run_id),
+    )
+
+
+@dataclass(frozen=True)
+class RebalanceRow:
+    run_id: str
+    state: str
+    started: str | None
+    ended: str | None
+    conf: dict[str, Any]
+    moves: dict[str, int]  # the volume_migration runs it started, by their state
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,278 @@
+"""The operator view's app: the page, the rows as JSON, and the controls of a running copy.
+
+Mounted by the api-server under ``/volume-migration`` (``plugins/operator_view.py``):
+
+* the FastAPI app (``fastapi_apps``):
+  ``GET /`` the page (``operator_view.html``), ``GET /api/migrations`` the
+  rows as JSON (``include/migration/operator_rows.py``), and
+  ``POST /api/migrations/<run_id>/{pause,resume,speed}`` on a takeover's
+  background copy, which the destination array runs;
+* the page is an entry "Volume migrations" of the UI's Browse menu.
+
+Airflow mounts plugin apps without any authentication. Every route here
+asks for Airflow's own login (the UI's ``_token`` cookie, or a bearer token)
+and the permission on the ``volume_migration`` DAG: to read its runs for the
+GETs, to change them for the POSTs (a viewer may watch, not pause). A
+request without a valid login is refused with 401 (the page redirects to the
+login page instead), one without the permission with 403. A POST must carry
+a JSON body, which a form on another site cannot send.
+
+Progress comes from where the copy runs: the destination array for a
+takeover's copy (asked at each refresh), Cinder's volume metadata for a host
+copy (reported by the task, ``include/migration/cinder_progress.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field
+
+from include.backends.base import MiB, MigrationProgress
+from include.backends.errors import BackendError
+from include.cinder_plugin.names import PROGRESS_KEY
+from include.migration.errors import CinderError
+from include.migration.operator_rows import (
+    Control,
+    MigrationRow,
+    RebalanceRow,
+    RunFacts,
+    array_copy_running,
+    controls_for,
+    copied_volume,
+    host_copy_running,
+    migration_row,
+)
+from include.migration.steps import MIGRATION_DAG, REBALANCE_DAG, Step
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("operator_view.html")
+RECENT_RUNS = 50  # the latest runs shown, besides every run still going
+RECENT_REBALANCES = 10
+
+
+# ---- who may do what ---------------------------------------------------------------------------
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def _may(method: str) -> Callable[..., Awaitable[Any]]:
+    """A dependency: the logged-in user (bearer token or the UI's cookie) with ``method`` on the migration DAG."""
+
+    async def dependency(request: Request, creds: Credentials) -> Any:
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+        try:
+            user = await get_user(request, None, creds)
+        except HTTPException as exc:  # no token, an expired or an invalid one
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, f"log in to Airflow first: {exc.detail}", {"WWW-Authenticate": "Bearer"}
+            ) from None
+        allowed = get_auth_manager().is_authorized_dag(
+            method=method, access_entity=DagAccessEntity.RUN, details=DagDetails(id=MIGRATION_DAG), user=user
+        )
+        if not allowed:
+            action = "read" if method == "GET" else "change"
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"{user.get_name()} may not {action} {MIGRATION_DAG} runs")
+        return user
+
+    return dependency
+
+
+Reader = Annotated[Any, Depends(_may("GET"))]
+Operator = Annotated[Any, Depends(_may("PUT"))]  # as clearing a run in Airflow's own API
+
+
+# ---- what the runs are -------------------------------------------------------------------------
+def _xcoms(session: Any, dag_id: str, run_ids: list[str], keys: tuple[str, ...]) -> list[tuple[str, str, str, Any]]:
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    query = select(XComModel.run_id, XComModel.task_id, XComModel.key, XComModel.value).where(
+        XComModel.dag_id == dag_id, XComModel.run_id.in_(run_ids), XComModel.key.in_(keys)
+    )
+    return [(r.run_id, r.task_id, r.key, XComModel.deserialize_value(r)) for r in session.execute(query)]
+
+
+def read_runs(session: Any, dag_id: str, limit: int, run_ids: list[str] | None = None) -> list[Any]:
+    """The latest ``limit`` runs of ``dag_id`` and every one still going (or exactly ``run_ids``), newest first."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import or_, select
+
+    query = select(DagRun).where(DagRun.dag_id == dag_id)
+    if run_ids is not None:
+        return list(session.scalars(query.where(DagRun.run_id.in_(run_ids))))
+    latest = select(DagRun.id).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(limit)
+    going = DagRun.state.in_(("queued", "running"))
+    return list(session.scalars(query.where(or_(DagRun.id.in_(latest), going)).order_by(DagRun.id.desc())))
+
+
+def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
+    """What ``operator_rows`` needs of each ``volume_migration`` run: task states, plan, recorded failures."""
+    from airflow.models.taskinstance import TaskInstance
+    from sqlalchemy import select
+
+    from plugins.migration_runtime import FAILURE_KEY
+
+    run_ids = [run.run_id for run in runs]
+    if not run_ids:
+        return []
+    states: dict[str, dict[str, str]] = {run_id: {} for run_id in run_ids}
+    query = select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.state).where(
+        TaskInstance.dag_id == MIGRATION_DAG, TaskInstance.run_id.in_(run_ids)
+    )
+    for run_id, task_id, state in session.execute(query):
+        states[run_id][task_id] = str(state.value if hasattr(state, "value") else state or "none")
+    plans: dict[str, dict[str, Any]] = {}
+    failures: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
+    order = list(Step)
+    found = _xcoms(session, MIGRATION_DAG, run_ids, ("return_value", FAILURE_KEY))
+    for run_id, task_id, key, value in sorted(found, key=lambda x: order.index(x[1]) if x[1] in order else 99):
+        if key == "return_value" and task_id == Step.VALIDATE_AND_LOCK and isinstance(value, dict):
+            plans[run_id] = value
+        elif key == FAILURE_KEY and value:
+            failures[run_id].append(str(value))
+    return [
+        RunFacts(
+            run_id=run.run_id,
+            state=str(run.state.value if hasattr(run.state, "value") else run.state),
+            conf=dict(run.conf or {}),
+            task_states=states[run.run_id],
+            plan=plans.get(run.run_id),
+            failures=failures[run.run_id],
+            started=run.start_date,
+            ended=run.end_date,
+        )
+        for run in runs
+    ]
+
+
+# ---- where the copies are ----------------------------------------------------------------------
+def array_of(backend: str) -> Any:
+    from plugins.migration_runtime import arrays
+
+    return arrays(backend)
+
+
+@functools.cache
+def _cinder() -> Any:
+    """One Cinder hook for the view's reads (its Keystone token is reused, renewed when it expires)."""
+    from plugins.migration_runtime import progress_cinder
+
+    return progress_cinder()
+
+
+def progress_of(facts: RunFacts) -> MigrationProgress | None:
+    """The copy's progress now: the array's for a takeover copy, the host copy's last report in Cinder."""
+    plan = facts.plan
+    try:
+        if plan and array_copy_running(facts):
+            return array_of(plan["dest_backend"]).complete_migration_target(copied_volume(plan))
+        if plan and host_copy_running(facts):
+            line = (_cinder().get_volume(plan["volume_id"]).get("metadata") or {}).get(PROGRESS_KEY)
+            return MigrationProgress.parse(line) if line else None
+    except (BackendError, CinderError, LookupError, ValueError) as exc:
+        log.warning("progress of run %s unavailable: %s", facts.run_id, exc)
+    return None
+
+
+def migration_rows(session: Any, limit: int = RECENT_RUNS) -> list[MigrationRow]:
+    return [migration_row(f, progress_of(f)) for f in run_facts(session, read_runs(session, MIGRATION_DAG, limit))]
+
+
+def rebalance_rows(session: Any, limit: int = RECENT_REBALANCES) -> list[RebalanceRow]:
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import func, select
+
+    from include.migration.dispatch import MOVE_RUN_PREFIX, rebalance_of
+
+    rows = []
+    for run in read_runs(session, REBALANCE_DAG, limit):
+        query = (
+            select(DagRun.run_id, DagRun.state)
+            .where(DagRun.dag_id == MIGRATION_DAG, DagRun.run_id.like(f"{MOVE_RUN_PREFIX}%"))
+            .where(func.substr(DagRun.run_id, -len(run.run_id)) == run.run_id)
+        )
+        moves: dict[str, int] = {}
+        for run_id, state in session.execute(query):
+            if rebalance_of(run_id) == run.run_id:
+                key = str(state.value if hasattr(state, "value") else state)
+                moves[key] = moves.get(key, 0) + 1
+        started = run.start_date.isoformat() if run.start_date else None
+        ended = run.end_date.isoformat() if run.end_date else None
+        state = str(run.state.value if hasattr(run.state, "value") else run.state)
+        rows.append(RebalanceRow(run.run_id, state, started, ended, dict(run.conf or {}), moves))
+    return rows
+
+
+# ---- the app -----------------------------------------------------------------------------------
+class ControlBody(BaseModel):
+    speed_mib: int | None = Field(default=None, ge=0, description="for speed: MiB/s, 0 = unlimited")
+
+
+app = FastAPI(title="Volume migrations", description="Migrations and rebalances of Cinder volumes, and their copies")
+
+
+@app.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page(request: Request, creds: Credentials) -> Any:
+    try:
+        await _may("GET")(request, creds)
+    except HTTPException as exc:
+        if exc.status_code != status.HTTP_401_UNAUTHORIZED:
+            raise
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status.HTTP_303_SEE_OTHER)
+    return HTMLResponse(PAGE.read_text())
+
+
+@app.get("/api/migrations")
+def list_migrations(user: Reader, session: SessionDep, limit: int = RECENT_RUNS) -> dict[str, Any]:
+    """The latest runs of volume_migration (and every one still going), and of volume_rebalance, newest first."""
+    limit = max(1, min(limit, 500))
+    return {
+        "migrations": [row.to_json() for row in migration_rows(session, limit)],
+        "rebalances": [row.to_json() for row in rebalance_rows(session)],
+    }
+
+
+@app.post("/api/migrations/{run_id}/{control}")
+def control_copy(
+    run_id: str, control: Control, body: ControlBody, user: Operator, session: SessionDep
+) -> dict[str, Any]:
+    """Pause, resume or re-pace the background copy of a running takeover; 409 when that does not apply now."""
+    facts = run_facts(session, read_runs(session, MIGRATION_DAG, 1, [run_id]))
+    if not facts:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {MIGRATION_DAG} run {run_id}")
+    run = facts[0]
+    progress = progress_of(run)
+    allowed = controls_for(run, progress)
+    if control not in allowed:
+        now = f"the copy is {progress.state.value}" if progress else "no array copy of this run is running"
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot {control} run {run_id}: {now}")
+    if control is Control.SPEED and body.speed_mib is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "speed needs speed_mib (MiB/s, 0 = unlimited)")
+    assert run.plan is not None  # array_copy_running
+    array, volume = array_of(run.plan["dest_backend"]), copied_volume(run.plan)
+    try:
+        if control is Control.PAUSE:
+            after = array.pause_migration(volume)
+        elif control is Control.RESUME:
+            after = array.resume_migration(volume)
+        else:
+            after = array.set_migration_speed(volume, int(body.speed_mib or 0) * MiB)
+    except BackendError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"array {array.name} refused {control}: {exc}") from None
+    what = f" to {body.speed_mib} MiB/s" if control is Control.SPEED else ""
+    log.warning("%s: %s%s of run %s (volume %s on %s)", user.get_name(), control, what, run_id, volume.name, array.name)
+    return {"run_id": run_id, "control": control.value, "progress": after.to_json(), "by": user.get_name()}

@@ -1,0 +1,108 @@
+"""The operator view's rows: the path a run took, where it is, its progress and the controls that apply."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from include.backends.base import MigrationProgress, MigrationState
+from include.migration.dispatch import move_run_id, rebalance_of
+from include.migration.operator_rows import CopyPath, RunFacts, controls_for, migration_row, path_of
+from include.migration.steps import Step
+
+GiB, MiB = 1 << 30, 1 << 20
+PLAN = {
+    "volume_id": "0d3c6a55-7a9e-4d5e-9a55-3b3f9c1f2f10",
+    "source_host": "lab@beta#pool1",
+    "dest_host": "lab@alpha#pool1",
+    "dest_backend": "alpha",
+    "lun": "volume-0d3c6a55-7a9e-4d5e-9a55-3b3f9c1f2f10",
+    "size": GiB,
+    "copy_mode": "mirror",
+}
+TAKEOVER_WAITING = {
+    Step.VALIDATE_AND_LOCK: "success",
+    Step.CHOOSE_PATH: "success",
+    Step.SOURCE_DRIVER: "success",
+    Step.TARGET_TAKEOVER: "success",
+    Step.MARK_ATTACHABLE: "success",
+    Step.WAIT_FOR_COPY: "deferred",
+    Step.HOST_COPY: "skipped",
+}
+
+
+def facts(states, run_state="running", plan=PLAN, failures=(), run_id="manual__1"):
+    started = datetime(2026, 12, 2, 21, 0, tzinfo=UTC)
+    return RunFacts(run_id, run_state, {"volume_id": PLAN["volume_id"], "dest_host": "lab@alpha#pool1"},
+                    dict(states), plan, list(failures), started)  # fmt: skip
+
+
+def progress(state="copying", done=GiB // 4):
+    return MigrationProgress(MigrationState(state), done, GiB, 8 * MiB, 96.0)
+
+
+@pytest.mark.parametrize(
+    ("states", "path"),
+    [
+        ({Step.VALIDATE_AND_LOCK: "running"}, CopyPath.UNDECIDED),
+        (TAKEOVER_WAITING, CopyPath.TAKEOVER),
+        ({**TAKEOVER_WAITING, Step.MARK_ATTACHABLE: "skipped", Step.HOST_COPY: "running"}, CopyPath.HOST_COPY),
+        ({Step.SOURCE_DRIVER: "success", Step.TARGET_TAKEOVER: "skipped", Step.COMMIT: "success"}, CopyPath.POOL_MOVE),
+        ({Step.DRIVERS_SKIPPED: "success", Step.HOST_COPY: "up_for_retry"}, CopyPath.HOST_COPY),
+    ],
+    ids=["validating", "takeover", "host-copy", "pool-move", "forced-host-copy"],
+)
+def test_the_path_is_the_step_that_moves_the_data(states, path):
+    assert path_of(states) is path
+
+
+def test_a_running_takeover_copy_shows_its_progress_and_offers_pause_and_speed():
+    row = migration_row(facts(TAKEOVER_WAITING), progress())
+    assert (row.volume_id, row.source, row.dest) == (PLAN["volume_id"], "lab@beta#pool1", "lab@alpha#pool1")
+    assert (row.path, row.copy_mode, row.state) == ("takeover (target driver)", "mirror", "running")
+    assert row.step == "wait_for_copy (deferred)"
+    assert (row.copy_state, row.percent, row.rate_mib_s, row.eta_s) == ("copying", 25.0, 8.0, 96.0)
+    assert row.controls == ("pause", "speed")
+    assert row.to_json()["controls"] == ["pause", "speed"]
+    assert row.started == "2026-12-02T21:00:00+00:00" and row.rebalance is None
+
+
+def test_a_paused_copy_offers_resume_and_an_ended_one_nothing():
+    assert controls_for(facts(TAKEOVER_WAITING), progress("paused")) == ("resume", "speed")
+    assert controls_for(facts(TAKEOVER_WAITING), progress("done", GiB)) == ()
+    assert controls_for(facts(TAKEOVER_WAITING), None) == ()  # the array did not answer
+    assert controls_for(facts(TAKEOVER_WAITING, run_state="failed"), progress()) == ()
+
+
+def test_a_host_copy_shows_progress_but_offers_no_control():
+    states = {**TAKEOVER_WAITING, Step.MARK_ATTACHABLE: "skipped", Step.WAIT_FOR_COPY: "skipped"}
+    states[Step.HOST_COPY] = "running"
+    row = migration_row(facts(states), progress())
+    assert (row.path, row.copy_state, row.percent, row.controls) == ("host copy", "copying", 25.0, ())
+
+
+def test_an_ended_run_says_how_and_why():
+    done = migration_row(facts({**TAKEOVER_WAITING, Step.WAIT_FOR_COPY: "success", Step.COMMIT: "success"},
+                               run_state="success"))  # fmt: skip
+    assert (done.step, done.copy_state, done.percent, done.rate_mib_s) == ("success", "done", 100.0, None)
+    refused = migration_row(
+        facts({Step.VALIDATE_AND_LOCK: "failed", Step.ROLLBACK: "success"}, "failed", None, ["validate_and_lock: x"])
+    )
+    assert (refused.path, refused.step, refused.failure, refused.source) == ("-", "failed", "validate_and_lock: x", "")
+    assert refused.dest == "lab@alpha#pool1"  # from the run's conf when nothing was locked
+
+
+def test_a_move_of_a_rebalance_names_its_rebalance():
+    run = move_run_id("scheduled__2026-12-02T03:00:00+00:00", PLAN["volume_id"])
+    assert rebalance_of(run) == "scheduled__2026-12-02T03:00:00+00:00"
+    assert migration_row(facts(TAKEOVER_WAITING, run_id=run)).rebalance == "scheduled__2026-12-02T03:00:00+00:00"
+    assert rebalance_of("manual__2026-12-02T03:00:00+00:00") is None
+
+
+def test_progress_reads_back_what_describe_wrote():
+    seen = MigrationProgress(MigrationState.PAUSED, 300 * MiB, GiB, 3.5 * MiB, 12.0, "source slow; retrying")
+    back = MigrationProgress.parse(seen.describe())
+    assert back == seen
+    assert MigrationProgress.parse(MigrationProgress(MigrationState.COPYING, 0, GiB).describe()).eta_seconds is None
+    assert MigrationProgress.parse("some operator's note") is None
