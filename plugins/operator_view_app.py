@@ -6,7 +6,9 @@ Mounted by the api-server under ``/volume-migration`` (``plugins/operator_view.p
   ``GET /`` the page (``operator_view.html``), ``GET /api/migrations`` the
   rows as JSON (``include/migration/operator_rows.py``), and
   ``POST /api/migrations/<run_id>/{pause,resume,speed}`` on a takeover's
-  background copy, which the destination array runs;
+  background copy, which the destination array runs, and ``abandon`` for
+  a mirror-mode copy before its switch-over (``flow.abandon``; the run is
+  then marked failed with a note saying who and what was done);
 * the page is an entry "Volume migrations" of the UI's Browse menu.
 
 Airflow mounts plugin apps without any authentication. Every route here
@@ -40,8 +42,9 @@ from pydantic import BaseModel, Field
 from include.backends.base import MiB, MigrationProgress
 from include.backends.errors import BackendError
 from include.cinder_plugin.names import PROGRESS_KEY
-from include.migration.errors import CinderError
+from include.migration.errors import CinderError, MigrationRefused
 from include.migration.operator_rows import (
+    RUNNING_RUN_STATES,
     Control,
     MigrationRow,
     RebalanceRow,
@@ -94,6 +97,11 @@ Operator = Annotated[Any, Depends(_may("PUT"))]  # as clearing a run in Airflow'
 
 
 # ---- what the runs are -------------------------------------------------------------------------
+def _name(state: Any) -> str:
+    """A run's or task's state as text (Airflow's enums, or None for a task never scheduled: "none")."""
+    return str(getattr(state, "value", state) or "none")
+
+
 def _xcoms(session: Any, dag_id: str, run_ids: list[str], keys: tuple[str, ...]) -> list[tuple[str, str, str, Any]]:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
@@ -113,7 +121,7 @@ def read_runs(session: Any, dag_id: str, limit: int, run_ids: list[str] | None =
     if run_ids is not None:
         return list(session.scalars(query.where(DagRun.run_id.in_(run_ids))))
     latest = select(DagRun.id).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(limit)
-    going = DagRun.state.in_(("queued", "running"))
+    going = DagRun.state.in_(tuple(RUNNING_RUN_STATES))
     return list(session.scalars(query.where(or_(DagRun.id.in_(latest), going)).order_by(DagRun.id.desc())))
 
 
@@ -132,7 +140,7 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
         TaskInstance.dag_id == MIGRATION_DAG, TaskInstance.run_id.in_(run_ids)
     )
     for run_id, task_id, state in session.execute(query):
-        states[run_id][task_id] = str(state.value if hasattr(state, "value") else state or "none")
+        states[run_id][task_id] = _name(state)
     plans: dict[str, dict[str, Any]] = {}
     failures: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
     order = list(Step)
@@ -145,7 +153,7 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
     return [
         RunFacts(
             run_id=run.run_id,
-            state=str(run.state.value if hasattr(run.state, "value") else run.state),
+            state=_name(run.state),
             conf=dict(run.conf or {}),
             task_states=states[run.run_id],
             plan=plans.get(run.run_id),
@@ -206,11 +214,11 @@ def rebalance_rows(session: Any, limit: int = RECENT_REBALANCES) -> list[Rebalan
         moves: dict[str, int] = {}
         for run_id, state in session.execute(query):
             if rebalance_of(run_id) == run.run_id:
-                key = str(state.value if hasattr(state, "value") else state)
+                key = _name(state)
                 moves[key] = moves.get(key, 0) + 1
         started = run.start_date.isoformat() if run.start_date else None
         ended = run.end_date.isoformat() if run.end_date else None
-        state = str(run.state.value if hasattr(run.state, "value") else run.state)
+        state = _name(run.state)
         rows.append(RebalanceRow(run.run_id, state, started, ended, dict(run.conf or {}), moves))
     return rows
 
@@ -250,7 +258,8 @@ def list_migrations(user: Reader, session: SessionDep, limit: int = RECENT_RUNS)
 def control_copy(
     run_id: str, control: Control, body: ControlBody, user: Operator, session: SessionDep
 ) -> dict[str, Any]:
-    """Pause, resume or re-pace the background copy of a running takeover; 409 when that does not apply now."""
+    """Pause, resume or re-pace the background copy of a running takeover, or abandon a mirror before its
+    switch-over; 409 when that does not apply now."""
     facts = run_facts(session, read_runs(session, MIGRATION_DAG, 1, [run_id]))
     if not facts:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {MIGRATION_DAG} run {run_id}")
@@ -263,6 +272,8 @@ def control_copy(
     if control is Control.SPEED and body.speed_mib is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "speed needs speed_mib (MiB/s, 0 = unlimited)")
     assert run.plan is not None  # array_copy_running
+    if control is Control.ABANDON:
+        return abandon_run(session, run, user)
     array, volume = array_of(run.plan["dest_backend"]), copied_volume(run.plan)
     try:
         if control is Control.PAUSE:
@@ -276,3 +287,35 @@ def control_copy(
     what = f" to {body.speed_mib} MiB/s" if control is Control.SPEED else ""
     log.warning("%s: %s%s of run %s (volume %s on %s)", user.get_name(), control, what, run_id, volume.name, array.name)
     return {"run_id": run_id, "control": control.value, "progress": after.to_json(), "by": user.get_name()}
+
+
+def abandon_run(session: Any, run: RunFacts, user: Any) -> dict[str, Any]:
+    """``flow.abandon`` (the volume back on its source, the target deleted), then the run failed with a note."""
+    from include.migration import flow
+    from plugins import migration_runtime as rt
+
+    assert run.plan is not None
+    reason = f"abandoned by {user.get_name()} in the operator view, before the switch-over"
+    try:
+        done = flow.abandon(flow.Plan.from_json(run.plan), rt.cinder(), rt.arrays, reason)
+    except MigrationRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot abandon run {run.run_id}: {exc}") from None
+    except (BackendError, CinderError) as exc:  # the retry of the same action finishes a partial abandon
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"abandon of run {run.run_id} stopped: {exc}") from None
+    end_run(session, run.run_id, f"{reason}: {done}", user)
+    log.warning("%s: run %s %s", user.get_name(), run.run_id, done)
+    return {"run_id": run.run_id, "control": Control.ABANDON.value, "done": done, "by": user.get_name()}
+
+
+def end_run(session: Any, run_id: str, note: str, user: Any) -> None:
+    """Mark the run failed with a note, as Airflow's own PATCH of a run does (its unfinished tasks end too)."""
+    from airflow.api_fastapi.common.dagbag import create_dag_bag, get_dag_for_run
+    from airflow.api_fastapi.core_api.datamodels.dag_run import DagRunMutableStates
+    from airflow.api_fastapi.core_api.services.public.dag_run import patch_dag_run_note, patch_dag_run_state
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == MIGRATION_DAG, DagRun.run_id == run_id))
+    patch_dag_run_note(dag_run=dag_run, note=note[:1000], user=user)
+    dag = get_dag_for_run(create_dag_bag(), dag_run, session=session)
+    patch_dag_run_state(dag=dag, dag_run=dag_run, state=DagRunMutableStates.FAILED, session=session)

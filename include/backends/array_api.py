@@ -189,6 +189,9 @@ class ReferenceArrayBackend(ArrayApiBackend):
     def abort_migration_target(self, volume: Volume) -> None:
         self.request("DELETE", f"/v1/takeovers/{quote(volume.name, safe='')}")
 
+    def abandon_migration_target(self, volume: Volume) -> None:
+        self.request("POST", f"/v1/takeovers/{quote(volume.name, safe='')}/abandon")
+
     def pause_migration(self, volume: Volume) -> MigrationProgress:
         return MigrationProgress.from_json(self.request("POST", self._lun_path(volume.name, "/migration/pause")))
 

@@ -279,6 +279,19 @@ class BackendDriver(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not take LUNs over")
 
+    def abandon_migration_target(self, volume: Volume) -> None:
+        """Give up a takeover of ``volume`` whose source still has every write, and delete the target LUN.
+
+        Only a mirror-mode copy before its switch-over qualifies: every
+        client write went to the source too. The check and the deletion are
+        one step on the array (the switch-over cannot come in between);
+        Conflict when the copy does not qualify (a stream copy, a mirror that
+        switched over, a copy that ended), and nothing changes. The caller
+        then releases the source's takeover export and points the volume
+        back at the source.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not take LUNs over")
+
     def abort_migration_target(self, volume: Volume) -> None:
         """Cancel an unfinished takeover of ``volume`` and delete the target LUN; the source is untouched.
 

@@ -31,6 +31,12 @@ operator's policy file may override):
   attachable only: ``migration_status`` := ``error``, host unchanged,
   ``status`` restored; the reason is kept in the volume's metadata
   (``async_migration_error``), where ``cinder show`` shows it.
+* ``os-async_migration_abandon`` ``{"reason", "owner"?, "provider_location"?}``:
+  a migration given up while ``migrating_attachable``, before the target
+  switched over (the caller has deleted the target; the source has every
+  write): the volume must be ``available`` and detached; host (and cluster,
+  service and zone) := the source the lock recorded, ``migration_status`` :=
+  ``error``, the reason in ``async_migration_error``.
 * ``os-async_migration_progress`` ``{"progress", "owner"?}``: while a
   migration is in flight (``starting`` or ``migrating_attachable``, whatever
   the volume's ``status``), the copy's progress as one line of text in the
@@ -76,7 +82,7 @@ DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"
 SOURCE_KEY = "async_migration_source"
 LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
-ACTIONS = ("begin", "attachable", "finish", "fail", "progress")
+ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress")
 
 
 def policy_name(action: str) -> str:
@@ -293,6 +299,10 @@ class AsyncMigrationController(wsgi.Controller):
         dest = volume.admin_metadata.get(DEST_KEY)
         if dest and dest != host:
             raise webob.exc.HTTPBadRequest(explanation=f"volume {volume.id} is migrating to {dest}, not {host}")
+        return self._on_host(context, host, args, status)
+
+    def _on_host(self, context: Any, host: str, args: dict[str, Any], status: str) -> dict[str, Any]:
+        """The updates that put a volume on ``host`` (its service and zone), ``available``, with ``status``."""
         service = self._service(context, host)
         updates = {
             "host": host,
@@ -349,6 +359,26 @@ class AsyncMigrationController(wsgi.Controller):
         db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
         self._release(context, volume)
         LOG.warning("async migration of volume %s failed: %s", volume.id, reason)
+        return webob.Response(status_int=202)
+
+    @wsgi.action("os-async_migration_abandon")
+    def _abandon(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context, args, volume = self._open(req, id, body, "abandon")
+        reason = _text(args, "reason", "say why the migration is given up")
+        self._check_holder(volume, _owner(args))
+        source = (volume.admin_metadata or {}).get(SOURCE_KEY)
+        if volume.migration_status != MIGRATING_ATTACHABLE or not source:
+            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "error") + " (only an attachable one)")
+        updates = self._on_host(context, source, args, "error")
+        expected = {"migration_status": MIGRATING_ATTACHABLE, "status": "available", "attach_status": "detached"}
+        if not volume.conditional_update(updates, expected):
+            raise webob.exc.HTTPConflict(
+                explanation=f"volume {id} is {volume.status} ({volume.attach_status}), migration_status "
+                f"{volume.migration_status}: detach it first (its clients use the target's export)"
+            )
+        db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
+        self._release(context, volume)
+        LOG.warning("async migration of volume %s abandoned, back on %s: %s", volume.id, source, reason)
         return webob.Response(status_int=202)
 
     @wsgi.action("os-async_migration_progress")

@@ -3,7 +3,7 @@
 ``CinderApi`` builds every call on one primitive, ``request``, that a
 concrete client supplies (``plugins.hooks.cinder.CinderHook``: Keystone
 session, microversion, retries). The extension's actions are Cinder's
-``os-async_migration_{begin,attachable,finish,fail,progress}`` (``include/cinder_plugin``).
+``os-async_migration_{begin,attachable,finish,fail,abandon,progress}`` (``include/cinder_plugin``).
 Every method raises ``CinderError`` with Cinder's HTTP status on a refusal.
 """
 
@@ -55,6 +55,14 @@ class CinderApi(abc.ABC):
     def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
         """``error`` with ``reason`` (Cinder shows it as metadata ``async_migration_error``); only the owner may."""
         self.action(volume_id, "os-async_migration_fail", {"reason": reason, **({"owner": owner} if owner else {})})
+
+    def abandon_migration(
+        self, volume_id: str, reason: str, owner: str | None = None, provider_location: str | None = None
+    ) -> None:
+        """Back to the source the lock recorded, ``error`` with ``reason``: from ``migrating_attachable`` only,
+        the volume detached (409 otherwise), after the target was given up (``abandon_migration_target``)."""
+        args = {"reason": reason, "owner": owner, "provider_location": provider_location}
+        self.action(volume_id, "os-async_migration_abandon", {k: v for k, v in args.items() if v is not None})
 
     def report_progress(self, volume_id: str, progress: str, owner: str | None = None) -> None:
         """The copy's progress, one line, into the volume's metadata ``async_migration_progress``; 409 unless

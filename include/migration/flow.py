@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from include.backends.base import BackendDriver, Destination, GiB, MiB, MigrationProgress, MigrationState, Volume
-from include.backends.errors import ArrayUnavailable, BackendError, NotFound
+from include.backends.errors import ArrayUnavailable, BackendError, Conflict, NotFound
 from include.host_copy import host_copy as copy_through_host
 from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
@@ -398,6 +398,50 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
     cinder.fail_migration(plan.volume_id, reason, plan.owner)
     done.append("migration_status error")
     return "rolled back: " + ", ".join(done)
+
+
+def abandon(plan: Plan, cinder: CinderApi, arrays: Arrays, reason: str) -> str:
+    """An operator gives up a mirror-mode migration before its switch-over; returns what was done.
+
+    The source has every write until then (the mirror wrote each one to it),
+    so the volume goes back to it and nothing is lost. Refused with
+    MigrationRefused, nothing changed, unless the volume is attachable on its
+    destination and detached, its source LUN is there, and the destination's
+    copy is a mirror that has not switched over (the array checks that and
+    deletes its LUN in one step). Then the source's takeover export is
+    released and Cinder points the volume back at the source (``error``,
+    with ``reason``). In that order a failure never leaves Cinder pointing at
+    a source that lacks writes; a retry after a partial abandon finds the
+    target gone and the source intact, and does the rest.
+    """
+    volume = cinder.get_volume(plan.volume_id)
+    status, host = volume.get("migration_status"), volume.get("os-vol-host-attr:host")
+    if status != MIGRATING_ATTACHABLE or host != plan.dest_host:
+        raise MigrationRefused(
+            f"volume {plan.volume_id} is {status} on {host}: only a migration attachable on {plan.dest_host} "
+            "can be abandoned"
+        )
+    if volume.get("status") != "available" or volume.get("attachments"):
+        raise MigrationRefused(
+            f"volume {plan.volume_id} is {volume.get('status')}: detach it first (its clients use the export on "
+            f"{plan.dest_backend}, which goes away)"
+        )
+    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
+    source_lun = _find_lun(source, plan.lun)
+    if source_lun is None:
+        raise MigrationRefused(f"the source LUN {plan.lun} is gone from {source.name}: there is nothing to go back to")
+    done = []
+    if _find_lun(dest, plan.lun) is not None:
+        try:
+            dest.abandon_migration_target(plan.volume)
+        except Conflict as exc:
+            raise MigrationRefused(f"not abandoned, nothing changed: {exc}") from None
+        done.append(f"copy stopped and target LUN deleted on {dest.name}")
+    _release_source(source, plan.lun)
+    cinder.abandon_migration(plan.volume_id, reason, plan.owner, source_lun.get("location"))
+    done.append(f"volume back on {plan.source_host}")
+    log.warning("migration of volume %s abandoned: %s (%s)", plan.volume_id, ", ".join(done), reason)
+    return "abandoned: " + ", ".join(done)
 
 
 def _remove_target(plan: Plan, source: BackendDriver, dest: BackendDriver) -> list[str]:

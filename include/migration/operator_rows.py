@@ -9,7 +9,8 @@ and the copy's progress when one is running. A row says: the volume, source
 rate, ETA) and the controls that apply now. Only a takeover's background
 copy on an array can be paused, resumed or re-paced (the array runs it); a
 host copy runs inside an Airflow task and is paced by the run's
-``speed_mib``.
+``speed_mib``; a mirror-mode copy may also be abandoned before its
+switch-over.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Control(enum.StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     SPEED = "speed"
+    ABANDON = "abandon"  # a mirror before its switch-over: back to the source (flow.abandon)
 
 
 @dataclass(frozen=True)
@@ -126,14 +128,13 @@ def current_step(facts: RunFacts) -> str:
 
 
 def controls_for(facts: RunFacts, progress: MigrationProgress | None) -> tuple[Control, ...]:
-    """Pause or resume (whichever applies) and speed, for an array copy that runs; nothing otherwise."""
-    if not array_copy_running(facts) or progress is None:
+    """Pause or resume (whichever applies) and speed for an array copy that runs, and abandon for a mirror
+    (the array refuses it once the mirror switched over); nothing otherwise."""
+    if not array_copy_running(facts) or progress is None or progress.state.terminal:
         return ()
-    if progress.state is MigrationState.PAUSED:
-        return (Control.RESUME, Control.SPEED)
-    if progress.state is MigrationState.COPYING:
-        return (Control.PAUSE, Control.SPEED)
-    return ()
+    pace = (Control.RESUME if progress.state is MigrationState.PAUSED else Control.PAUSE, Control.SPEED)
+    mirror = (facts.plan or {}).get("copy_mode") == "mirror"
+    return pace + ((Control.ABANDON,) if mirror else ())
 
 
 def _when(value: datetime | None) -> str | None:

@@ -472,6 +472,11 @@ class ReferenceArray(TakeoverMixin, BaseArray):
         lun = r"/v1/luns/(?P<name>[^/]+)"
         r.add("POST", "/v1/takeovers", lambda m, b: self.take_over(b))
         r.add("DELETE", "/v1/takeovers/(?P<name>[^/]+)", lambda m, b: self.abort_takeover(m["name"]))
+        r.add(
+            "POST",
+            "/v1/takeovers/(?P<name>[^/]+)/abandon",
+            lambda m, b: self.abort_takeover(m["name"], only_if_source_current=True),
+        )
         r.add("POST", lun + "/move", lambda m, b: self.move(m["name"], b))
         r.add("GET", lun + "/migration", lambda m, b: self.migration(m["name"]))
         r.add(

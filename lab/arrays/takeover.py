@@ -98,18 +98,29 @@ class TakeoverMixin:
                 raise
             return self.view(lun)
 
-    def abort_takeover(self, name: str) -> None:
+    def abort_takeover(self, name: str, *, only_if_source_current: bool = False) -> None:
         """Cancel a takeover whose copy has not finished and delete the target LUN.
 
         The source LUN is untouched (a stream never writes it; a mirror wrote
         every client write to it). Whatever clients wrote to the target only
         is lost, so the flow aborts only before the volume was attachable, or
-        on an operator's explicit request.
+        on an operator's explicit request. ``only_if_source_current``
+        (``POST /v1/takeovers/<name>/abandon``): only a mirror that has not
+        switched over, checked under the lock the switch-over takes too, so
+        that the source has every write; Conflict otherwise.
         """
         with self.lock:
             lun = self.lun(name)
             if not lun.get("copy"):
                 raise Conflict(f"LUN {name} has no takeover in progress (its copy has finished or never ran)")
+            copy = lun["copy"]
+            if only_if_source_current and copy["mode"] != "mirror":
+                raise Conflict(
+                    f"LUN {name} is copied in {copy['mode']} mode: writes since the takeover are on this array "
+                    "only, the source is not current"
+                )
+            if only_if_source_current and copy["phase"] != "sync":
+                raise Conflict(f"the mirror of LUN {name} has switched over: this array holds the current data")
             if lun.get("server_export") and lun["copy"]["mode"] == "stream":
                 log.warning("aborting the takeover of %s: writes made on this array are dropped", name)
             self._dp_delete(lun)

@@ -11,19 +11,24 @@ view's API, and the run ends as it would have.
 from __future__ import annotations
 
 import http.client
+import random
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
+from include.cinder_plugin.names import ERROR_KEY
 from include.migration.steps import MIGRATION_DAG, Step
+from lab import verify
 from lab.localhttp import http_call
 from lab.procutil import wait_until
 from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST
 from plugins.operator_view import URL_PREFIX
-from tests.integration.test_volume_migration import RUN_TIMEOUT, assert_migrated, seed
+from tests.integration.conftest import CONNECTOR, wait_status
+from tests.integration.test_volume_migration import RUN_TIMEOUT, assert_migrated, content_on, run_and_wait, seed
 
 pytestmark = pytest.mark.integration
 
@@ -85,13 +90,36 @@ def measured_rate(array, volume, seconds=4.0):
     return (second.bytes_done - first.bytes_done) / MiB / seconds, second
 
 
-def test_pause_resume_and_speed_of_a_running_copy(lab, admin, services, api, airflow, volume):
+@dataclass
+class Copying:
+    """A seeded 1 GiB volume moving from beta to alpha#pool1, its run waiting (deferred) for the array's copy."""
+
+    volume: dict
+    run_id: str
+    model: verify.DataModel
+    dest: str = f"{CINDER_HOST}@alpha#pool1"
+
+    @property
+    def lun(self):
+        return f"volume-{self.volume['id']}"
+
+
+def start_copy(lab, api, volume, **conf):
     vol = volume("beta")
-    vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
-    model = seed(lab, "beta", lun)
-    run_id = api.trigger(MIGRATION_DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 8})
-    assert wait_until(lambda: api.task_instances(MIGRATION_DAG, run_id)[Step.WAIT_FOR_COPY]["state"] == "deferred",
-                      120, 0.5)  # fmt: skip
+    model = seed(lab, "beta", f"volume-{vol['id']}")
+    copying = Copying(vol, "", model)
+    copying.run_id = api.trigger(MIGRATION_DAG, {"volume_id": vol["id"], "dest_host": copying.dest, **conf})
+
+    def waiting():
+        return api.task_instances(MIGRATION_DAG, copying.run_id)[Step.WAIT_FOR_COPY]["state"] == "deferred"
+
+    assert wait_until(waiting, 120, 0.5)
+    return copying
+
+
+def test_pause_resume_and_speed_of_a_running_copy(lab, admin, services, api, airflow, volume):
+    copying = start_copy(lab, api, volume, speed_mib=8)
+    vid, lun, dest, model, run_id = copying.volume["id"], copying.lun, copying.dest, copying.model, copying.run_id
     alpha, copied = lab.backend("alpha"), Volume(lun, GiB)
     row = {}
 
@@ -120,6 +148,9 @@ def test_pause_resume_and_speed_of_a_running_copy(lab, admin, services, api, air
     assert row["controls"] == ["resume", "speed"]
     refused = status_of(lambda: view(api, "POST", f"{ROWS}/{urllib.parse.quote(run_id, safe='')}/pause", {}))
     assert refused == 409  # already paused
+    refused = status_of(lambda: view(api, "POST", f"{ROWS}/{urllib.parse.quote(run_id, safe='')}/abandon", {}))
+    assert refused == 409  # a stream copy: the target has writes the source has not
+    assert alpha.complete_migration_target(copied).state is MigrationState.PAUSED
 
     # resume, and a new speed: the measured rate follows it
     view(api, "POST", f"{ROWS}/{urllib.parse.quote(run_id, safe='')}/resume", {})
@@ -137,3 +168,51 @@ def test_pause_resume_and_speed_of_a_running_copy(lab, admin, services, api, air
     assert shown(state="success", copy_state="done", percent=100.0, controls=[]), row
     assert status_of(lambda: view(api, "POST", f"{ROWS}/{urllib.parse.quote(run_id, safe='')}/resume", {})) == 409
     assert_migrated(lab, admin, services, vid, dest, model, "beta")
+
+
+def test_abandon_a_mirror_before_its_switch_over_loses_no_write(lab, admin, services, api, airflow, volume):
+    """A client writes through Cinder during a mirror-mode copy, detaches; the operator abandons: the volume is
+    back on its source with every write, the target LUN is gone, the run failed with a note saying who."""
+    copying = start_copy(lab, api, volume, speed_mib=2, copy_mode="mirror")
+    vid, lun, dest, model, run_id = copying.volume["id"], copying.lun, copying.dest, copying.model, copying.run_id
+    source_host = copying.volume["os-vol-host-attr:host"]
+    run = urllib.parse.quote(run_id, safe="")
+
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    assert info["port"] == lab.config("alpha").nbd_port  # the client uses the destination's export
+    handle = verify.connect(info["uri"])
+    stats = verify.random_io(handle, model, 200, random.Random(23), max_size=256 * 1024)
+    handle.flush()
+    model.flushed()
+    handle.shutdown()
+    assert not stats.errors and not stats.mismatches and stats.writes > 50, stats
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, vid, "in-use")
+    # attached: refused, and nothing changes
+    assert status_of(lambda: view(api, "POST", f"{ROWS}/{run}/abandon", {})) == 409
+    assert alpha_copy(lab, lun).state is MigrationState.COPYING
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vid, "available")
+
+    assert "abandon" in row_of(api, run_id)["controls"]
+    answer = view(api, "POST", f"{ROWS}/{run}/abandon", {})
+    assert answer["done"].startswith("abandoned: copy stopped and target LUN deleted on alpha"), answer
+    v = admin.get_volume(vid)
+    assert (v["status"], v["migration_status"], v["os-vol-host-attr:host"]) == ("available", "error", source_host)
+    assert v["metadata"][ERROR_KEY].startswith("abandoned by admin"), v["metadata"]
+    assert lun not in {x["name"] for x in lab.backend("alpha").list_luns()}
+    assert not lab.backend("beta").get_lun(lun)["takeover_export"]
+    # every write the client made through the destination is on the source
+    assert model.mismatches(content_on(lab, "beta", lun)) == []
+    ended = api.wait_run(MIGRATION_DAG, run_id, 60)
+    assert ended["state"] == "failed" and "abandoned by admin" in ended["note"], ended
+    assert row_of(api, run_id)["controls"] == []
+    # and the volume can be used and moved again
+    again, state, _ = run_and_wait(api, {"volume_id": vid, "dest_host": dest})
+    assert state == "success"
+    assert model.mismatches(content_on(lab, "alpha", lun)) == []
+
+
+def alpha_copy(lab, lun):
+    return lab.backend("alpha").complete_migration_target(Volume(lun, GiB))

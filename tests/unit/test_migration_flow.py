@@ -20,7 +20,7 @@ from include.backends.base import (
     MigrationState,
     PoolInfo,
 )
-from include.backends.errors import ArrayUnavailable, NotFound
+from include.backends.errors import ArrayUnavailable, Conflict, NotFound
 from include.migration import flow
 from include.migration.errors import CinderError, InvalidParams, MigrationFailed, MigrationRefused
 
@@ -74,6 +74,10 @@ class ScriptedCinder:
     def fail_migration(self, volume_id: str, reason: str, owner: str | None = None) -> None:
         self.calls.append(("fail", (reason, owner)))
         self.volume.update({"status": "available", "migration_status": "error"})
+
+    def abandon_migration(self, volume_id: str, reason: str, owner: Any = None, location: Any = None) -> None:
+        self.calls.append(("abandon", (reason, owner, location)))
+        self.volume.update({"migration_status": "error", "os-vol-host-attr:host": self.lock["source_host"]})
 
     def called(self, name: str) -> bool:
         return any(c[0] == name for c in self.calls)
@@ -134,6 +138,14 @@ class ScriptedArray(BackendDriver):
 
     def abort_migration_target(self, volume: Any) -> None:
         self.calls.append(f"abort {volume.name}")
+        del self.luns[volume.name]
+
+    def abandon_migration_target(self, volume: Any) -> None:
+        """As the reference array: only a mirror that has not switched over."""
+        lun = self.get_lun(volume.name)
+        if lun.get("copy_mode") != "mirror" or lun.get("switched"):
+            raise Conflict(f"LUN {volume.name} is copied in {lun.get('copy_mode')} mode: the source is not current")
+        self.calls.append(f"abandon {volume.name}")
         del self.luns[volume.name]
 
 
@@ -281,3 +293,53 @@ def test_rollback_without_a_plan_touches_nothing(arrays):
     cinder = ScriptedCinder()
     assert flow.rollback(None, cinder, arrays, "validate_and_lock: bad input").startswith("nothing to undo")
     assert cinder.calls == []
+
+
+# ---- abandon (mirror mode, before the switch-over) ---------------------------------------------
+def attachable_mirror(cinder, arrays, **lun):
+    plan, alpha, beta = taken_over(cinder, arrays)
+    alpha.luns[LUN].update(copy_mode="mirror", **lun)
+    cinder.mark_attachable(VID, plan.dest_host)
+    return plan, alpha, beta
+
+
+def test_abandon_goes_back_to_the_source_in_the_order_that_loses_nothing(arrays):
+    cinder = ScriptedCinder()
+    plan, alpha, beta = attachable_mirror(cinder, arrays)
+    beta.luns[LUN]["location"] = "nbd://beta/volume"
+    done = flow.abandon(plan, cinder, arrays, "abandoned by admin")
+    assert done == "abandoned: copy stopped and target LUN deleted on alpha, volume back on lab@beta#pool1"
+    assert LUN not in alpha.luns and LUN in beta.luns and f"release {LUN}" in beta.calls
+    assert ("abandon", ("abandoned by admin", "run-1", "nbd://beta/volume")) in cinder.calls
+    assert (cinder.volume["migration_status"], cinder.volume["os-vol-host-attr:host"]) == ("error", "lab@beta#pool1")
+
+
+def test_a_retry_after_the_array_step_finishes_the_abandon(arrays):
+    cinder = ScriptedCinder()
+    plan, alpha, beta = attachable_mirror(cinder, arrays)
+    del alpha.luns[LUN]  # the array step was done, Cinder was not told
+    assert flow.abandon(plan, cinder, arrays, "again") == "abandoned: volume back on lab@beta#pool1"
+    assert cinder.volume["os-vol-host-attr:host"] == "lab@beta#pool1"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda c, a, b: a.luns[LUN].update(copy_mode="stream"), "stream mode: the source is not current"),
+        (lambda c, a, b: a.luns[LUN].update(switched=True), "not abandoned, nothing changed"),
+        (lambda c, a, b: c.volume.update(status="in-use"), "detach it first"),
+        (lambda c, a, b: c.volume.update(attachments=[{"id": "a-1"}]), "detach it first"),
+        (lambda c, a, b: b.luns.clear(), "nothing to go back to"),
+        (lambda c, a, b: c.volume.update(migration_status="success"), "only a migration attachable on"),
+    ],
+    ids=["stream", "switched-over", "in-use", "attached", "source-gone", "finished"],
+)
+def test_abandon_refuses_and_changes_nothing(arrays, setup, message):
+    cinder = ScriptedCinder()
+    plan, alpha, beta = attachable_mirror(cinder, arrays)
+    setup(cinder, alpha, beta)
+    before = (dict(cinder.volume), set(alpha.luns), set(beta.luns), list(beta.calls))
+    with pytest.raises(MigrationRefused, match=message):
+        flow.abandon(plan, cinder, arrays, "abandoned by admin")
+    assert (dict(cinder.volume), set(alpha.luns), set(beta.luns), list(beta.calls)) == before
+    assert not cinder.called("abandon")

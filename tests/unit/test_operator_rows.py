@@ -63,13 +63,15 @@ def test_a_running_takeover_copy_shows_its_progress_and_offers_pause_and_speed()
     assert (row.path, row.copy_mode, row.state) == ("takeover (target driver)", "mirror", "running")
     assert row.step == "wait_for_copy (deferred)"
     assert (row.copy_state, row.percent, row.rate_mib_s, row.eta_s) == ("copying", 25.0, 8.0, 96.0)
-    assert row.controls == ("pause", "speed")
-    assert row.to_json()["controls"] == ["pause", "speed"]
+    assert row.controls == ("pause", "speed", "abandon")  # a mirror, before its switch-over
+    assert row.to_json()["controls"] == ["pause", "speed", "abandon"]
     assert row.started == "2026-12-02T21:00:00+00:00" and row.rebalance is None
 
 
 def test_a_paused_copy_offers_resume_and_an_ended_one_nothing():
-    assert controls_for(facts(TAKEOVER_WAITING), progress("paused")) == ("resume", "speed")
+    assert controls_for(facts(TAKEOVER_WAITING), progress("paused")) == ("resume", "speed", "abandon")
+    stream = facts(TAKEOVER_WAITING, plan={**PLAN, "copy_mode": None})
+    assert controls_for(stream, progress("paused")) == ("resume", "speed")  # a stream cannot be abandoned
     assert controls_for(facts(TAKEOVER_WAITING), progress("done", GiB)) == ()
     assert controls_for(facts(TAKEOVER_WAITING), None) == ()  # the array did not answer
     assert controls_for(facts(TAKEOVER_WAITING, run_state="failed"), progress()) == ()
