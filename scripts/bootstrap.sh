@@ -20,6 +20,7 @@ APT_PACKAGES=(
   postgresql          # the lab's database server (Keystone, Cinder); its own cluster per lab
   rabbitmq-server     # the lab's message queue (Cinder); its own node per lab
   redis-server        # the Celery broker of lab up --executor celery; its own server per lab
+  chromium            # headless browser for the UI tests (driven by Playwright from .venv)
   build-essential     # uWSGI builds from source in .venv-keystone
   python3-dev
 )
