@@ -13,5 +13,5 @@ scripts/bootstrap.sh
 if (($#)); then
   exec .venv/bin/python -m pytest "$@"
 fi
-.venv/bin/python -m pytest
-exec .venv/bin/python -m pytest --executor celery -m on_celery_in_ci tests/integration
+.venv/bin/python -m pytest --durations=15
+exec .venv/bin/python -m pytest --durations=5 --executor celery -m on_celery_in_ci tests/integration
