@@ -15,7 +15,8 @@ Airflow) and from the DAG file (which only wires tasks).
 * ``host_copy_progress``: a host copy's progress, in the task log and in
   Cinder's volume metadata (``include/migration/cinder_progress.py``);
 * ``state_dir()``: where host-copy checkpoints live (``MIGRATION_STATE_DIR``,
-  else ``$AIRFLOW_HOME/migration-state``).
+  else ``$AIRFLOW_HOME/migration-state``); ``token_cache()``: the Keystone
+  tokens the tasks share, in it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ RESULT_KEY = "result"
 
 
 def cinder() -> CinderHook:
-    return CinderHook(CINDER_CONN_ID)
+    return CinderHook(CINDER_CONN_ID, token_cache=token_cache())
 
 
 def arrays(backend: str) -> BackendDriver:
@@ -82,7 +83,7 @@ def driver_result(context: Any, step: Step) -> dict[str, Any] | None:
 
 def progress_cinder() -> CinderHook:
     """The Cinder hook that progress reports go through: one try, a report that fails is skipped, not retried."""
-    return CinderHook(CINDER_CONN_ID, retry_attempts=1)
+    return CinderHook(CINDER_CONN_ID, retry_attempts=1, token_cache=token_cache())
 
 
 def host_copy_progress(context: Any, plan: Plan) -> Callable[[MigrationProgress], None]:
@@ -99,6 +100,11 @@ def host_copy_progress(context: Any, plan: Plan) -> Callable[[MigrationProgress]
 def state_dir() -> pathlib.Path:
     default = pathlib.Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "migration-state"
     return pathlib.Path(os.environ.get("MIGRATION_STATE_DIR") or default)
+
+
+def token_cache() -> pathlib.Path:
+    """Where the Keystone tokens of ``cinder_default`` are kept between tasks: in the state folder, owner only."""
+    return state_dir() / "keystone-tokens"
 
 
 def apply_task_timeout(context: Any) -> None:

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from lab.env import port_open
 from lab.errors import LabError
@@ -52,11 +53,11 @@ class Services(ServicesConfig):
         """Environment for rabbitmq-server and the rabbitmq CLI tools, pointing at this node only."""
         return self.rabbitmq.env()
 
-    def cinder_hook(self, user: str = "admin", **retries: int) -> CinderHook:
+    def cinder_hook(self, user: str = "admin", **options: Any) -> CinderHook:
         """The project's Cinder hook as a lab user, on a Connection given through the environment."""
         conn_id = f"lab_cinder_{user}"
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(self.cinder_connection(user))
-        return CinderHook(conn_id, **retries)
+        return CinderHook(conn_id, **options)
 
     def token(self, user: str) -> tuple[str, dict[str, object]]:
         """A project-scoped token for a lab user: (X-Subject-Token, the token body with its catalog)."""

@@ -19,12 +19,19 @@ refused or reset, timeouts, 502/503/504 while a service restarts, and any 5xx
 of an idempotent call), a bounded number of times within a bounded time; a
 4xx is raised at once.
 Credentials never appear in log lines or exception messages.
+
+With ``token_cache`` (a folder), the Keystone token is kept there between
+processes (``TokenCache``): the tasks of a run, and the runs of a bulk
+rebalance, log in once per token lifetime instead of once per task.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import tenacity
@@ -64,6 +71,58 @@ def is_transient(exc: BaseException, method: str = "GET") -> bool:
     return isinstance(exc, ConnectionError)  # e.g. a reset the session did not wrap
 
 
+class TokenCache:
+    """Keystone tokens kept on disk between processes: one file per credential, readable by its owner only.
+
+    ``load`` installs the token a process before this one got (keystoneauth uses
+    it while it is not about to expire, and logs in again by itself when
+    Keystone refuses it, a revoked token say); ``save`` keeps the token this
+    process holds, when it is a new one. The file is named after keystoneauth's
+    digest of the credential (a new password is a new file) and holds a live
+    token: the folder is the workers' state folder, 0700. Every fault of the
+    cache is logged and ignored: it costs a login, never a call.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._held: str | None = None
+
+    def _path(self, auth: Any) -> Path | None:
+        key = auth.get_cache_id()
+        return self.folder / f"{key}.json" if key else None
+
+    def load(self, auth: Any) -> None:
+        path = self._path(auth)
+        if path is None:
+            return
+        try:
+            state = path.read_text()
+            auth.set_auth_state(state)
+            self._held = state
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # unreadable or not a token: log in as if there were none
+            log.warning("Keystone token cache %s ignored: %s", path.name, type(exc).__name__)
+
+    def save(self, auth: Any) -> None:
+        state = auth.get_auth_state()
+        path = self._path(auth)
+        if not state or state == self._held or path is None:
+            return
+        tmp = None
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".token-")  # 0600
+            with os.fdopen(fd, "w") as f:
+                f.write(state)
+            os.replace(tmp, path)
+            self._held = state
+        except OSError as exc:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            log.warning("Keystone token not cached in %s: %s", self.folder, exc.strerror or type(exc).__name__)
+
+
 class CinderHook(BaseHook, CinderApi):
     """Keystone session and Cinder client from an Airflow Connection; the calls are ``CinderApi``'s."""
 
@@ -73,11 +132,12 @@ class CinderHook(BaseHook, CinderApi):
     hook_name = CINDER_HOOK_NAME
 
     def __init__(self, cinder_conn_id: str = default_conn_name, *, retry_attempts: int = RETRY_ATTEMPTS,
-                 retry_seconds: float = RETRY_SECONDS) -> None:  # fmt: skip
+                 retry_seconds: float = RETRY_SECONDS, token_cache: Path | None = None) -> None:  # fmt: skip
         super().__init__()
         self.cinder_conn_id = cinder_conn_id
         self.retry_attempts = retry_attempts
         self.retry_seconds = retry_seconds
+        self.tokens = TokenCache(token_cache) if token_cache else None
 
     # ---- connection -----------------------------------------------------------------
     @cached_property
@@ -116,6 +176,8 @@ class CinderHook(BaseHook, CinderApi):
                 user_domain_name=extra.get("user_domain_name", "Default"),
                 **common,
             )
+        if self.tokens:
+            self.tokens.load(auth)
         verify: bool | str = True
         if extra.get("ca_file"):
             verify = extra["ca_file"]
@@ -168,7 +230,14 @@ class CinderHook(BaseHook, CinderApi):
             ) from None
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.RetriableConnectionFailure) as exc:
             raise CinderError(f"{method} {path}: Cinder unreachable after retries: {type(exc).__name__}") from None
+        finally:
+            self._keep_token()
         return response.json() if response.content else None
+
+    def _keep_token(self) -> None:
+        session = self.__dict__.get("session")
+        if self.tokens and session is not None:
+            self.tokens.save(session.auth)
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         return self.session.request(

@@ -5,6 +5,7 @@ The hook (plugins/hooks/cinder.py) is the client: the same code the DAG uses.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -264,6 +265,33 @@ def test_hook_rides_through_a_cinder_api_restart_and_raises_4xx_at_once(cinder, 
         assert "retrying" in caplog.text
     finally:
         restarter.join()
+
+
+def test_tasks_share_one_keystone_token_and_one_keystone_refuses_is_replaced(services, volume, tmp_path):
+    """Each task builds its own hook (a new process): with the cache, the second one does not log in."""
+    vol = volume("alpha")
+    cache = tmp_path / "keystone-tokens"
+    first = services.cinder_hook("admin", token_cache=cache)
+    assert first.get_volume(vol["id"])["id"] == vol["id"]
+    (kept,) = cache.iterdir()
+    assert (kept.stat().st_mode & 0o777, cache.stat().st_mode & 0o777) == (0o600, 0o700)
+    token = first.session.get_token()
+    second = services.cinder_hook("admin", token_cache=cache)
+    assert second.session.get_token() == token  # installed from the cache: no login
+    assert second.get_volume(vol["id"])["id"] == vol["id"]
+
+    state = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**state, "auth_token": "gAAAA-not-a-token"}))  # unexpired, but Keystone refuses it
+    third = services.cinder_hook("admin", token_cache=cache)
+    assert third.session.get_token() == "gAAAA-not-a-token"
+    assert third.get_volume(vol["id"])["id"] == vol["id"]  # Cinder said 401: logged in again, and answered
+    renewed = json.loads(kept.read_text())["auth_token"]
+    assert renewed not in ("gAAAA-not-a-token", token) and third.session.get_token() == renewed
+
+    kept.write_text("not json")
+    fourth = services.cinder_hook("admin", token_cache=cache)
+    assert fourth.get_volume(vol["id"])["id"] == vol["id"]  # a broken cache costs a login, never a call
+    assert json.loads(kept.read_text())["auth_token"] == fourth.session.get_token()
 
 
 def test_begin_refuses_in_use_error_and_snapshotted_volumes(admin, volume):
