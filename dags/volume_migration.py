@@ -3,13 +3,15 @@
 One run migrates one volume, along the blueprint "async volume migration
 between backends" (see README.md):
 
-    validate_and_lock -> choose_path
+    validate_and_lock
       -> source_driver_migrate (migrate_volume)   --moved--------------------> commit
            -> target_takeover (migrate_volume_target) --moved, sync----------> commit
-                -> mark_attachable -> wait_for_copy (deferrable) ------------> commit
+                --moved, async (marked attachable) -> wait_for_copy ---------> commit
                 -> host_copy (the target cannot take it over) ---------------> commit
       -> drivers_skipped (force_host_copy / new_type) -> host_copy ----------> commit
     any failure before the volume is attachable -> rollback (source intact)
+
+Three tasks run before a volume is attachable, each a branch of the blueprint.
 
 Trigger it from the UI (a validated form), ``POST /api/v2/dags/volume_migration/dagRuns``
 with ``conf``, or another DAG. Connections: ``cinder_default`` (Keystone,
@@ -32,7 +34,7 @@ from plugins import migration_runtime as rt
 from plugins.sensors.target_copy import TargetCopySensor
 
 PARAMS = {name: Param(**schema) for name, schema in PARAMS_SCHEMA.items()}
-PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}')"
+PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}', key='{rt.PLAN_KEY}')"
 
 
 @dag(
@@ -50,14 +52,12 @@ PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}')"
     doc_md=__doc__,
 )
 def volume_migration() -> None:
-    @task(task_id=Step.VALIDATE_AND_LOCK)
-    def validate_and_lock(**context: Any) -> dict[str, Any]:
+    @task.branch(task_id=Step.VALIDATE_AND_LOCK)
+    def validate_and_lock(**context: Any) -> str:
         with rt.run_step(context):
-            return flow.validate_and_lock(dict(context["params"]), rt.owner(context), rt.cinder(), rt.arrays).to_json()
-
-    @task.branch(task_id=Step.CHOOSE_PATH)
-    def choose(plan: dict[str, Any]) -> str:
-        return choose_path(plan["path"])
+            plan = rt.keep_plan(context, flow.validate_and_lock(dict(context["params"]), rt.owner(context),
+                                                                rt.cinder(), rt.arrays))  # fmt: skip
+        return choose_path(plan.path)
 
     @task.branch(task_id=Step.SOURCE_DRIVER)
     def source_driver_migrate(**context: Any) -> str:
@@ -68,14 +68,8 @@ def volume_migration() -> None:
     @task.branch(task_id=Step.TARGET_TAKEOVER)
     def target_takeover(**context: Any) -> str:
         with rt.run_step(context):
-            result = rt.keep_result(context, flow.target_takeover(rt.plan(context), rt.arrays))
+            result = rt.keep_result(context, flow.target_takeover(rt.plan(context), rt.arrays, rt.cinder()))
         return after_target_driver(result["moved"], result["async"])
-
-    @task(task_id=Step.MARK_ATTACHABLE)
-    def mark_attachable(**context: Any) -> None:
-        result = rt.driver_result(context, Step.TARGET_TAKEOVER)
-        with rt.run_step(context):
-            flow.mark_attachable(rt.plan(context), rt.cinder(), result["model_update"])
 
     @task(task_id=Step.HOST_COPY, trigger_rule="none_failed_min_one_success")
     def host_copy(**context: Any) -> dict[str, Any]:
@@ -97,10 +91,8 @@ def volume_migration() -> None:
         return done
 
     plan = validate_and_lock()
-    path = choose(plan)
     source = source_driver_migrate()
     takeover = target_takeover()
-    attachable = mark_attachable()
     wait = TargetCopySensor(
         task_id=Step.WAIT_FOR_COPY,
         backend=f"{{{{ {PLAN}['dest_backend'] }}}}",
@@ -119,12 +111,12 @@ def volume_migration() -> None:
     done = commit()
     undo = rollback()
 
-    path >> [source, skipped]
+    plan >> [source, skipped]
     source >> [takeover, done]
-    takeover >> [attachable, copied, done]
-    attachable >> wait >> done
+    takeover >> [wait, copied, done]
+    wait >> done
     skipped >> copied >> done
-    [plan, path, source, takeover, attachable, copied] >> undo
+    [plan, source, takeover, copied] >> undo
 
 
 volume_migration()

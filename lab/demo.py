@@ -18,13 +18,14 @@ from typing import Any
 
 from include.backends.base import GiB, MiB, Volume
 from include.backends.errors import NotFound
+from include.migration.steps import MIGRATION_DAG, Step
 from lab import verify
 from lab.lab import Lab
 from lab.services.airflow_api import AirflowApi
 from lab.services.openstack import Services
 from plugins.hooks.cinder import CinderHook
 
-DAG = "volume_migration"
+DAG = MIGRATION_DAG
 DEMO_TIMEOUT = 900.0
 CONNECTOR = {"host": "lab-demo", "ip": "127.0.0.1", "initiator": "iqn.lab-demo", "multipath": False}
 
@@ -41,9 +42,8 @@ def _wait_volume(cinder: CinderHook, volume_id: str, done: Any, timeout: float =
 
 
 def _tasks(api: AirflowApi, run_id: str) -> str:
-    order = ("validate_and_lock", "source_driver_migrate", "target_takeover", "mark_attachable", "wait_for_copy")
     tis = api.task_instances(DAG, run_id)
-    return ", ".join(f"{t}={tis[t]['state']}" for t in (*order, "commit") if t in tis and tis[t]["state"])
+    return ", ".join(f"{t}={tis[t]['state']}" for t in Step if t in tis and tis[t]["state"])
 
 
 def run_demo(lab: Lab, services: Services, api: AirflowApi, *, size_gib: int, speed_mib: int, keep: bool) -> int:

@@ -11,7 +11,8 @@ Airflow) and from the DAG file (which only wires tasks).
   (no retry can fix bad input), and any failure is recorded as the XCom
   ``failure`` so that ``rollback`` can tell Cinder why;
 * ``keep_result`` / ``driver_result``: a driver step's answer, kept for the
-  steps after it; ``plan(context)``: what ``validate_and_lock`` locked;
+  steps after it; ``keep_plan`` / ``plan(context)``: what ``validate_and_lock``
+  locked;
 * ``host_copy_progress``: a host copy's progress, in the task log and in
   Cinder's volume metadata (``include/migration/cinder_progress.py``);
 * ``state_dir()``: where host-copy checkpoints live (``MIGRATION_STATE_DIR``,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CINDER_CONN_ID = "cinder_default"
 FAILURE_KEY = "failure"
+PLAN_KEY = "plan"
 RESULT_KEY = "result"
 
 
@@ -65,8 +67,14 @@ def owner(context: Any) -> str:
     return f"airflow:{context['dag'].dag_id}/{context['run_id']}"
 
 
+def keep_plan(context: Any, plan: Plan) -> Plan:
+    """Keep what ``validate_and_lock`` locked (XCom ``plan``) for the steps after it; returns it."""
+    context["ti"].xcom_push(PLAN_KEY, plan.to_json())
+    return plan
+
+
 def plan(context: Any) -> Plan | None:
-    data = context["ti"].xcom_pull(task_ids=Step.VALIDATE_AND_LOCK)
+    data = context["ti"].xcom_pull(task_ids=Step.VALIDATE_AND_LOCK, key=PLAN_KEY)
     return Plan.from_json(data) if data else None
 
 

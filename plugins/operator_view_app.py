@@ -130,7 +130,7 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
     from airflow.models.taskinstance import TaskInstance
     from sqlalchemy import select
 
-    from plugins.migration_runtime import FAILURE_KEY
+    from plugins.migration_runtime import FAILURE_KEY, PLAN_KEY
 
     run_ids = [run.run_id for run in runs]
     if not run_ids:
@@ -144,9 +144,9 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
     plans: dict[str, dict[str, Any]] = {}
     failures: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
     order = list(Step)
-    found = _xcoms(session, MIGRATION_DAG, run_ids, ("return_value", FAILURE_KEY))
+    found = _xcoms(session, MIGRATION_DAG, run_ids, (PLAN_KEY, FAILURE_KEY))
     for run_id, task_id, key, value in sorted(found, key=lambda x: order.index(x[1]) if x[1] in order else 99):
-        if key == "return_value" and task_id == Step.VALIDATE_AND_LOCK and isinstance(value, dict):
+        if key == PLAN_KEY and task_id == Step.VALIDATE_AND_LOCK and isinstance(value, dict):
             plans[run_id] = value
         elif key == FAILURE_KEY and value:
             failures[run_id].append(str(value))

@@ -5,8 +5,8 @@
 2. Source moved it -> commit; else ask the TARGET driver
    (``migrate_volume_target``).
 3. Target did not move it -> host copy; moved synchronously -> commit;
-   moved asynchronously -> mark the volume attachable, then wait for the
-   copy (``complete_migration_target``) and commit.
+   moved asynchronously (the takeover step marked the volume attachable) ->
+   wait for the copy (``complete_migration_target``) and commit.
 
 Each returns the ``Step`` (task id) to follow.
 """
@@ -38,4 +38,4 @@ def after_target_driver(moved: bool, migration_async: bool) -> Step:
     """Blueprint step 2, answer ``(moved, migration_async)``."""
     if not moved:
         return Step.HOST_COPY
-    return Step.MARK_ATTACHABLE if migration_async else Step.COMMIT
+    return Step.WAIT_FOR_COPY if migration_async else Step.COMMIT

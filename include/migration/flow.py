@@ -7,8 +7,9 @@ again after a retry or a dead worker:
   anything changes, then lock the volume in Cinder (``os-async_migration_begin``,
   owned by the run, so the same run may lock again and no other run can);
 * ``source_driver_migrate`` / ``target_takeover``: the blueprint's driver
-  calls, both idempotent on the arrays;
-* ``mark_attachable``: the volume is served by the target while it copies;
+  calls, both idempotent on the arrays; a takeover that answers async marks
+  the volume attachable (``mark_attachable``): the target serves it while it
+  copies;
 * ``host_copy``: the generic path, resumable from its checkpoint;
 * ``commit``: check the target is complete, only then delete the source LUN,
   and mark ``success``;
@@ -264,17 +265,21 @@ def source_driver_migrate(plan: Plan, arrays: Arrays) -> dict[str, Any]:
     return {"moved": moved, "model_update": update}
 
 
-def target_takeover(plan: Plan, arrays: Arrays) -> dict[str, Any]:
+def target_takeover(plan: Plan, arrays: Arrays, cinder: CinderApi) -> dict[str, Any]:
     """Blueprint step 2: ``migrate_volume_target`` on the target. Returns ``{"moved", "async", "model_update"}``.
 
-    Idempotent on the array: a retry after the takeover was made finds it
-    and answers the same without a second takeover.
+    Moved asynchronously, the volume is then marked attachable on the target
+    (``mark_attachable``) before this returns: the caller waits for the copy
+    next. Idempotent, on the array (a retry after the takeover was made finds
+    it and answers the same without a second takeover) and in Cinder.
     """
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
     moved, is_async, update = dest.migrate_volume_target(
         plan.volume, source, pool=plan.dest_pool, speed_bps=plan.speed_bps, mode=plan.copy_mode
     )
     log.info("target driver %s: moved=%s async=%s %s", dest.name, moved, is_async, update or "")
+    if moved and is_async:
+        mark_attachable(plan, cinder, update)
     return {"moved": moved, "async": is_async, "model_update": update}
 
 

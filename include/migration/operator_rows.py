@@ -89,7 +89,7 @@ def path_of(task_states: dict[str, str]) -> CopyPath:
     """The path a run takes, from which of the three steps did (or does) the move."""
     if task_states.get(Step.HOST_COPY) not in (None, "skipped", "upstream_failed", "removed"):
         return CopyPath.HOST_COPY
-    if task_states.get(Step.MARK_ATTACHABLE) not in (None, "skipped", "upstream_failed", "removed"):
+    if task_states.get(Step.WAIT_FOR_COPY) not in (None, "skipped", "upstream_failed", "removed"):
         return CopyPath.TAKEOVER
     if task_states.get(Step.SOURCE_DRIVER) == "success" and task_states.get(Step.TARGET_TAKEOVER) == "skipped":
         return CopyPath.POOL_MOVE
@@ -102,7 +102,7 @@ def array_copy_running(facts: RunFacts) -> bool:
     return (
         facts.state in RUNNING_RUN_STATES
         and facts.plan is not None
-        and states.get(Step.MARK_ATTACHABLE) == "success"
+        and states.get(Step.TARGET_TAKEOVER) == "success"
         and states.get(Step.WAIT_FOR_COPY) in LIVE_TASK_STATES
     )
 

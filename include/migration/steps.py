@@ -11,27 +11,18 @@ REBALANCE_DAG = "volume_rebalance"  # plans moves between pools and runs a MIGRA
 class Step(enum.StrEnum):
     """Task ids of the volume_migration DAG, in the blueprint's order."""
 
-    VALIDATE_AND_LOCK = "validate_and_lock"
-    CHOOSE_PATH = "choose_path"
+    VALIDATE_AND_LOCK = "validate_and_lock"  # and the first branch: ask the drivers, or skip them
     SOURCE_DRIVER = "source_driver_migrate"  # blueprint step 1: migrate_volume on the source
-    TARGET_TAKEOVER = "target_takeover"  # blueprint step 2: migrate_volume_target on the target
+    TARGET_TAKEOVER = "target_takeover"  # blueprint step 2: migrate_volume_target; async: marks attachable
     DRIVERS_SKIPPED = "drivers_skipped"  # force_host_copy or a new volume type: no driver is asked
     HOST_COPY = "host_copy"  # blueprint step 3: the generic copy through this host
-    MARK_ATTACHABLE = "mark_attachable"
     WAIT_FOR_COPY = "wait_for_copy"  # complete_migration_target, deferred
     COMMIT = "commit"
     ROLLBACK = "rollback"
 
 
 # The steps whose failure is undone by ROLLBACK: the volume was not yet served by the target.
-BEFORE_ATTACHABLE = (
-    Step.VALIDATE_AND_LOCK,
-    Step.CHOOSE_PATH,
-    Step.SOURCE_DRIVER,
-    Step.TARGET_TAKEOVER,
-    Step.MARK_ATTACHABLE,
-    Step.HOST_COPY,
-)
+BEFORE_ATTACHABLE = (Step.VALIDATE_AND_LOCK, Step.SOURCE_DRIVER, Step.TARGET_TAKEOVER, Step.HOST_COPY)
 # The steps whose XCom "result" carries the driver's model_update, in the order commit looks at them.
 DRIVER_STEPS = (Step.SOURCE_DRIVER, Step.TARGET_TAKEOVER)
 

@@ -111,10 +111,8 @@ def test_volume_migration_reads_like_the_blueprint(report):
     dag = report["dags"]["volume_migration"]
     assert set(dag["tasks"]) == {
         "validate_and_lock",
-        "choose_path",
         "source_driver_migrate",
         "target_takeover",
-        "mark_attachable",
         "wait_for_copy",
         "drivers_skipped",
         "host_copy",

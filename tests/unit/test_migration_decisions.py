@@ -69,6 +69,6 @@ def test_blueprint_paths():
     assert after_source_driver(False) is Step.TARGET_TAKEOVER
     assert after_target_driver(False, False) is Step.HOST_COPY
     assert after_target_driver(True, False) is Step.COMMIT
-    assert after_target_driver(True, True) is Step.MARK_ATTACHABLE
+    assert after_target_driver(True, True) is Step.WAIT_FOR_COPY
     assert choose_path(first_step(req())) is Step.SOURCE_DRIVER
     assert choose_path(first_step(req(force_host_copy=True))) is Step.DRIVERS_SKIPPED

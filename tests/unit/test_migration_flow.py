@@ -140,6 +140,16 @@ class ScriptedArray(BackendDriver):
         self.calls.append(f"abort {volume.name}")
         del self.luns[volume.name]
 
+    def migrate_volume_target(self, volume: Any, source: Any, *, pool: str, speed_bps: Any = None,
+                              mode: Any = None) -> tuple[bool, bool, dict[str, Any] | None]:  # fmt: skip
+        """Takes over (async) when ``takeover``, else cannot; a second call answers the same."""
+        self.calls.append(f"migrate_volume_target {volume.name}")
+        if not self.takeover:
+            return False, False, None
+        lun = self.luns.get(volume.name) or self.create_lun(volume.name, volume.size, pool)
+        lun["copy"] = True
+        return True, True, {"provider_location": lun["location"]}
+
     def abandon_migration_target(self, volume: Any) -> None:
         """As the reference array: only a mirror that has not switched over."""
         lun = self.get_lun(volume.name)
@@ -236,6 +246,27 @@ def test_rerun_after_the_volume_became_attachable_resumes_from_the_lock(arrays):
     cinder.mark_attachable(VID, plan.dest_host)
     again = validate(cinder, arrays)  # Cinder's host is the destination now; the lock says where it came from
     assert again.source_host == "lab@beta#pool1" and again == plan
+
+
+# ---- target_takeover ----------------------------------------------------------------------------
+def test_an_async_takeover_marks_the_volume_attachable_before_it_returns_and_again_on_a_retry(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays)
+    first = flow.target_takeover(plan, arrays, cinder)
+    assert (first["moved"], first["async"]) == (True, True)
+    assert cinder.volume["migration_status"] == "migrating_attachable"
+    assert cinder.volume["os-vol-host-attr:host"] == "lab@alpha#pool1"
+    assert flow.target_takeover(plan, arrays, cinder) == first  # a retry after a dead worker: the same answer
+    assert [c for c in cinder.calls if c[0] == "attachable"] == [("attachable", ("lab@alpha#pool1",))] * 2
+
+
+def test_a_target_that_cannot_take_over_leaves_the_volume_locked_on_its_source(arrays):
+    cinder = ScriptedCinder()
+    arrays.found["alpha"].takeover = False
+    plan = validate(cinder, arrays)
+    assert flow.target_takeover(plan, arrays, cinder) == {"moved": False, "async": False, "model_update": None}
+    assert (cinder.volume["migration_status"], cinder.volume["os-vol-host-attr:host"]) == ("starting", plan.source_host)
+    assert not cinder.called("attachable")
 
 
 # ---- commit and rollback ------------------------------------------------------------------------

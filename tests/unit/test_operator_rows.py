@@ -23,10 +23,8 @@ PLAN = {
 }
 TAKEOVER_WAITING = {
     Step.VALIDATE_AND_LOCK: "success",
-    Step.CHOOSE_PATH: "success",
     Step.SOURCE_DRIVER: "success",
     Step.TARGET_TAKEOVER: "success",
-    Step.MARK_ATTACHABLE: "success",
     Step.WAIT_FOR_COPY: "deferred",
     Step.HOST_COPY: "skipped",
 }
@@ -47,11 +45,12 @@ def progress(state="copying", done=GiB // 4):
     [
         ({Step.VALIDATE_AND_LOCK: "running"}, CopyPath.UNDECIDED),
         (TAKEOVER_WAITING, CopyPath.TAKEOVER),
-        ({**TAKEOVER_WAITING, Step.MARK_ATTACHABLE: "skipped", Step.HOST_COPY: "running"}, CopyPath.HOST_COPY),
+        ({**TAKEOVER_WAITING, Step.WAIT_FOR_COPY: "skipped", Step.HOST_COPY: "running"}, CopyPath.HOST_COPY),
+        ({**TAKEOVER_WAITING, Step.TARGET_TAKEOVER: "running", Step.WAIT_FOR_COPY: None}, CopyPath.UNDECIDED),
         ({Step.SOURCE_DRIVER: "success", Step.TARGET_TAKEOVER: "skipped", Step.COMMIT: "success"}, CopyPath.POOL_MOVE),
         ({Step.DRIVERS_SKIPPED: "success", Step.HOST_COPY: "up_for_retry"}, CopyPath.HOST_COPY),
     ],
-    ids=["validating", "takeover", "host-copy", "pool-move", "forced-host-copy"],
+    ids=["validating", "takeover", "host-copy", "taking-over", "pool-move", "forced-host-copy"],
 )
 def test_the_path_is_the_step_that_moves_the_data(states, path):
     assert path_of(states) is path
@@ -78,7 +77,7 @@ def test_a_paused_copy_offers_resume_and_an_ended_one_nothing():
 
 
 def test_a_host_copy_shows_progress_but_offers_no_control():
-    states = {**TAKEOVER_WAITING, Step.MARK_ATTACHABLE: "skipped", Step.WAIT_FOR_COPY: "skipped"}
+    states = {**TAKEOVER_WAITING, Step.WAIT_FOR_COPY: "skipped"}
     states[Step.HOST_COPY] = "running"
     row = migration_row(facts(states), progress())
     assert (row.path, row.copy_state, row.percent, row.controls) == ("host copy", "copying", 25.0, ())
