@@ -50,6 +50,12 @@ REDIS = "redis"
 HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 ADMIN = "admin"
 VIEWER = "viewer"  # may look at everything, change nothing (the simple auth manager's role of that name)
+LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
+# The project's DAGs (dags/, what workers are shipped), and the lab's own (lab/dags/: bench equipment) apart
+DAG_BUNDLES = [
+    {"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
+    {"name": "lab", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(PROJECT_ROOT / "lab" / "dags")}},
+]
 
 
 class AirflowLab(Daemons):
@@ -146,6 +152,7 @@ class AirflowLab(Daemons):
             "AIRFLOW_HOME": str(self.root),
             "PYTHONPATH": str(PROJECT_ROOT),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(DAG_BUNDLES),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.root / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

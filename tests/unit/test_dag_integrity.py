@@ -1,8 +1,9 @@
 """Every DAG imports without credentials or network, has tags and retries, and does no I/O while parsed.
 
-The DAG folder is parsed in a fresh interpreter with an empty AIRFLOW_HOME and
-no Connections at all; an audit hook records every network call, process
-start and file written while the DAG files are parsed.
+The DAG folders (the project's, and the lab's bench DAG) are parsed in a
+fresh interpreter with an empty AIRFLOW_HOME and no Connections at all; an
+audit hook records every network call, process start and file written while
+the DAG files are parsed.
 """
 
 from __future__ import annotations
@@ -36,18 +37,19 @@ PARSE = textwrap.dedent(
             events.append(f"open for writing {args[0]!r}")
 
     sys.addaudithook(audit)
-    bag = DagBag(sys.argv[1])
+    bags = [DagBag(folder) for folder in sys.argv[1:]]
     parsed = list(events)  # what parsing did; the report below adds nothing to watch
     from airflow.serialization.serialized_objects import DagSerialization
 
+    dags = {dag_id: dag for bag in bags for dag_id, dag in bag.dags.items()}
     unserializable = {}
-    for dag_id, dag in bag.dags.items():  # what the dag-processor does next: a DAG it cannot store does not run
+    for dag_id, dag in dags.items():  # what the dag-processor does next: a DAG it cannot store does not run
         try:
             DagSerialization.to_dict(dag)
         except Exception as exc:
             unserializable[dag_id] = str(exc)[:2000]
     report = {
-        "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+        "import_errors": {k: str(v) for bag in bags for k, v in bag.import_errors.items()},
         "unserializable": unserializable,
         "events": parsed,
         "dags": {
@@ -58,8 +60,9 @@ PARSE = textwrap.dedent(
                 "schedule": getattr(dag.timetable, "expression", None),
                 "max_active_runs": dag.max_active_runs,
                 "outlets": {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets},
+                "shape": sorted([t.task_id, sorted(t.downstream_task_ids), str(t.trigger_rule)] for t in dag.tasks),
             }
-            for dag_id, dag in bag.dags.items()
+            for dag_id, dag in dags.items()
         },
     }
     print("REPORT " + json.dumps(report))
@@ -80,7 +83,11 @@ def report(tmp_path_factory):
         https_proxy="http://127.0.0.1:9",
     )
     run = subprocess.run(
-        [sys.executable, "-c", PARSE, str(ROOT / "dags")], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", PARSE, str(ROOT / "dags"), str(ROOT / "lab" / "dags")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     line = next((x for x in run.stdout.splitlines() if x.startswith("REPORT ")), None)
     assert run.returncode == 0 and line, run.stderr[-3000:]
@@ -132,6 +139,11 @@ def test_volume_migration_reads_like_the_blueprint(report):
             "task_timeout_s",
         ]
     )
+
+
+def test_the_bench_floor_has_the_shape_of_volume_migration(report):
+    """bench/attachable.py compares volume_migration with Airflow's floor: the same tasks, edges and rules."""
+    assert report["dags"]["migration_floor"]["shape"] == report["dags"]["volume_migration"]["shape"]
 
 
 def test_volume_rebalance_plans_migrates_and_publishes(report):
