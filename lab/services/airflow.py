@@ -157,7 +157,9 @@ class AirflowLab(Daemons):
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTOR": EXECUTORS[self.executor],
-            "AIRFLOW__CORE__PARALLELISM": "6",  # LocalExecutor forks this many workers up front
+            "AIRFLOW__CORE__PARALLELISM": "16",  # LocalExecutor forks this many workers up front
+            # a migration's steps follow each other within 0.1 s (default: the scheduler naps 1 s after an idle loop)
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
             "AIRFLOW__CORE__FERNET_KEY": self.config["fernet_key"],
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin,{VIEWER}:viewer",  # user:role
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.root / "passwords.json"),
