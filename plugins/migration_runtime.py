@@ -28,7 +28,7 @@ import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowTaskTimeout
 
@@ -37,8 +37,10 @@ from include.migration.cinder_progress import ProgressToCinder
 from include.migration.errors import InvalidParams, MigrationRefused
 from include.migration.flow import Plan, describe_failure
 from include.migration.steps import Step
-from plugins.hooks.cinder import CinderHook
 from plugins.hooks.storage_array import StorageArrayHook, conn_id_for
+
+if TYPE_CHECKING:
+    from plugins.hooks.cinder import CinderHook
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ RESULT_KEY = "result"
 
 
 def cinder() -> CinderHook:
+    """The Cinder hook of the steps (imported here: keystoneauth costs every task that parses the DAG 50 ms)."""
+    from plugins.hooks.cinder import CinderHook
+
     return CinderHook(CINDER_CONN_ID, token_cache=token_cache())
 
 
@@ -91,6 +96,8 @@ def driver_result(context: Any, step: Step) -> dict[str, Any] | None:
 
 def progress_cinder() -> CinderHook:
     """The Cinder hook that progress reports go through: one try, a report that fails is skipped, not retried."""
+    from plugins.hooks.cinder import CinderHook
+
     return CinderHook(CINDER_CONN_ID, retry_attempts=1, token_cache=token_cache())
 
 
