@@ -2,7 +2,10 @@
 
 It runs in the triggerer, so no worker slot is held while a copy that may
 take hours goes on. It polls the target array every ``poll_interval``
-seconds, logs progress (percent, rate, ETA) and yields exactly one event:
+seconds while the copy's end is near, and less often while it is far, paused
+or waiting for its source (``next_poll_s``: a thousand waits in one triggerer
+then cost a fraction of a core); it logs progress (percent, rate, ETA) when
+the state changes and at least once a minute, and yields exactly one event:
 
 * ``{"status": "done", "progress": ...}``: the target is complete and has
   released the remote LUN;
@@ -25,11 +28,31 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from include.backends.base import MigrationState, Volume
+from include.backends.base import MigrationProgress, MigrationState, Volume
 from include.backends.errors import ArrayUnavailable, BackendError
 from include.migration.cinder_progress import ProgressToCinder
 from plugins.hooks.storage_array import StorageArrayHook
 from plugins.migration_runtime import progress_cinder
+
+LONGEST_POLL_S = 30.0  # a copy far from its end, paused or waiting for its source is looked at this often
+LOG_EVERY_S = 60.0  # a progress line at least this often, and at each change of state
+IDLE_STATES = frozenset({MigrationState.PAUSED, MigrationState.WAITING_FOR_SOURCE})
+
+
+def next_poll_s(progress: MigrationProgress | None, base: float, longest: float = LONGEST_POLL_S) -> float:
+    """Seconds until the next look at a copy: a quarter of its ETA, between ``base`` and ``longest``.
+
+    So the end is noticed within a quarter of the time that was left, and
+    within ``base`` seconds once it is near. A paused copy, one waiting for
+    its source, or one without an ETA is looked at every ``longest`` seconds;
+    after a failed look (``progress`` None), every ``base`` seconds.
+    """
+    longest = max(base, longest)
+    if progress is None:
+        return base
+    if progress.state in IDLE_STATES or progress.eta_seconds is None:
+        return longest
+    return min(max(base, progress.eta_seconds / 4), longest)
 
 
 class TargetCopyTrigger(BaseTrigger):
@@ -44,8 +67,10 @@ class TargetCopyTrigger(BaseTrigger):
         started_at: float | None = None,
         volume_id: str | None = None,
         owner: str | None = None,
+        longest_poll_s: float = LONGEST_POLL_S,
     ) -> None:
         super().__init__()
+        self.longest_poll_s = longest_poll_s
         self.volume_id = volume_id
         self.owner = owner
         self.backend = backend
@@ -67,6 +92,7 @@ class TargetCopyTrigger(BaseTrigger):
                 "started_at": self.started_at,
                 "volume_id": self.volume_id,
                 "owner": self.owner,
+                "longest_poll_s": self.longest_poll_s,
             },
         )
 
@@ -74,17 +100,21 @@ class TargetCopyTrigger(BaseTrigger):
         volume = Volume(self.volume_name, self.size)
         adapter = await StorageArrayHook.for_backend(self.backend).aadapter()
         report = await self._progress_to_cinder()
-        last = None
+        last = looked = None
+        logged_at, logged_state = 0.0, None
         while True:
             try:
-                last = await asyncio.to_thread(adapter.complete_migration_target, volume)
+                last = looked = await asyncio.to_thread(adapter.complete_migration_target, volume)
             except ArrayUnavailable as exc:
+                looked = None
                 self.log.warning("array of backend %s unreachable, polling on: %s", self.backend, exc)
             except BackendError as exc:
                 yield TriggerEvent({"status": "failed", "message": str(exc)})
                 return
             else:
-                self.log.info("copy of %s on %s: %s", self.volume_name, self.backend, last.describe())
+                if last.state is not logged_state or time.monotonic() - logged_at >= LOG_EVERY_S:
+                    self.log.info("copy of %s on %s: %s", self.volume_name, self.backend, last.describe())
+                    logged_at, logged_state = time.monotonic(), last.state
                 if report is not None and report.due(last):
                     await asyncio.to_thread(report, last)
                 if last.state.terminal:
@@ -94,7 +124,7 @@ class TargetCopyTrigger(BaseTrigger):
             if time.time() - self.started_at > self.timeout_s:
                 yield TriggerEvent({"status": "timeout", "progress": last.to_json() if last else None})
                 return
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(next_poll_s(looked, self.poll_interval, self.longest_poll_s))
 
     async def _progress_to_cinder(self) -> ProgressToCinder | None:
         if not self.volume_id:

@@ -10,7 +10,7 @@ from airflow.exceptions import AirflowException, TaskDeferred
 from include.backends.base import MigrationProgress, MigrationState
 from include.backends.errors import ArrayUnavailable, NotFound
 from plugins.sensors.target_copy import TargetCopySensor
-from plugins.triggers.target_copy import TargetCopyTrigger
+from plugins.triggers.target_copy import LONGEST_POLL_S, TargetCopyTrigger, next_poll_s
 from tests.unit.test_cinder_progress import RecordingCinder
 
 GiB = 1 << 30
@@ -75,7 +75,11 @@ def test_the_wait_reports_progress_to_cinder_once_per_period(adapter, monkeypatc
     monkeypatch.setattr("plugins.triggers.target_copy.progress_cinder", lambda: cinder)
     polls = [progress("copying", i << 20) for i in range(1, 30)] + [progress("done", GiB)]
     adapter["adapter"] = ScriptedAdapter(polls)
-    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, volume_id="v-1", owner="run"))
+    got = events(
+        TargetCopyTrigger(
+            "alpha", "volume-1", GiB, poll_interval=0.01, longest_poll_s=0.01, volume_id="v-1", owner="run"
+        )
+    )
     assert [e.payload["status"] for e in got] == ["done"]
     assert cinder.connected
     reported = [body["os-async_migration_progress"]["progress"] for _, _, body in cinder.sent]
@@ -93,7 +97,7 @@ def test_one_done_event_after_progress_and_an_outage(adapter):
     adapter["adapter"] = ScriptedAdapter(
         [progress("copying", 1), ArrayUnavailable("restarting"), progress("copying", GiB // 2), progress("done", GiB)]
     )
-    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01))
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, longest_poll_s=0.01))
     assert [e.payload["status"] for e in got] == ["done"]
     assert got[0].payload["progress"]["bytes_done"] == GiB
 
@@ -104,15 +108,47 @@ def test_one_done_event_after_progress_and_an_outage(adapter):
 )
 def test_failure_is_one_failed_event(adapter, script, status):
     adapter["adapter"] = ScriptedAdapter(script)
-    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01))
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, longest_poll_s=0.01))
     assert [e.payload["status"] for e in got] == [status]
 
 
 def test_timeout_is_one_event(adapter):
     adapter["adapter"] = ScriptedAdapter([progress("copying", 5)])
-    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, timeout_s=0.05))
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.01, longest_poll_s=0.01, timeout_s=0.05))
     assert [e.payload["status"] for e in got] == ["timeout"]
     assert got[0].payload["progress"]["bytes_done"] == 5
+
+
+def look(state, eta):
+    return MigrationProgress(MigrationState(state), GiB // 2, GiB, 64 << 20, eta, "")
+
+
+@pytest.mark.parametrize(
+    ("progress_", "expected"),
+    [
+        (look("copying", 4000.0), LONGEST_POLL_S),  # far from the end: the longest
+        (look("copying", 40.0), 10.0),  # a quarter of what is left
+        (look("copying", 8.0), 5.0),  # near the end: the base interval
+        (look("paused", 8.0), LONGEST_POLL_S),
+        (look("waiting_for_source", None), LONGEST_POLL_S),
+        (look("copying", None), LONGEST_POLL_S),  # no rate yet
+        (None, 5.0),  # the last look failed (array unreachable): look again soon
+    ],
+    ids=["far", "quarter", "near", "paused", "waiting", "no-eta", "failed-look"],
+)
+def test_a_copy_is_looked_at_more_often_as_its_end_nears(progress_, expected):
+    assert next_poll_s(progress_, 5.0) == expected
+    assert next_poll_s(progress_, 60.0) == 60.0  # never more often than the sensor's poll_interval
+
+
+def test_a_paused_copy_is_logged_once_a_minute_not_at_every_look(adapter, capsys):
+    adapter["adapter"] = ScriptedAdapter([progress("paused", 5)] * 40 + [progress("copying", 6), progress("done", GiB)])
+    got = events(TargetCopyTrigger("alpha", "volume-1", GiB, poll_interval=0.001, longest_poll_s=0.001))
+    assert [e.payload["status"] for e in got] == ["done"] and adapter["adapter"].calls == 42
+    out = capsys.readouterr().out  # the triggers' log lines (structlog writes them to stdout here)
+    states = [line.split("copy of volume-1 on alpha: ")[1].split(":")[0] for line in out.splitlines()
+              if "copy of volume-1 on alpha: " in line]  # fmt: skip
+    assert states == ["paused", "copying", "done"]
 
 
 def test_sensor_defers_and_resumes():
