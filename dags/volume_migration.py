@@ -43,7 +43,7 @@ PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}', key='{rt.PLAN_KEY}')"
     catchup=False,
     params=PARAMS,
     tags=["cinder", "migration"],
-    max_active_runs=16,
+    max_active_runs=64,  # a run waiting for its copy holds no worker slot; a rebalance caps its copies per pool
     default_args={
         "retries": 3,
         "retry_delay": timedelta(seconds=10),
