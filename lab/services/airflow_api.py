@@ -117,6 +117,12 @@ class AirflowApi:
         path = f"/dags/{self._q(dag_id)}/dagRuns?limit={limit}&order_by=-run_after"
         return self.request("GET", path)["dag_runs"]
 
+    def count_task_instances(self, dag_id: str, run_id: str, task_id: str, state: str) -> int:
+        """How many task instances of ``task_id`` (all its mapped ones) are in ``state``."""
+        path = f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances"
+        query = f"?task_id={self._q(task_id)}&state={self._q(state)}&limit=1"
+        return int(self.request("GET", path + query)["total_entries"])
+
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         path = f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances"
         return {ti["task_id"]: ti for ti in self.request("GET", path)["task_instances"]}

@@ -47,3 +47,26 @@ def test_planner_bench_brings_every_pool_under_the_threshold(tmp_path):
     assert result["volumes"] == 2000 and result["pools_over_before"] > 0 and result["pools_over_after"] == 0
     assert result["moves"] + result["skipped"] == 2000
     assert f"| 2000 | 10 | {result['pools_over_before']} -> 0 |" in run.stdout
+
+
+def test_attachable_and_bulk_benches_measure_on_the_session_lab(lab, airflow, api, admin):
+    """bench/attachable.py and bench/bulk.py, their smallest case each, in-process on the tests' own lab."""
+    from bench import attachable, bulk
+    from lab.dags.bench_waits import WAITS_DAG
+    from lab.dags.migration_floor import FLOOR_DAG
+
+    airflow.wait_dags((FLOOR_DAG, WAITS_DAG), 120)
+    rows, floor = attachable.one_case(api, admin, 1, 1), attachable.floor_case(api, 1)
+    assert [r["run_state"] for r in rows + floor] == ["success", "success"], rows + floor
+    for row in rows + floor:
+        assert row["attachable_s"] > 0
+        assert all(row["tasks"][step]["run_s"] > 0 for step in attachable.BEFORE_ATTACHABLE), row
+    assert "p50 ratio to the floor" in attachable.table("1x1", rows, floor)
+
+    triggerer = airflow.pid("triggerer")
+    moved = bulk.bulk(lab, api, admin, 1, triggerer)
+    assert (moved["succeeded"], moved["data_verified"]) == (1, True), moved
+    assert moved["copy_mibs"] > 0 and moved["qemu_img_convert_mibs"] > 0 and moved["triggerer_peak_rss_mib"] > 0
+    waited = bulk.waits(lab, api, 5, triggerer, sample_s=1.5)
+    assert (waited["deferred"], waited["run_state"]) == (5, "success"), waited
+    assert "5 deferred waits" in bulk.table({"bulk": [moved], "waits": waited})
