@@ -26,16 +26,19 @@ defaults; ``--quick``: 1x1 and 8x1 once each).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.measure import log
+from include.migration.flow import MIGRATING_ATTACHABLE
 from include.migration.steps import MIGRATION_DAG, Step
 from lab.cli import airflow_of, down_all, services_of, up_all
 from lab.dags.migration_floor import FLOOR_DAG
@@ -87,21 +90,44 @@ def trigger_together(api: Any, dag_id: str, confs: list[dict[str, Any]]) -> list
     return runs
 
 
+@contextlib.contextmanager
+def whole_lab(root: Path | None, prefix: str, executor: str, dags: tuple[str, ...], keep: bool) -> Iterator[Any]:
+    """A whole lab for a bench (arrays, OpenStack, Airflow), in ``root`` or a new temporary folder: up, the lab's
+    ``dags`` parsed; yields (lab, its Airflow, an admin Cinder hook without quotas); down at the end unless
+    ``keep``."""
+    lab = Lab(root or Path(tempfile.mkdtemp(prefix=prefix)))
+    lab.root.chmod(0o711)
+    airflow = airflow_of(lab, executor)
+    try:
+        up_all(lab)
+        airflow.wait_dags(dags, 120)
+        cinder = services_of(lab).cinder_hook("admin", retry_attempts=6, retry_seconds=60)
+        lift_quotas(cinder)
+        yield lab, airflow, cinder
+    finally:
+        if not keep:
+            down_all(lab)
+
+
+def look_for_attachable(cinder: Any, ids: Collection[str], seen: dict[str, float]) -> None:
+    """One look at Cinder: the time of this look, in ``seen``, for each of ``ids`` that is attachable (or done)
+    now and was not before."""
+    now = time.time()
+    for v in cinder.request("GET", "/volumes/detail?all_tenants=1&limit=1000")["volumes"]:
+        if v["id"] in ids and v["id"] not in seen and v.get("migration_status") in (MIGRATING_ATTACHABLE, "success"):
+            seen[v["id"]] = now
+
+
 def one_case(api: Any, cinder: Any, runs: int, size_gib: int) -> list[dict[str, Any]]:
     """Trigger ``runs`` migrations together; the time each took to be attachable, and its tasks' timestamps."""
     volumes = create_volumes(cinder, runs, "beta", size_gib, prefix="attachable")
     ids = [v["id"] for v in volumes]
     triggered = trigger_together(api, MIGRATION_DAG, [{"volume_id": vid, "dest_host": DEST, "speed_mib": 0}
                                                        for vid in ids])  # fmt: skip
-    started = {vid: at for vid, (_, at) in zip(ids, triggered, strict=True)}
     attachable: dict[str, float] = {}
     deadline = time.monotonic() + 300
     while len(attachable) < len(ids) and time.monotonic() < deadline:
-        seen = time.time()
-        for v in cinder.request("GET", "/volumes/detail?all_tenants=1&limit=1000")["volumes"]:
-            if v["id"] in started and v["id"] not in attachable and v.get("migration_status") in (
-                "migrating_attachable", "success"):  # fmt: skip
-                attachable[v["id"]] = seen
+        look_for_attachable(cinder, ids, attachable)
         time.sleep(POLL_S)
     rows = []
     for vid, (run_id, at) in zip(ids, triggered, strict=True):
@@ -167,33 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.repeat = "1x1,8x1", 1
-    lab = Lab(args.root or Path(tempfile.mkdtemp(prefix="attachable-lab-")))
-    lab.root.chmod(0o711)
-    airflow = airflow_of(lab, args.executor)
     results: dict[str, Any] = {"machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),
                                "executor": args.executor, "cases": {}}  # fmt: skip
     try:
-        up_all(lab)
-        airflow.wait_dags((FLOOR_DAG,), 120)
-        cinder = services_of(lab).cinder_hook("admin", retry_attempts=6, retry_seconds=60)
-        lift_quotas(cinder)
-        # the first run after a start compiles the tree's modules and fills the page cache: kept apart, not counted
-        results["warm_up"] = {"runs": one_case(airflow.api, cinder, 1, 1), "floor": floor_case(airflow.api, 1)}
-        log(f"warm-up run: attachable after {results['warm_up']['runs'][0]['attachable_s']} s (not counted)")
-        for case in args.cases.split(","):
-            runs, size = (int(x) for x in case.split("x"))
-            rows, floor = [], []
-            for n in range(args.repeat):
-                log(f"case {case}, repeat {n + 1}/{args.repeat}")
-                rows += one_case(airflow.api, cinder, runs, size)
-                floor += floor_case(airflow.api, runs)
-            results["cases"][case] = {"runs": rows, "floor": floor}
-            print(table(case, rows, floor), flush=True)
+        with whole_lab(args.root, "attachable-lab-", args.executor, (FLOOR_DAG,), args.keep) as (_, airflow, cinder):
+            # the first run after a start compiles the tree's modules and fills the page cache: apart, not counted
+            results["warm_up"] = {"runs": one_case(airflow.api, cinder, 1, 1), "floor": floor_case(airflow.api, 1)}
+            log(f"warm-up run: attachable after {results['warm_up']['runs'][0]['attachable_s']} s (not counted)")
+            for case in args.cases.split(","):
+                runs, size = (int(x) for x in case.split("x"))
+                rows, floor = [], []
+                for n in range(args.repeat):
+                    log(f"case {case}, repeat {n + 1}/{args.repeat}")
+                    rows += one_case(airflow.api, cinder, runs, size)
+                    floor += floor_case(airflow.api, runs)
+                results["cases"][case] = {"runs": rows, "floor": floor}
+                print(table(case, rows, floor), flush=True)
     finally:
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        if not args.keep:
-            down_all(lab)
     return 0
 
 

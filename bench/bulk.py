@@ -35,20 +35,18 @@ import os
 import platform
 import random
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.attachable import DEST, percentile, trigger_together
+from bench.attachable import DEST, look_for_attachable, percentile, trigger_together, whole_lab
 from bench.measure import fill_random, log, mibs
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import BackendError
 from include.migration.steps import MIGRATION_DAG
 from lab import verify
-from lab.cli import airflow_of, down_all, services_of, up_all
 from lab.dags.bench_waits import WAIT_TASK, WAITS_DAG
-from lab.fill import create_volumes, delete_volumes, lift_quotas
+from lab.fill import create_volumes, delete_volumes
 from lab.lab import Lab
 from lab.procutil import cpu_ticks, process_tree, tree_rss_kib
 
@@ -97,7 +95,7 @@ def bulk(lab: Lab, api: Any, cinder: Any, runs: int, triggerer: int | None) -> d
     luns = [f"volume-{vid}" for vid in ids]
     beta, alpha = lab.backend("beta"), lab.backend("alpha")
     digests = {}
-    for i, lun in enumerate(luns):
+    for i, lun in enumerate(luns):  # lun i: data seeded 100 + i, sampled at offsets seeded i
         uri = beta.export_lun(lun).uri
         fill_random(uri, GiB, seed=100 + i)
         digests[lun] = sample_digests(uri, GiB, seed=i)
@@ -112,11 +110,7 @@ def bulk(lab: Lab, api: Any, cinder: Any, runs: int, triggerer: int | None) -> d
     peak_rss = 0
     deadline = time.monotonic() + 1800
     while len(copied) < runs and time.monotonic() < deadline:
-        now = time.time()
-        for v in cinder.request("GET", "/volumes/detail?all_tenants=1&limit=1000")["volumes"]:
-            if v["id"] in ids and v["id"] not in attachable and v.get("migration_status") in (
-                "migrating_attachable", "success"):  # fmt: skip
-                attachable[v["id"]] = now
+        look_for_attachable(cinder, ids, attachable)
         for vid, lun in zip(ids, luns, strict=True):
             if vid in attachable and vid not in copied:
                 state = alpha.request("GET", f"/v1/luns/{lun}/migration")["state"]
@@ -128,8 +122,8 @@ def bulk(lab: Lab, api: Any, cinder: Any, runs: int, triggerer: int | None) -> d
     all_ended = time.time()
     states = [r["state"] for r in ended]
     mismatched = []
-    for lun in luns:
-        if sample_digests(alpha.export_lun(lun).uri, GiB, seed=luns.index(lun)) != digests[lun]:
+    for i, lun in enumerate(luns):
+        if sample_digests(alpha.export_lun(lun).uri, GiB, seed=i) != digests[lun]:
             mismatched.append(lun)
         alpha.unexport_lun(lun)
     refused = delete_volumes(cinder, ids)
@@ -241,28 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.waits = "8", 100
-    lab = Lab(args.root or Path(tempfile.mkdtemp(prefix="bulk-lab-")))
-    lab.root.chmod(0o711)
-    airflow = airflow_of(lab, "local")
     results: dict[str, Any] = {"machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"), "bulk": []}
     try:
-        up_all(lab)
-        airflow.wait_dags((WAITS_DAG,), 120)
-        cinder = services_of(lab).cinder_hook("admin", retry_attempts=6, retry_seconds=60)
-        lift_quotas(cinder)
-        triggerer = airflow.pid("triggerer")
-        if not triggerer:
-            raise RuntimeError("the lab's triggerer is not running")
-        for runs in (int(n) for n in args.runs.split(",") if n):
-            results["bulk"].append(bulk(lab, airflow.api, cinder, runs, triggerer))
-        if args.waits:
-            results["waits"] = waits(lab, airflow.api, args.waits, triggerer)
-        print(table(results), flush=True)
+        with whole_lab(args.root, "bulk-lab-", "local", (WAITS_DAG,), args.keep) as (lab, airflow, cinder):
+            triggerer = airflow.pid("triggerer")
+            if not triggerer:
+                raise RuntimeError("the lab's triggerer is not running")
+            for runs in (int(n) for n in args.runs.split(",") if n):
+                results["bulk"].append(bulk(lab, airflow.api, cinder, runs, triggerer))
+            if args.waits:
+                results["waits"] = waits(lab, airflow.api, args.waits, triggerer)
+            print(table(results), flush=True)
     finally:
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        if not args.keep:
-            down_all(lab)
     return 0
 
 
