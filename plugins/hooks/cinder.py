@@ -78,7 +78,7 @@ class TokenCache:
     it while it is not about to expire, and logs in again by itself when
     Keystone refuses it, a revoked token say); ``save`` keeps the token this
     process holds, when it is a new one. The file is named after keystoneauth's
-    digest of the credential (a new password is a new file) and holds a live
+    digest of the credential in URL-safe base64 (a new password is a new file) and holds a live
     token: the folder is the workers' state folder, 0700. Every fault of the
     cache is logged and ignored: it costs a login, never a call.
     """
@@ -88,8 +88,8 @@ class TokenCache:
         self._held: str | None = None
 
     def _path(self, auth: Any) -> Path | None:
-        key = auth.get_cache_id()
-        return self.folder / f"{key}.json" if key else None
+        key = auth.get_cache_id()  # standard base64: may hold "/", which is no file name
+        return self.folder / f"{key.replace('/', '_').replace('+', '-')}.json" if key else None
 
     def load(self, auth: Any) -> None:
         path = self._path(auth)

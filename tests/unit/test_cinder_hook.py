@@ -143,3 +143,29 @@ def test_a_500_on_post_is_not_retried_but_a_503_is():
     hook = make_hook([http_error(503, None), FakeResponse(202)])
     hook.begin_migration("vol-1", "lab@alpha#pool1")
     assert len(hook.session.calls) == 2
+
+
+def test_token_cache_names_each_credential_by_a_file_name_even_when_its_digest_holds_a_slash(tmp_path):
+    """keystoneauth's cache id is standard base64: a "/" in it once made the token unsaveable (a login per task)."""
+    from plugins.hooks.cinder import TokenCache
+
+    def password(secret):
+        return v3.Password(auth_url="http://127.0.0.1:5000/v3", username="admin", password=secret,
+                           project_name="admin", user_domain_id="default", project_domain_id="default")  # fmt: skip
+
+    secret = next(f"pw-{i}" for i in range(200) if "/" in password(f"pw-{i}").get_cache_id())
+    slashed = password(secret)
+    body = {"token": {"expires_at": "2999-01-01T00:00:00.000000Z", "issued_at": "2026-01-01T00:00:00.000000Z",
+                      "methods": ["password"]}}  # fmt: skip
+    slashed.set_auth_state(json.dumps({"auth_token": "tok-slashed", "body": body}))
+    folder = tmp_path / "keystone-tokens"
+    TokenCache(folder).save(slashed)
+    (kept,) = folder.iterdir()
+    assert kept.parent == folder and (kept.stat().st_mode & 0o777, folder.stat().st_mode & 0o777) == (0o600, 0o700)
+
+    again = password(secret)  # the next task's process: same credential, no token yet
+    TokenCache(folder).load(again)
+    assert again.get_auth_state() == slashed.get_auth_state()
+    other = password(secret + "-rotated")  # a new password is another file: its token is not handed over
+    TokenCache(folder).load(other)
+    assert other.get_auth_state() is None
