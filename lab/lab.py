@@ -63,7 +63,7 @@ class Lab:
         return ArrayConfig.load(self.config_path(name))
 
     def configure(
-        self, specs: tuple[ArraySpec, ...] = DEFAULT_ARRAYS, *, port_base: int | None = None, **overrides: float
+        self, specs: tuple[ArraySpec, ...] = DEFAULT_ARRAYS, *, port_base: int | None = None, **overrides: float | bool
     ) -> None:
         """Write a config for each array that has none yet (ports fixed from then on)."""
         for i, spec in enumerate(specs):

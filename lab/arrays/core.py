@@ -43,6 +43,11 @@ class ArrayConfig:
     reconnect_delay: int = 5  # seconds a remote LUN waits for its source before failing I/O
     flush_interval: float = 5.0  # seconds between flushes of a copy (bounds re-copy after a crash)
     default_copy_mode: str = "stream"  # takeover mode when a request names none: "stream" or "mirror"
+    # images opened with O_DIRECT and Linux native AIO: the data sits on the array's disk, not in the
+    # host's page cache, so a copy's writes neither queue behind the clients' in the page cache nor
+    # pile up for each flush (bench/client_iops.py). Where the filesystem refuses O_DIRECT (tmpfs)
+    # the array says so in its log and uses buffered I/O.
+    direct_io: bool = True
 
     @classmethod
     def load(cls, path: Path) -> ArrayConfig:

@@ -26,6 +26,7 @@ Crash safety (DESIGN.md section 4):
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import subprocess
 import threading
@@ -55,6 +56,22 @@ def image_format(lun: dict[str, Any]) -> str:
     return lun.get("format", "qcow2")
 
 
+def image_file_options(config: ArrayConfig) -> dict[str, Any]:
+    """How the daemon opens image files: O_DIRECT with native AIO when ``direct_io`` and every pool takes it."""
+    if not config.direct_io:
+        return {}
+    for pool in config.pools:
+        probe = config.state_dir / "pools" / pool / ".direct-io-probe"
+        try:
+            os.close(os.open(probe, os.O_CREAT | os.O_RDWR | os.O_DIRECT, 0o600))
+        except OSError as exc:
+            log.warning("pool %s refuses O_DIRECT (%s): images use buffered I/O", pool, exc.strerror)
+            return {}
+        finally:
+            probe.unlink(missing_ok=True)
+    return {"aio": "native", "cache": {"direct": True}}
+
+
 class ReferenceArray(TakeoverMixin, BaseArray):
     takeover = True
     pool_move = True
@@ -71,6 +88,7 @@ class ReferenceArray(TakeoverMixin, BaseArray):
         self.last_flush: dict[str, float] = {}
         self.last_resume: dict[str, float] = {}
         self.monitor: threading.Thread | None = None
+        self.file_options = image_file_options(config)
 
     # ---- naming ----------------------------------------------------------------
     @staticmethod
@@ -193,7 +211,13 @@ class ReferenceArray(TakeoverMixin, BaseArray):
             "driver": image_format(lun),
             "node-name": node,
             "discard": "unmap",
-            "file": {"driver": "file", "filename": str(path), "node-name": f"{node}f", "discard": "unmap"},
+            "file": {
+                "driver": "file",
+                "filename": str(path),
+                "node-name": f"{node}f",
+                "discard": "unmap",
+                **self.file_options,
+            },
         }
         if options["driver"] == "qcow2":
             options["backing"] = backing  # always explicit: the header is never trusted for it

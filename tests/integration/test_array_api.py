@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from include.backends.array_api import ReferenceArrayBackend
 from include.backends.base import Destination, GiB, MiB, Volume
 from include.backends.errors import BackendError, Conflict, InvalidRequest, NotFound, PoolFull, Unauthorized
-from lab import verify
+from lab import procutil, verify
 from tests.conftest import finish_and_remove
 
 pytestmark = pytest.mark.integration
@@ -165,3 +167,20 @@ def test_plain_array_has_no_migration_features(lab, lun_name):
     volume = Volume(lun_name, MiB)
     assert gamma.migrate_volume(volume, Destination("gamma", "pool1")) == (False, None)
     assert gamma.migrate_volume_target(volume, alpha, pool="pool1") == (False, False, None)
+
+
+def test_reference_array_opens_its_images_with_o_direct(lab, lun_name):
+    """direct_io (the default): the daemon's file descriptor of a LUN's image bypasses the page cache."""
+    alpha = lab.backend("alpha")
+    alpha.create_lun(lun_name, 64 * MiB, "pool1")
+    try:
+        daemon = procutil.descendant_named(lab.pid("alpha"), ("qemu-storage",))
+        image = lab.array_dir("alpha") / "pools" / "pool1" / f"{lun_name}.0.qcow2"
+        fds = [fd for fd in os.listdir(f"/proc/{daemon}/fd") if os.readlink(f"/proc/{daemon}/fd/{fd}") == str(image)]
+        assert fds, f"qemu-storage-daemon {daemon} has no descriptor of {image}"
+        for fd in fds:
+            info = Path(f"/proc/{daemon}/fdinfo/{fd}").read_text().splitlines()
+            flags = next(line for line in info if line.startswith("flags:"))
+            assert int(flags.split()[1], 8) & os.O_DIRECT, f"{image} opened without O_DIRECT: {flags.strip()}"
+    finally:
+        alpha.delete_lun(lun_name)
