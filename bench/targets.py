@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Every speed target of the README in one run: time to attachable, client I/O during a copy, many at once.
+
+Runs, one after the other, each on a fresh lab of its own (stopped at the end):
+
+* ``bench/attachable.py``: time to attachable for 1 and 8 runs (1 GiB) and 1 run
+  of 16 GiB, against Airflow's floor (the lab's empty DAG of the same shape);
+* ``bench/dataplane.py --only plain_iops,takeover_iops,hot_set_iops --throttles 50
+  --pairs 5``: client IOPS on a plain export and during a takeover (whole LUN,
+  hot set), each setting the median of five runs, each after a plain run of its own;
+* ``bench/bulk.py``: 8 and 32 migrations at once against ``qemu-img
+  convert``, and 1,000 deferred waits in one triggerer.
+
+then prints one table: each target, what was measured, met or not. The raw
+figures stay in each bench's own file under ``bench/results/``.
+
+Run: ``cd /work/main && PYTHONPATH=. .venv/bin/python bench/targets.py [--quick]`` (about 35 minutes;
+``--quick``: each bench's quick mode, about 12 minutes; the figures are then rougher).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import attachable, bulk, dataplane
+from bench.client_iops import TARGET_COPY_MIBS, TARGET_RATIO
+from bench.measure import log
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ATTACHABLE_P50_1_RUN_S = 3.0  # one run triggered alone
+ATTACHABLE_P95_8_RUNS_S = 10.0  # eight runs triggered together
+WHOLE_LUN_SHARE_BEFORE = 0.40  # the whole-LUN client share at the default copy speed, before (README, 2026-12-02)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(str(text).split()[0].rstrip("%").replace(",", ""))
+    except (ValueError, IndexError):
+        return None
+
+
+def iops_rows(table: list[dict[str, str]], section: str) -> list[tuple[str, float, float]]:
+    """(setting, client share, copy MiB/s) of dataplane's rows of ``section`` (2: whole LUN, 2h: hot set)."""
+    rows = []
+    for row in table:
+        share, copy = _number(row.get("pct", "")), _number(row.get("mibs", ""))
+        if row["sec"] == section and share is not None and copy is not None:
+            rows.append((row["setting"], share / 100, copy))
+    return rows
+
+
+def iops_verdict(rows: list[tuple[str, float, float]]) -> tuple[str, float | None]:
+    """What the default setting kept, and the best client share among the settings whose copy moved at least
+    TARGET_COPY_MIBS (returned too)."""
+    fast = [r for r in rows if r[2] >= TARGET_COPY_MIBS]
+    default = next((r for r in rows if r[0].startswith("default")), None)
+    parts = []
+    if default:
+        parts.append(f"default ({default[0]}): {default[1]:.0%} at {default[2]:.0f} MiB/s")
+    best = max(fast, key=lambda r: r[1]) if fast else None
+    if best:
+        parts.append(f"best at >= {TARGET_COPY_MIBS:.0f} MiB/s: {best[1]:.0%} ({best[0]}, {best[2]:.0f} MiB/s)")
+    return "; ".join(parts) or "no row", best[1] if best else None
+
+
+def verdicts(att: dict[str, Any], data: dict[str, Any], many: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    cases = att["cases"]
+
+    def stats(case: str) -> tuple[dict[str, float | None], dict[str, float | None]]:
+        return attachable.summary(cases[case]["runs"]), attachable.summary(cases[case]["floor"])
+
+    if "1x1" in cases:
+        ours, floor = stats("1x1")
+        met = ours["p50"] is not None and ours["p50"] <= ATTACHABLE_P50_1_RUN_S
+        rows.append((f"time to attachable, 1 run: p50 <= {ATTACHABLE_P50_1_RUN_S:.0f} s",
+                     f"p50 {ours['p50']} s, p95 {ours['p95']} s; Airflow's floor p50 {floor['p50']} s",
+                     "met" if met else "NOT met"))  # fmt: skip
+    if "8x1" in cases:
+        ours, floor = stats("8x1")
+        met = ours["p95"] is not None and ours["p95"] <= ATTACHABLE_P95_8_RUNS_S
+        rows.append((f"time to attachable, 8 runs together: p95 <= {ATTACHABLE_P95_8_RUNS_S:.0f} s",
+                     f"p50 {ours['p50']} s, p95 {ours['p95']} s; Airflow's floor p50 {floor['p50']} s, "
+                     f"p95 {floor['p95']} s", "met" if met else "NOT met"))  # fmt: skip
+    if "1x1" in cases and "1x16" in cases:
+        small, big = stats("1x1")[0], stats("1x16")[0]
+        flat = small["p50"] and big["p50"] and big["p50"] <= small["p50"] * 1.25 + 0.3
+        measured = f"p50 {small['p50']} s (1 GiB) vs {big['p50']} s (16 GiB)"
+        rows.append(("time to attachable flat in size: 16 GiB as 1 GiB", measured, "met" if flat else "NOT met"))
+    table = data.get("table", [])
+    for section, what in (("2h", "hot set"), ("2", "whole LUN")):
+        text, best = iops_verdict(iops_rows(table, section))
+        if section == "2h":
+            goal, met = f">= {TARGET_RATIO:.0%}", best is not None and best >= TARGET_RATIO
+        else:
+            goal = f"above {WHOLE_LUN_SHARE_BEFORE:.0%} (before)"
+            met = best is not None and best > WHOLE_LUN_SHARE_BEFORE
+        rows.append((f"client IOPS during a copy of >= {TARGET_COPY_MIBS:.0f} MiB/s, {what}: {goal}", text,
+                     "met" if met else "NOT met"))  # fmt: skip
+    for b in many.get("bulk", []):
+        ratio = b["copy_mibs"] / b["qemu_img_convert_mibs"] if b.get("copy_mibs") else None
+        rows.append((f"{b['runs']} migrations at once (1 GiB each): aggregate copy vs qemu-img convert",
+                     f"{b['copy_mibs']} vs {b['qemu_img_convert_mibs']} MiB/s"
+                     + (f" ({ratio:.0%})" if ratio else "") + f"; attachable p50 {b['attachable_p50_s']} s, p95 "
+                     f"{b['attachable_p95_s']} s; triggerer peak {b['triggerer_peak_rss_mib']} MiB; "
+                     f"{b['succeeded']}/{b['runs']} succeeded, data "
+                     f"{'verified' if b['data_verified'] else 'MISMATCHED'}", "measured"))  # fmt: skip
+    w = many.get("waits")
+    if w:
+        rows.append((f"{w['waits']} deferred waits in one triggerer",
+                     f"RSS {w['triggerer_rss_mib']} MiB ({w['per_wait_kib']} KiB per wait), CPU "
+                     f"{w['triggerer_cpu_pct']}% of a core; {w['deferred']} deferred, run {w['run_state']}",
+                     "measured"))  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="each bench's quick mode")
+    args = parser.parse_args(argv)
+    quick = ["--quick"] if args.quick else []
+    started = time.monotonic()
+    log("1/3 time to attachable (bench/attachable.py)")
+    attachable.main(quick + ([] if args.quick else ["--cases", "1x1,8x1,1x16"]))
+    log("2/3 client IOPS during a copy (bench/dataplane.py)")
+    dataplane.main([*quick, "--only", "plain_iops,takeover_iops,hot_set_iops", "--throttles", "50",
+                    "--pairs", "3" if args.quick else "5", *([] if args.quick else ["--runtime", "10"])])  # fmt: skip
+    log("3/3 many at once (bench/bulk.py)")
+    bulk.main(quick)
+    att = json.loads(attachable.RESULTS.read_text())
+    data = json.loads(dataplane.RESULTS.read_text())
+    many = json.loads(bulk.RESULTS.read_text())
+    rows = verdicts(att, data, many)
+    print(f"\n{platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, "
+          f"{'quick' if args.quick else 'full'} run in "
+          f"{(time.monotonic() - started) / 60:.0f} min\n")  # fmt: skip
+    print("| target | measured | verdict |\n|---|---|---|")
+    for target, measured, verdict in rows:
+        print(f"| {target} | {measured} | {verdict} |")
+    (RESULTS / "targets.json").write_text(json.dumps({"rows": rows, "quick": args.quick}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
