@@ -35,11 +35,11 @@ class ArrayConfig:
     token: str
     state_dir: Path
     pools: dict[str, int]  # pool name -> capacity in bytes
-    # background copy throttle when a takeover names none (0 = unlimited). 56 MiB/s is
-    # measured on the lab (bench/client_iops.py, hot_set_iops): the copy still moves
-    # about 50 MiB/s while a busy client keeps about 80% of its IOPS; unlimited, the
-    # copy runs at about 200 MiB/s and the client keeps about 25%.
-    default_speed_bps: int = 56 * 1024 * 1024
+    # background copy throttle when a takeover names none (0 = unlimited). 52 MiB/s is measured on
+    # the lab (bench/dataplane.py --only plain_iops,hot_set_iops --pairs 5, 2026-12-03): the copy
+    # moves about 51 MiB/s while a busy client on a hot set keeps 86% of its IOPS (median of 5);
+    # at 56 MiB/s it kept 75%, unlimited the copy takes most of them.
+    default_speed_bps: int = 52 * 1024 * 1024
     reconnect_delay: int = 5  # seconds a remote LUN waits for its source before failing I/O
     flush_interval: float = 5.0  # seconds between flushes of a copy (bounds re-copy after a crash)
     default_copy_mode: str = "stream"  # takeover mode when a request names none: "stream" or "mirror"
