@@ -14,7 +14,7 @@ Runs, one after the other, each on a fresh lab of its own (stopped at the end):
 then prints one table: each target, what was measured, met or not. The raw
 figures stay in each bench's own file under ``bench/results/``.
 
-Run: ``cd /work/main && PYTHONPATH=. .venv/bin/python bench/targets.py [--quick]`` (about 45 minutes;
+Run: ``cd /work/main && PYTHONPATH=. .venv/bin/python bench/targets.py [--quick]`` (about 55 minutes;
 ``--quick``: each bench's quick mode, about 15 minutes; the figures are then rougher). ``--report-only``
 runs nothing and prints the table from what the three benches last wrote (each run on its own, say).
 """
