@@ -19,8 +19,8 @@ from typing import Any
 from bench.harness import SOURCES, Bench
 from bench.measure import cpu_note, file_allocated, fio, log
 from include.backends.base import MiB
+from lab.arrays.images import CLUSTER
 
-CLUSTER = 64 * 1024  # qcow2 cluster size of the reference arrays (copy-on-read/-write granularity)
 TARGET_FABRIC_IOPS = 10_000
 
 

@@ -26,9 +26,7 @@ Crash safety (DESIGN.md section 4):
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -41,35 +39,15 @@ from include.backends.errors import BackendError, Conflict, InvalidRequest
 from include.backends.progress import RateMeter
 from lab.arrays.apiserver import Router, require_name
 from lab.arrays.core import ArrayConfig, BaseArray
+from lab.arrays.images import create_image, image_blockdev, image_file_options, image_format
 from lab.arrays.qsd import QMPCommandError, StorageDaemon
 from lab.arrays.takeover import RESUME_RETRY, TakeoverMixin
 from lab.procutil import nodelay_listener, wait_until
 
 log = logging.getLogger(__name__)
 
-CLUSTER = 64 * 1024
 MONITOR_INTERVAL = 0.5
 JOB_EXPORT_TIMEOUT = 5.0  # seconds to wait for a cancelled job or a deleted export to go away
-
-
-def image_format(lun: dict[str, Any]) -> str:
-    return lun.get("format", "qcow2")
-
-
-def image_file_options(config: ArrayConfig) -> dict[str, Any]:
-    """How the daemon opens image files: O_DIRECT with native AIO when ``direct_io`` and every pool takes it."""
-    if not config.direct_io:
-        return {}
-    for pool in config.pools:
-        probe = config.state_dir / "pools" / pool / ".direct-io-probe"
-        try:
-            os.close(os.open(probe, os.O_CREAT | os.O_RDWR | os.O_DIRECT, 0o600))
-        except OSError as exc:
-            log.warning("pool %s refuses O_DIRECT (%s): images use buffered I/O", pool, exc.strerror)
-            return {}
-        finally:
-            probe.unlink(missing_ok=True)
-    return {"aio": "native", "cache": {"direct": True}}
 
 
 class ReferenceArray(TakeoverMixin, BaseArray):
@@ -207,21 +185,7 @@ class ReferenceArray(TakeoverMixin, BaseArray):
 
     # ---- node helpers -----------------------------------------------------------
     def _add_image(self, lun: dict[str, Any], path: Path, node: str, backing: str | None) -> None:
-        options: dict[str, Any] = {
-            "driver": image_format(lun),
-            "node-name": node,
-            "discard": "unmap",
-            "file": {
-                "driver": "file",
-                "filename": str(path),
-                "node-name": f"{node}f",
-                "discard": "unmap",
-                **self.file_options,
-            },
-        }
-        if options["driver"] == "qcow2":
-            options["backing"] = backing  # always explicit: the header is never trusted for it
-        self.qmp.execute("blockdev-add", options)
+        self.qmp.execute("blockdev-add", image_blockdev(lun, path, node, backing, self.file_options))
 
     def _open_image(self, lun: dict[str, Any], *, empty: bool = False) -> None:
         """Open the LUN's current image under its node, with the backing its copy needs.
@@ -231,7 +195,7 @@ class ReferenceArray(TakeoverMixin, BaseArray):
         """
         path = self.image_path(lun)
         if empty:
-            self._create_image(path, lun["size"], image_format(lun), replace=True)
+            create_image(path, lun["size"], image_format(lun), replace=True)
         self._add_image(lun, path, self.node(lun), backing=self._backing(lun))
 
     def _add_remote(self, lun: dict[str, Any]) -> None:
@@ -343,20 +307,9 @@ class ReferenceArray(TakeoverMixin, BaseArray):
     def new_record(self, name: str, pool: str, size: int) -> dict[str, Any]:
         return {**super().new_record(name, pool, size), "id": "l" + secrets.token_hex(6), "gen": 0}
 
-    def _create_image(self, path: Path, size: int, fmt: str, *, replace: bool = False) -> None:
-        if replace:
-            path.unlink(missing_ok=True)
-        # (not extended_l2: with it, QEMU 7.2's copy-on-read hit an assertion and aborted)
-        options = ["-o", f"cluster_size={CLUSTER}"] if fmt == "qcow2" else []
-        run = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", fmt, *options, str(path), str(size)], capture_output=True, text=True
-        )
-        if run.returncode:
-            raise BackendError(f"qemu-img create failed: {run.stderr.strip()}")
-
     def _dp_create(self, lun: dict[str, Any]) -> None:
         path = self.image_path(lun)
-        self._create_image(path, lun["size"], image_format(lun))
+        create_image(path, lun["size"], image_format(lun))
         try:
             self._add_image(lun, path, self.node(lun), backing=None)
         except BackendError:
@@ -417,7 +370,7 @@ class ReferenceArray(TakeoverMixin, BaseArray):
             self.check_space(pool, lun["size"])
             gen = lun["gen"] + 1
             path = self.image_path(lun, pool, gen)
-            self._create_image(path, lun["size"], image_format(lun))
+            create_image(path, lun["size"], image_format(lun))
             try:
                 self._add_image(lun, path, self.node(lun, gen), backing=None)
                 lun["move"] = {"pool": pool, "gen": gen, "started": time.time()}

@@ -29,6 +29,7 @@ from include.backends.base import COPY_MODES, MigrationState
 from include.backends.errors import Conflict, InvalidRequest, NotFound
 from include.backends.progress import RateMeter
 from lab.arrays.apiserver import optional_int, require_name, require_size
+from lab.arrays.images import create_image
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class TakeoverMixin:
             }
             lun["server_export"] = True
             path = self.image_path(lun)
-            self._create_image(path, size, lun["format"])
+            create_image(path, size, lun["format"])
             try:
                 self._add_remote(lun)
                 remote_size = self._remote_size(lun)

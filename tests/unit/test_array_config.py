@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from lab.arrays.core import ArrayConfig
-from lab.arrays.reference import image_file_options
+from lab.arrays.images import image_file_options
 
 
 def config(state_dir: Path, **overrides) -> ArrayConfig:
