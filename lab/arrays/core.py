@@ -45,8 +45,8 @@ class ArrayConfig:
     default_copy_mode: str = "stream"  # takeover mode when a request names none: "stream" or "mirror"
     # images opened with O_DIRECT and Linux native AIO: the data sits on the array's disk, not in the
     # host's page cache, so a copy's writes neither queue behind the clients' in the page cache nor
-    # pile up for each flush (bench/client_iops.py). Where the filesystem refuses O_DIRECT (tmpfs)
-    # the array says so in its log and uses buffered I/O.
+    # pile up for each flush (bench/client_iops.py). Where a filesystem refuses O_DIRECT (some FUSE
+    # ones, tmpfs before Linux 6.6) the array says so in its log and uses buffered I/O.
     direct_io: bool = True
 
     @classmethod
