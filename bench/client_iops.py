@@ -123,6 +123,8 @@ def _takeover_run(
         iops=f"{d['iops_while_copying'] or '-'} {window} (whole run {d['fio']['iops']})",
         pct=_share(d),
         mibs=f"{d['copy_mibs_during_fio']:.0f}",
+        share=d["ratio"],  # the two figures as numbers, for bench/targets.py (the table's columns are text)
+        copy_mibs=d["copy_mibs_during_fio"],
         notes=f"{note}; 85% at >=50 MiB/s: {'YES' if d['meets_target'] else 'no'}; "
         f"p99 r {d['fio']['read_p99_ms']} ms w {d['fio']['write_p99_ms']} ms; "
         + cpu_note(d["cpu"], d["fio"]["fio_cpu_pct"]),

@@ -101,7 +101,7 @@ class Bench:
     def over_budget(self) -> bool:
         return time.monotonic() - self.began > self.args.budget_minutes * 60
 
-    def row(self, sec: str, what: str, path: str, setting: str, **cols: str) -> None:
+    def row(self, sec: str, what: str, path: str, setting: str, **cols: Any) -> None:
         self.table.append({"sec": sec, "what": what, "path": path, "setting": setting, **cols})
 
     def cpu(self) -> CpuMeter:

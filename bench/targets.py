@@ -39,21 +39,10 @@ ATTACHABLE_P95_8_RUNS_S = 10.0  # eight runs triggered together
 WHOLE_LUN_SHARE_BEFORE = 0.40  # the whole-LUN client share at the default copy speed, before (README, 2026-12-02)
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(str(text).split()[0].rstrip("%").replace(",", ""))
-    except (ValueError, IndexError):
-        return None
-
-
-def iops_rows(table: list[dict[str, str]], section: str) -> list[tuple[str, float, float]]:
+def iops_rows(table: list[dict[str, Any]], section: str) -> list[tuple[str, float, float]]:
     """(setting, client share, copy MiB/s) of dataplane's rows of ``section`` (2: whole LUN, 2h: hot set)."""
-    rows = []
-    for row in table:
-        share, copy = _number(row.get("pct", "")), _number(row.get("mibs", ""))
-        if row["sec"] == section and share is not None and copy is not None:
-            rows.append((row["setting"], share / 100, copy))
-    return rows
+    return [(row["setting"], row["share"], row["copy_mibs"]) for row in table
+            if row["sec"] == section and row.get("share") is not None]  # fmt: skip
 
 
 def iops_verdict(rows: list[tuple[str, float, float]]) -> tuple[str, tuple[float, float] | None]:
