@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -216,6 +217,25 @@ def comm(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` as one string (what setproctitle sets); "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def blocked_in_read(pid: int) -> bool:
+    """Whether ``pid`` waits in the read system call (/proc/<pid>/syscall: its number, x86_64 or aarch64)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            first = f.read().split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return False
+    return first == {"aarch64": "63"}.get(platform.machine(), "0")
 
 
 def descendant_named(pid: int, prefixes: tuple[str, ...]) -> int | None:

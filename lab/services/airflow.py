@@ -36,14 +36,15 @@ from typing import Any
 from lab.env import HOST, PROJECT_ROOT, free_port
 from lab.errors import LabError
 from lab.lab import Lab
-from lab.procutil import process_tree, spawn_daemon, tree_rss_kib, wait_ready, write_private
+from lab.procutil import blocked_in_read, cmdline, process_tree, spawn_daemon, tree_rss_kib, wait_ready, write_private
 from lab.services.airflow_api import AirflowApi, AirflowError
 from lab.services.daemon import Daemons, run_cli
 from plugins.provider_info import STORAGE_ARRAY_CONN_TYPE
 
 VENV = PROJECT_ROOT / ".venv"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+# "local": Airflow's LocalExecutor with locks that a killed worker does not keep (plugins/executors/local_executor.py)
+EXECUTORS = {"local": "plugins.executors.local_executor.CrashSafeLocalExecutor", "celery": "CeleryExecutor"}
 CELERY_WORKERS = ("worker-1", "worker-2")
 CELERY_WORKER_CONCURRENCY = 4
 REDIS = "redis"
@@ -277,6 +278,15 @@ class AirflowLab(Daemons):
             root = self.pid(name)
             if root and pid in process_tree(root):
                 return name
+        return None
+
+    def idle_worker_reading_tasks(self) -> int | None:
+        """The idle LocalExecutor worker blocked in read() on the executor's task queue: it holds the queue's read
+        lock while the other idle workers wait for it. None if there is none (Celery, or no worker idle)."""
+        scheduler = self.pid("scheduler")
+        for pid in process_tree(scheduler) if scheduler else ():
+            if cmdline(pid).endswith("LocalExecutor: <idle>") and blocked_in_read(pid):
+                return pid
         return None
 
     def health(self) -> dict[str, str]:

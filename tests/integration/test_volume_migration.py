@@ -23,6 +23,7 @@ from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.backends.errors import NotFound
 from include.cinder_plugin.names import PROGRESS_KEY
 from lab import verify
+from lab.dags.migration_floor import FLOOR_DAG
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.airflow import CELERY_WORKERS
 from lab.services.airflow_api import AirflowError
@@ -397,6 +398,21 @@ def test_run_completes_after_the_worker_and_the_triggerer_die(lab, admin, servic
     assert tis["wait_for_copy"]["state"] == "success"
     assert lab.backend("alpha").get_lun(lun)["created"] == taken_over["created"]  # one takeover, never redone
     assert_migrated(lab, admin, services, vid, dest, model, "beta")
+
+
+@pytest.mark.executors("local")
+def test_killing_the_idle_worker_that_reads_the_task_queue_holds_up_no_task(airflow, api):
+    """The idle LocalExecutor worker blocked in read() on the task queue holds the queue's read lock. SIGKILL it:
+    the next run starts and succeeds. With Airflow's own LocalExecutor (a semaphore that nobody gives back) its
+    first task stayed queued until the scheduler restarted."""
+    airflow.wait_dags((FLOOR_DAG,), 120)
+    reader = airflow.idle_worker_reading_tasks()
+    assert reader, "no idle LocalExecutor worker in read()"
+    os.kill(reader, signal.SIGKILL)
+    assert wait_until(lambda: not pid_alive(reader), 10)
+    run_id = api.trigger(FLOOR_DAG, {})
+    assert api.wait_run(FLOOR_DAG, run_id, 60)["state"] == "success"
+    assert wait_until(lambda: airflow.idle_worker_reading_tasks() not in (None, reader), 10)  # another one reads
 
 
 def test_a_run_cleared_during_the_copy_resumes_without_a_second_takeover(lab, admin, services, api, volume):
