@@ -34,9 +34,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 
 from include.backends.base import BackendDriver, MigrationProgress
 from include.migration.cinder_progress import ProgressToCinder
-from include.migration.errors import InvalidParams, MigrationRefused
+from include.migration.errors import InconsistenciesLeft, InvalidParams, MigrationRefused
 from include.migration.flow import Plan, describe_failure
-from include.migration.steps import Step
+from include.migration.steps import Step, run_owner
 from plugins.hooks.storage_array import StorageArrayHook, conn_id_for
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def arrays(backend: str) -> BackendDriver:
 
 def owner(context: Any) -> str:
     """Who holds the Cinder lock: this DAG run (stable across retries and clears)."""
-    return f"airflow:{context['dag'].dag_id}/{context['run_id']}"
+    return run_owner(context["dag"].dag_id, context["run_id"])
 
 
 def keep_plan(context: Any, plan: Plan) -> Plan:
@@ -131,11 +131,12 @@ def apply_task_timeout(context: Any) -> None:
 
 @contextlib.contextmanager
 def run_step(context: Any) -> Iterator[None]:
-    """Run one step: refusals fail without retry; every failure is kept for the rollback's reason."""
+    """Run one step: refusals (and an audit that leaves inconsistencies) fail without retry; every failure is kept
+    for the rollback's reason."""
     ti = context["ti"]
     try:
         yield
-    except (InvalidParams, MigrationRefused) as exc:
+    except (InvalidParams, MigrationRefused, InconsistenciesLeft) as exc:
         ti.xcom_push(FAILURE_KEY, describe_failure(ti.task_id, exc))
         raise AirflowFailException(str(exc)) from None
     except AirflowTaskTimeout:  # a BaseException: task_timeout_s passed

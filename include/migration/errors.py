@@ -5,6 +5,8 @@
   for the move; nothing was changed.
 * ``MigrationFailed``: a step could not finish; the message says what state
   it left and what to do.
+* ``InconsistenciesLeft``: the audit found inconsistencies that it did not
+  repair; an operator must act (each one's action is in the message).
 * ``CinderError``: Cinder answered with an error (``status``: its HTTP
   status) or could not be reached (``status`` None).
 
@@ -24,6 +26,10 @@ class MigrationRefused(Exception):
 
 class MigrationFailed(Exception):
     """A step could not finish; the message says what state it left."""
+
+
+class InconsistenciesLeft(Exception):
+    """The audit found inconsistencies that it did not repair; the message lists them with their actions."""
 
 
 class CinderError(Exception):

@@ -53,6 +53,11 @@ def backend_of(host: str) -> str:
     return host.split("@", 1)[1].split("#", 1)[0]
 
 
+def lun_of(volume: dict[str, Any]) -> str:
+    """The name of a Cinder volume's LUN on its arrays: Cinder's ``volume-<id>`` (of its name id, if it has one)."""
+    return f"volume-{volume.get('os-vol-mig-status-attr:name_id') or volume['id']}"
+
+
 def pool_of(host: str) -> str:
     return host.split("#", 1)[1]
 
@@ -192,7 +197,7 @@ def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, o
             volume_type_id = cinder.get_volume_type(request.new_type)["id"]
     return Plan(
         volume_id=request.volume_id,
-        lun=f"volume-{volume.get('os-vol-mig-status-attr:name_id') or request.volume_id}",
+        lun=lun_of(volume),
         size=int(volume["size"]) * GiB,
         source_host=source_host,
         dest_host=request.dest_host,

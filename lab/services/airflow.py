@@ -179,6 +179,7 @@ class AirflowLab(Daemons):
             "MIGRATION_STATE_DIR": str(self.root / "migration-state"),
             # the lab's rebalances run when a test or a bench triggers them, never on the daily schedule
             "VOLUME_REBALANCE_SCHEDULE": "none",
+            "VOLUME_AUDIT_SCHEDULE": "none",  # and its audits likewise
             "NO_PROXY": "127.0.0.1,localhost",
             **(self.celery_settings() if self.executor == "celery" else {}),
         }

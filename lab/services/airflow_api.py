@@ -106,6 +106,14 @@ class AirflowApi:
         answer = self.request("POST", f"/dags/{self._q(dag_id)}/clearTaskInstances", body)
         return [ti["task_id"] for ti in answer.get("task_instances", [])]
 
+    def delete_run(self, dag_id: str, run_id: str) -> None:
+        """Delete the run and its task instances (as an operator may, by mistake)."""
+        self.request("DELETE", f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}")
+
+    def mark_run(self, dag_id: str, run_id: str, state: str) -> None:
+        """Set the run's state (``failed``, ``success``, ``queued``) as an operator may in the UI."""
+        self.request("PATCH", f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}", {"state": state})
+
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[str]:
         """Clear these tasks of a run (a running one is stopped and runs again); returns the cleared task ids."""
         body = {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "task_ids": task_ids}

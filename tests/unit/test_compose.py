@@ -67,6 +67,7 @@ DIFFER_ON_PURPOSE = {
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "where the API server is: 127.0.0.1:<port> or airflow-apiserver",
     "MIGRATION_STATE_DIR": "a path: under the lab's root, or the migration-state volume",
     "VOLUME_REBALANCE_SCHEDULE": "the lab's tests trigger every rebalance themselves (none); compose: daily",
+    "VOLUME_AUDIT_SCHEDULE": "the lab's tests trigger every audit themselves (none); compose: hourly",
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "the lab's tests run DAGs at once; a deployment starts paused",
 }
 

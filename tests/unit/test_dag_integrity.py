@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from include.migration.rebalance import REBALANCE_PARAMS_SCHEMA
-from include.migration.steps import RebalanceStep, Step
+from include.migration.steps import AuditStep, RebalanceStep, Step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_every_dag_imports_without_errors(report):
 
 def test_every_dag_serializes_as_the_dag_processor_stores_it(report):
     assert report["unserializable"] == {}
-    assert {"volume_migration", "volume_rebalance"} <= set(report["dags"])
+    assert {"volume_migration", "volume_rebalance", "volume_audit"} <= set(report["dags"])
 
 
 def test_no_network_process_or_file_writes_at_parse_time(report):
@@ -153,3 +153,12 @@ def test_volume_rebalance_plans_migrates_and_publishes(report):
     assert dag["schedule"] == "0 3 * * *", "daily at 03:00 unless VOLUME_REBALANCE_SCHEDULE says otherwise"
     assert dag["max_active_runs"] == 1, "one dispatcher at a time counts the limits"
     assert dag["outlets"] == {RebalanceStep.PUBLISH: ["volume_rebalance"]}
+
+
+def test_volume_audit_finds_then_repairs_only_when_asked(report):
+    dag = report["dags"]["volume_audit"]
+    assert dag["shape"] == [[AuditStep.FIND, [AuditStep.REPAIR], "TriggerRule.ALL_SUCCESS"],
+                            [AuditStep.REPAIR, [], "TriggerRule.ALL_SUCCESS"]]  # fmt: skip
+    assert dag["params"] == ["repair"]
+    assert dag["schedule"] == "0 * * * *", "hourly unless VOLUME_AUDIT_SCHEDULE says otherwise"
+    assert dag["max_active_runs"] == 1, "one repair at a time"

@@ -1,0 +1,111 @@
+"""volume_audit on the real lab: a clean lab reports clean; each inconsistency, made on purpose, is found with its
+action; nothing changes without the param repair; with it the safe ones are fixed and the lab is clean again."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from include.backends.base import GiB, MiB, Volume
+from include.backends.errors import BackendError, NotFound
+from include.migration.audit import Finding, Kind, Repair
+from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, AuditStep
+from lab.procutil import wait_until
+from lab.services.cinder import CINDER_HOST
+from tests.integration.test_volume_migration import assert_migrated, luns, seed, state_of
+
+pytestmark = pytest.mark.integration
+
+ALPHA = f"{CINDER_HOST}@alpha#pool1"
+
+
+def audit(api, repair=False):
+    """One volume_audit run: its state and what ``find`` found, by (kind, subject)."""
+    run_id = api.trigger(AUDIT_DAG, {"repair": repair})
+    state = api.wait_run(AUDIT_DAG, run_id, 180)["state"]
+    found = [Finding.from_json(f) for f in api.xcom(AUDIT_DAG, run_id, AuditStep.FIND) or []]
+    return run_id, state, {(f.kind, f.subject): f for f in found}
+
+
+def wait_attachable(admin, vid):
+    assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 120, 0.5), state_of(admin, vid)
+
+
+def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_asked(
+    lab, admin, services, api, airflow, volume
+):
+    airflow.wait_dags((AUDIT_DAG,), 120)
+    run_id, state, found = audit(api)
+    assert (state, found) == ("success", {}), f"the lab is not clean before the test: {found}"
+
+    # two migrations stuck attachable on alpha: one whose run was deleted, one whose run an operator marked failed
+    gone, failed = volume("beta"), volume("beta")
+    models = {v["id"]: seed(lab, "beta", f"volume-{v['id']}") for v in (gone, failed)}
+    gone_run = api.trigger(MIGRATION_DAG, {"volume_id": gone["id"], "dest_host": ALPHA, "speed_mib": 1})
+    failed_run = api.trigger(MIGRATION_DAG, {"volume_id": failed["id"], "dest_host": ALPHA, "speed_mib": 1})
+    for vid in (gone["id"], failed["id"]):
+        wait_attachable(admin, vid)
+    for run in (gone_run, failed_run):
+        api.mark_run(MIGRATION_DAG, run, "failed")
+    api.delete_run(MIGRATION_DAG, gone_run)  # Airflow deletes only runs that are over
+    assert api.wait_run(MIGRATION_DAG, failed_run, 60)["state"] == "failed"
+    # an orphan LUN on gamma; alpha taking over a LUN of beta's that no volume has; a volume's LUN on beta
+    # exported for a takeover while it does not migrate; a volume on gamma whose LUN is gone
+    orphan, taken = f"volume-{uuid.uuid4()}", f"volume-{uuid.uuid4()}"
+    lab.backend("gamma").create_lun(orphan, 64 * MiB, "pool1")
+    lab.backend("beta").create_lun(taken, 64 * MiB, "pool1")
+    lab.backend("alpha").migrate_volume_target(Volume(taken, 64 * MiB), lab.backend("beta"), pool="pool1",
+                                               speed_bps=MiB)  # fmt: skip
+    exported, lost = volume("beta"), volume("gamma")
+    lab.backend("beta").export_for_takeover(f"volume-{exported['id']}", initiator="alpha")
+    lab.backend("gamma").delete_lun(f"volume-{lost['id']}")
+    try:
+        before = (luns(lab), {v["id"]: state_of(admin, v["id"]) for v in (gone, failed, exported, lost)})
+        run_id, state, found = audit(api)
+        expected = {
+            (Kind.STUCK_VOLUME, gone["id"]): Repair.RESUME_RUN,
+            (Kind.STUCK_VOLUME, failed["id"]): Repair.RESUME_RUN,
+            (Kind.ORPHAN_LUN, f"gamma/{orphan}"): Repair.DELETE_LUN,
+            (Kind.UNOWNED_TAKEOVER, f"alpha/{taken}"): Repair.ABORT_TAKEOVER,
+            (Kind.ORPHAN_LUN, f"beta/{taken}"): Repair.DELETE_LUN,
+            (Kind.UNOWNED_TAKEOVER, f"beta/volume-{exported['id']}"): Repair.RELEASE_EXPORT,
+            (Kind.HOST_WITHOUT_LUN, lost["id"]): None,
+        }
+        assert {key: f.repair for key, f in found.items()} == expected
+        assert "does not exist" in found[(Kind.STUCK_VOLUME, gone["id"])].detail
+        assert f"clear run {failed_run}" in found[(Kind.STUCK_VOLUME, failed["id"])].action
+        assert state == "failed"  # things are left for an operator: the run says so
+        assert "7 of 7 inconsistencies left" in api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
+        assert (luns(lab), {v["id"]: state_of(admin, v["id"]) for v in (gone, failed, exported, lost)}) == before
+
+        for vid in (gone["id"], failed["id"]):  # the copies finish by the time the runs are resumed
+            lab.backend("alpha").set_migration_speed(Volume(f"volume-{vid}", GiB), 0)
+        run_id, state, found = audit(api, repair=True)
+        assert set(found) == set(expected) and state == "failed"  # the lost volume is left for an operator
+        log = api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
+        assert "1 of 7 inconsistencies left" in log and lost["id"] in log, log
+        for run in (gone_run, failed_run):  # the deleted run triggered again under its id, the failed one cleared
+            assert api.wait_run(MIGRATION_DAG, run, 300)["state"] == "success"
+        for vid in (gone["id"], failed["id"]):
+            assert_migrated(lab, admin, services, vid, ALPHA, models[vid], "beta")
+        for array, name in (("gamma", orphan), ("alpha", taken), ("beta", taken)):
+            with pytest.raises(NotFound):
+                lab.backend(array).get_lun(name)
+        assert not lab.backend("beta").get_lun(f"volume-{exported['id']}")["takeover_export"]
+
+        admin.request("DELETE", f"/volumes/{lost['id']}")
+        assert wait_until(lambda: lost["id"] not in {v["id"] for v in admin.list_volumes()}, 60, 0.5)
+        run_id, state, found = audit(api)
+        assert (state, found) == ("success", {}), found
+    finally:  # what the repair did not remove, if the test failed before it
+        for array, name in (("alpha", taken), ("beta", taken), ("gamma", orphan)):
+            backend = lab.backend(array)
+            try:
+                if array == "alpha":
+                    backend.abort_migration_target(Volume(name, 64 * MiB))
+                else:
+                    backend.release_takeover(name)
+                    backend.delete_lun(name)
+            except BackendError:
+                pass

@@ -1,0 +1,128 @@
+"""The audit's decisions on canned snapshots: each inconsistency found with its action and repair, and only those."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.cinder_plugin.names import LOCK_VIEW_KEY
+from include.migration.audit import Finding, Kind, Repair, Snapshot, find, format_findings, owning_runs
+from include.migration.audit_flow import conclude
+from include.migration.errors import InconsistenciesLeft
+from include.migration.steps import run_owner
+
+A = "11111111-1111-1111-1111-111111111111"
+B = "22222222-2222-2222-2222-222222222222"
+GONE = "33333333-3333-3333-3333-333333333333"
+BACKENDS = {"alpha": "alpha", "beta": "beta"}
+
+
+def volume(vid, host="lab@alpha#pool1", status="available", migration_status=None, lock=None):
+    v = {"id": vid, "status": status, "migration_status": migration_status, "os-vol-host-attr:host": host}
+    if lock:
+        v[LOCK_VIEW_KEY] = lock
+    return v
+
+
+def lun(vid, **extra):
+    return {"name": f"volume-{vid}", "pool": "pool1", "size": 1 << 30, "copy": False, "exported": False, **extra}
+
+
+def lock(run_id, source="lab@beta#pool1", dest="lab@alpha#pool1", owner=None):
+    return {"source_host": source, "host": dest, "owner": owner or run_owner("volume_migration", run_id)}
+
+
+def snapshot(luns, volumes, runs=None, not_audited=None):
+    return Snapshot(luns, BACKENDS, not_audited or {}, volumes, runs or {})
+
+
+def test_a_consistent_cloud_gives_nothing():
+    migrating = volume(B, "lab@alpha#pool1", "available", "migrating_attachable", lock("r1"))
+    snap = snapshot({"alpha": [lun(A), lun(B, copy=True)], "beta": [lun(B, takeover_export={"initiator": "alpha"})]},
+                    [volume(A), migrating], {"r1": "running"})  # fmt: skip
+    assert find(snap) == []
+    assert "nothing to do" in format_findings([])
+    assert conclude([], {}) == "audit: nothing to do"
+
+
+def test_other_luns_than_cinders_are_none_of_its_business():
+    assert find(snapshot({"alpha": [{"name": "scratch", "size": 1}, {"name": "volume-x"}]}, [])) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [("failed", "clear run r1 of volume_migration"), (None, "trigger volume_migration with run id r1")],
+)
+def test_a_volume_locked_by_a_run_that_is_over_or_gone_is_stuck_and_resumed(state, words):
+    stuck = volume(A, "lab@alpha#pool1", "available", "migrating_attachable", lock("r1"))
+    snap = snapshot({"alpha": [lun(A)], "beta": [lun(A, takeover_export={"initiator": "alpha"})]}, [stuck],
+                    {"r1": state})  # fmt: skip
+    [finding] = find(snap)
+    assert (finding.kind, finding.subject, finding.repair, finding.run_id) == (Kind.STUCK_VOLUME, A,
+                                                                               Repair.RESUME_RUN, "r1")  # fmt: skip
+    assert words in finding.action and finding.conf == {"volume_id": A, "dest_host": "lab@alpha#pool1"}
+    assert owning_runs([stuck]) == ["r1"]
+
+
+def test_locks_that_are_not_a_runs_are_reported_for_an_operator():
+    foreign = volume(A, "lab@beta#pool1", "maintenance", "starting", lock("x", owner="someone"))
+    bare = volume(B, "lab@beta#pool1", "maintenance", None)
+    found = find(snapshot({"beta": [lun(A), lun(B)]}, [foreign, bare]))
+    assert [(f.kind, f.subject, f.repair) for f in found] == [
+        (Kind.STUCK_VOLUME, A, None),
+        (Kind.STUCK_VOLUME, B, None),
+    ]
+    assert "locked by 'someone'" in found[0].detail and "reset-state" in found[1].action
+    assert owning_runs([foreign, bare]) == []
+
+
+def test_a_live_run_keeps_its_volume_out_of_the_findings():
+    starting = volume(A, "lab@beta#pool1", "maintenance", "starting", lock("r1"))
+    assert find(snapshot({"beta": [lun(A)], "alpha": [lun(A)]}, [starting], {"r1": "queued"})) == []
+
+
+def test_an_orphan_lun_is_deleted_only_when_nothing_can_be_lost():
+    snap = snapshot({"alpha": [lun(A), lun(GONE)], "beta": [lun(A), lun(B, exported=True)]}, [volume(A)])
+    found = {f.subject: f for f in find(snap)}
+    assert set(found) == {f"alpha/volume-{GONE}", f"beta/volume-{A}", f"beta/volume-{B}"}
+    assert found[f"alpha/volume-{GONE}"].repair is Repair.DELETE_LUN  # no volume has it
+    assert found[f"beta/volume-{A}"].repair is Repair.DELETE_LUN  # a second copy: A is settled on alpha, which has it
+    assert found[f"beta/volume-{B}"].repair is Repair.DELETE_LUN  # no volume points to it: no attachment uses it
+    assert "the export goes too" in found[f"beta/volume-{B}"].detail
+    assert all(f.kind is Kind.ORPHAN_LUN for f in found.values())
+
+
+def test_a_volume_whose_host_lacks_its_lun_is_reported_and_its_only_copy_is_kept():
+    snap = snapshot({"alpha": [], "beta": [lun(A)]}, [volume(A, "lab@alpha#pool1")])
+    found = {f.kind: f for f in find(snap)}
+    assert set(found) == {Kind.HOST_WITHOUT_LUN, Kind.ORPHAN_LUN}
+    assert "the LUN is on beta" in found[Kind.HOST_WITHOUT_LUN].detail and found[Kind.HOST_WITHOUT_LUN].repair is None
+    assert found[Kind.ORPHAN_LUN].repair is None  # the only copy of A's data
+    assert find(snapshot({"alpha": []}, [volume(B, status="creating"), volume(A, status="error")])) == []
+
+
+def test_unowned_takeovers_are_aborted_and_stale_exports_released():
+    snap = snapshot({"alpha": [lun(GONE, copy=True)], "beta": [lun(A, takeover_export={"initiator": "alpha"})]},
+                    [volume(A, "lab@beta#pool1")])  # fmt: skip
+    found = {f.subject: f for f in find(snap)}
+    assert found[f"alpha/volume-{GONE}"].kind is Kind.UNOWNED_TAKEOVER
+    assert found[f"alpha/volume-{GONE}"].repair is Repair.ABORT_TAKEOVER
+    assert found[f"beta/volume-{A}"].kind is Kind.UNOWNED_TAKEOVER
+    assert found[f"beta/volume-{A}"].repair is Repair.RELEASE_EXPORT
+
+
+def test_arrays_not_read_are_findings_and_nothing_on_them_is_judged():
+    snap = snapshot({"beta": []}, [volume(A, "lab@alpha#pool1"), volume(B, "lab@gamma#pool1")],
+                    not_audited={"alpha": "array alpha did not answer"})  # fmt: skip
+    snap = Snapshot(snap.luns, {"beta": "beta"}, snap.not_audited, snap.volumes, {})
+    [finding] = find(snap)
+    assert (finding.kind, finding.subject) == (Kind.NOT_AUDITED, "alpha")
+
+
+def test_what_is_left_fails_the_audit_with_each_action():
+    stuck = Finding(Kind.STUCK_VOLUME, A, "locked", "clear run r1", Repair.RESUME_RUN, run_id="r1")
+    orphan = Finding(Kind.ORPHAN_LUN, f"beta/volume-{B}", "nobody's", "delete it")
+    assert conclude([stuck], {stuck.key: (True, "resumed")}) == "audit: 1 found, all resolved"
+    with pytest.raises(InconsistenciesLeft, match=r"(?s)1 of 2 inconsistencies left.*delete it"):
+        conclude([stuck, orphan], {stuck.key: (True, "resumed")})
+    assert Finding.from_json(stuck.to_json()) == stuck
+    assert "stuck_volume" in format_findings([stuck, orphan])
