@@ -22,7 +22,6 @@ the UI or ``POST /api/v2/dags/volume_audit/dagRuns`` with
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -45,14 +44,9 @@ def runs(context: Any) -> MigrationRuns:
     return MigrationRuns(context["ti"], f"resumed by {AUDIT_DAG} run {context['run_id']}")
 
 
-def schedule() -> str | None:
-    value = os.environ.get("VOLUME_AUDIT_SCHEDULE", DEFAULT_SCHEDULE).strip()
-    return None if value.lower() in ("", "none") else value
-
-
 @dag(
     dag_id=AUDIT_DAG,
-    schedule=schedule(),
+    schedule=rt.schedule_from_env("VOLUME_AUDIT_SCHEDULE", DEFAULT_SCHEDULE),
     catchup=False,
     params=PARAMS,
     tags=["cinder", "migration", "audit"],

@@ -20,7 +20,6 @@ plans and changes nothing.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -40,14 +39,9 @@ REBALANCED = Asset("volume_rebalance")
 DEFAULT_SCHEDULE = "0 3 * * *"
 
 
-def schedule() -> str | None:
-    value = os.environ.get("VOLUME_REBALANCE_SCHEDULE", DEFAULT_SCHEDULE).strip()
-    return None if value.lower() in ("", "none") else value
-
-
 @dag(
     dag_id=REBALANCE_DAG,
-    schedule=schedule(),
+    schedule=rt.schedule_from_env("VOLUME_REBALANCE_SCHEDULE", DEFAULT_SCHEDULE),
     catchup=False,
     params=PARAMS,
     tags=["cinder", "migration", "rebalance"],

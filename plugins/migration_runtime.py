@@ -50,6 +50,13 @@ PLAN_KEY = "plan"
 RESULT_KEY = "result"
 
 
+def schedule_from_env(variable: str, default: str) -> str | None:
+    """A DAG's schedule from the environment of the dag-processor and scheduler: a cron expression or preset;
+    ``none`` (or empty): only triggered."""
+    value = os.environ.get(variable, default).strip()
+    return None if value.lower() in ("", "none") else value
+
+
 def cinder() -> CinderHook:
     """The Cinder hook of the steps (imported here: keystoneauth costs every task that parses the DAG 50 ms)."""
     from plugins.hooks.cinder import CinderHook
