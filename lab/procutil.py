@@ -219,6 +219,14 @@ def comm(pid: int) -> str:
         return ""
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (/proc/<pid>/stat); None if it is gone."""
+    try:
+        return int(_stat_fields(pid)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cmdline(pid: int) -> str:
     """The command line of ``pid`` as one string (what setproctitle sets); "" if it is gone."""
     try:

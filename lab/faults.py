@@ -1,0 +1,519 @@
+"""The fault matrix: one migration per trial, one component killed (or frozen) in one of its phases, judged.
+
+A trial creates a 1 GiB Cinder volume with data, starts a ``volume_migration``
+run whose path goes through the trial's phase, waits until that phase's task
+runs, waits a random part of the phase's window, and then SIGKILLs the
+component's whole process tree (an array can also be frozen with SIGSTOP for
+longer than the array client's timeout, then thawed). It restarts the lab the
+way an operator would, with ``lab up`` (which starts whatever is not running).
+From the moment the volume is attachable until the run ends, a client
+attached through Cinder reads and writes it at random and flushes. When the
+connection breaks, it reconnects and checks the whole volume against what it
+wrote.
+
+The trial is judged as follows:
+
+- ``run``: the run ends in ``success``, or it ends ``failed`` and clearing the
+  run makes it succeed.
+- ``lost``: sectors that hold neither the data of the last flush nor a write
+  since. They are counted after every reconnect and once at the end on the
+  destination.
+- ``bad reads``: data that was never written.
+- ``stuck``: the volume is still locked after the trial.
+- ``orphans``: what the audit (``include/migration/audit.py``) finds in the
+  lab before its repair, and what is left after it.
+
+Everything is bounded in time: a trial that overruns is reported as such.
+Lab equipment, never shipped: ``bench/faults.py`` is its command, and
+``tests/integration/test_faults.py`` runs one trial per phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from include.backends.base import GiB, MiB
+from include.backends.errors import NotFound
+from include.migration.audit import find
+from include.migration.audit_flow import read
+from include.migration.errors import CinderError
+from include.migration.flow import lun_of
+from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, Step
+from lab import verify
+from lab.env import PROJECT_ROOT
+from lab.errors import LabError
+from lab.lab import Lab
+from lab.procutil import parent_pid, pid_alive, process_tree, wait_until
+from lab.services.airflow import AirflowLab
+from lab.services.airflow_api import AirflowError
+from lab.services.cinder import CINDER_HOST, CinderLab
+from lab.services.openstack import Services
+
+CONNECTOR = {"host": "faults", "ip": "127.0.0.1", "initiator": "iqn.faults", "multipath": False, "platform": "x86_64"}
+SETTLED = ("success", "failed")
+RUN_TIMEOUT = 420.0  # from the restart to the run's end (a dead worker is noticed after 30 s, retries wait 10 s)
+
+
+class Phase(enum.StrEnum):
+    VALIDATE = "validate_and_lock"
+    TAKEOVER = "takeover"
+    ATTACHABLE_WAIT = "attachable_wait"
+    COMMIT = "commit"
+    HOST_COPY = "host_copy"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    step: Step  # the task that runs during the phase
+    source: str  # arrays
+    dest: str
+    conf: dict[str, Any]  # the run's params besides volume_id and dest_host
+    window_s: float  # the kill comes at a random time in [0, window_s] after the task is seen running
+
+
+TAKEOVER_CONF = {"speed_mib": 64}  # a stream copy reads the whole 1 GiB: about 16 s
+PHASES: dict[Phase, PhasePlan] = {
+    Phase.VALIDATE: PhasePlan(Step.VALIDATE_AND_LOCK, "beta", "alpha", TAKEOVER_CONF, 0.8),
+    Phase.TAKEOVER: PhasePlan(Step.TARGET_TAKEOVER, "beta", "alpha", TAKEOVER_CONF, 0.8),
+    Phase.ATTACHABLE_WAIT: PhasePlan(Step.WAIT_FOR_COPY, "beta", "alpha", TAKEOVER_CONF, 3.0),
+    Phase.COMMIT: PhasePlan(Step.COMMIT, "beta", "alpha", TAKEOVER_CONF, 0.8),
+    Phase.HOST_COPY: PhasePlan(Step.HOST_COPY, "alpha", "gamma", {"speed_mib": 8}, 3.0),
+    # the operator gives a slow host copy up (marks it failed): rollback runs, and the fault hits it
+    Phase.ROLLBACK: PhasePlan(Step.ROLLBACK, "beta", "alpha", {"force_host_copy": True, "speed_mib": 1}, 0.8),
+}
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
+CINDER_COMPONENTS = ("cinder-api", "cinder-scheduler", "cinder-volume")
+SERVICE_COMPONENTS = ("keystone", "rabbitmq", "postgres")
+ARRAY_COMPONENTS = ("source-array", "target-array")
+COMPONENTS = (*AIRFLOW_COMPONENTS, *CINDER_COMPONENTS, *SERVICE_COMPONENTS, *ARRAY_COMPONENTS)
+SIGNALS = ("KILL", "STOP")  # STOP: arrays only, frozen past the array client's timeout
+FREEZE_S = 40.0  # longer than include.backends.array_api.DEFAULT_TIMEOUT (30 s)
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    component: str
+    phase: Phase
+    signal: str
+    delay_s: float  # after the phase's task is seen running
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"#{self.index} {self.component} {self.signal} in {self.phase}"
+
+
+def plan_trials(seed: int, count: int | None = None, phases: list[Phase] | None = None,
+                components: list[str] | None = None) -> list[Trial]:  # fmt: skip
+    """The matrix in rounds: each round gives every phase another fault (a component and a signal), so that any
+    prefix spreads over the phases and the faults alike; after ``len(faults)`` rounds every cell came once.
+    ``count`` (default: every cell once) cycles on. The faults' order and the delays are drawn from ``seed``."""
+    rng = random.Random(seed)
+    phases = phases or list(Phase)
+    faults = [(c, s) for c in components or COMPONENTS for s in SIGNALS if s == "KILL" or c in ARRAY_COMPONENTS]
+    rng.shuffle(faults)
+    cells = [(faults[(r + j) % len(faults)], phase) for r in range(len(faults)) for j, phase in enumerate(phases)]
+    trials = []
+    for i in range(count or len(cells)):
+        (component, sig), phase = cells[i % len(cells)]
+        delay = round(rng.uniform(0, PHASES[phase].window_s), 2)
+        trials.append(Trial(i + 1, component, phase, sig, delay, seed * 1000 + i))
+    return trials
+
+
+@dataclass
+class Outcome:
+    trial: Trial
+    landed: str = ""  # where the fault landed: the phase's task state just before it
+    run: str = ""  # success | failed -> cleared -> success | ... | TIMEOUT
+    failed_at: str = ""  # the failed tasks before the clear
+    state_after_failure: str = ""  # status/migration_status/host of the volume when the run failed
+    client_ops: int = 0
+    disruptions: int = 0
+    lost: int = 0
+    bad_reads: int = 0
+    stuck: bool = False
+    orphans_before: int = 0
+    orphans_after: int = 0
+    restart_s: float = 0.0
+    seconds: float = 0.0
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.error
+            and self.run.endswith("success")
+            and self.lost == 0
+            and self.bad_reads == 0
+            and not self.stuck
+            and self.orphans_after == 0
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "trial": {**asdict(self.trial), "phase": str(self.trial.phase)}, "ok": self.ok}
+
+
+class Client(threading.Thread):
+    """Reads and writes the volume through a Cinder attachment from the moment it is attachable until stopped.
+
+    On a broken connection it reconnects (bounded) and checks the whole volume: every sector must hold its data
+    as of the last flush or a write since (``DataModel.crash_violations``); then that content is the model."""
+
+    def __init__(self, cinder: Any, volume_id: str, model: verify.DataModel, rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self.cinder, self.volume_id, self.model, self.rng = cinder, volume_id, model, rng
+        self.stop = threading.Event()
+        self.ops = self.disruptions = self.lost = self.bad_reads = 0
+        self.attachment: str | None = None
+        self.uri: str | None = None
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        try:
+            if self._wait_attachable():
+                self._attach()
+                self._io()
+        except Exception as exc:  # recorded: the trial reports it
+            self.errors.append(f"client: {type(exc).__name__}: {exc}")
+
+    def _wait_attachable(self) -> bool:
+        def attachable() -> bool:
+            try:
+                return self.cinder.get_volume(self.volume_id).get("migration_status") == "migrating_attachable"
+            except CinderError:
+                return False
+
+        while not self.stop.is_set():
+            if attachable():
+                return True
+            self.stop.wait(0.5)
+        return False
+
+    def _attach(self) -> None:
+        body = {"attachment": {"volume_uuid": self.volume_id, "connector": CONNECTOR}}
+        att = self.cinder.request("POST", "/attachments", body)["attachment"]
+        self.attachment, self.uri = att["id"], att["connection_info"]["uri"]
+
+    def _io(self) -> None:
+        handle = verify.connect(self.uri)
+        while not self.stop.is_set():
+            stats = verify.random_io(handle, self.model, 20, self.rng, max_size=128 * 1024)
+            self.ops += stats.reads + stats.writes
+            self.bad_reads += len(stats.mismatches)
+            if stats.errors:
+                self.disruptions += 1
+                handle = self._reconnect()
+                if handle is None:
+                    return
+                continue
+            try:
+                handle.flush()
+                self.model.flushed()
+            except Exception:  # a flush that failed promises nothing: the pending writes stay pending
+                self.disruptions += 1
+                handle = self._reconnect()
+                if handle is None:
+                    return
+        try:
+            handle.flush()
+            self.model.flushed()
+            handle.shutdown()
+        except Exception as exc:
+            self.errors.append(f"last flush: {exc}")
+
+    def _reconnect(self) -> Any:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                handle = verify.connect(self.uri)
+                content = verify.read_all(handle, self.model.size)
+            except Exception:
+                time.sleep(1.0)
+                continue
+            self.lost += len(self.model.crash_violations(content))
+            self.model.adopt(content)
+            return handle
+        return None
+
+    def detach(self) -> None:
+        self.stop.set()
+        self.join(RUN_TIMEOUT)
+        if self.attachment:
+            with contextlib.suppress(CinderError):
+                self.cinder.request("DELETE", f"/attachments/{self.attachment}")
+
+
+class Matrix:
+    """Runs trials on a lab that is up (arrays, services, Cinder, Airflow on the LocalExecutor)."""
+
+    def __init__(self, lab: Lab, services: Services, cinder_lab: CinderLab, airflow: AirflowLab, cinder: Any,
+                 restart: Callable[[], None] | None = None, log: Callable[[str], None] = print) -> None:  # fmt: skip
+        """``restart``: start what is not running (default: ``lab up`` on ``lab.root``, in a process of its own)."""
+        self.lab, self.services, self.cinder_lab, self.airflow = lab, services, cinder_lab, airflow
+        self.cinder, self.api, self.log = cinder, airflow.api, log
+        self.restart = restart or self.lab_up
+
+    # ---- one trial -------------------------------------------------------------------------
+    def run(self, trial: Trial) -> Outcome:
+        outcome = Outcome(trial)
+        started = time.monotonic()
+        self.log(f"trial {trial.name}, {trial.delay_s} s into it")
+        try:
+            self._trial(trial, outcome)
+        except Exception as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            self.log(f"  ERROR {outcome.error}")
+            self._ensure_up(outcome)
+        outcome.seconds = round(time.monotonic() - started, 1)
+        failed = f" (failed at {outcome.failed_at}: {outcome.state_after_failure})" if outcome.failed_at else ""
+        self.log(f"  -> {'ok' if outcome.ok else 'NOT OK'}: fault landed with the task {outcome.landed}; run "
+                 f"{outcome.run}{failed}; client {outcome.client_ops} ops, {outcome.disruptions} disruptions; lost "
+                 f"{outcome.lost}, bad reads {outcome.bad_reads}, stuck {outcome.stuck}, orphans "
+                 f"{outcome.orphans_before}->{outcome.orphans_after}; restart {outcome.restart_s} s, "
+                 f"{outcome.seconds} s")  # fmt: skip
+        return outcome
+
+    def _trial(self, trial: Trial, outcome: Outcome) -> None:
+        plan = PHASES[trial.phase]
+        rng = random.Random(trial.seed)
+        volume_id, model = self._volume(plan.source, rng)
+        dest = f"{CINDER_HOST}@{plan.dest}#pool1"
+        client = Client(self.cinder, volume_id, model, rng) if plan.step is not Step.ROLLBACK else None
+        run_id = self._call(lambda: self.api.trigger(MIGRATION_DAG, {"volume_id": volume_id, "dest_host": dest,
+                                                                      **plan.conf}))  # fmt: skip
+        if client:
+            client.start()
+        try:
+            if trial.phase is Phase.ROLLBACK:
+                self._wait_task(run_id, Step.HOST_COPY, ("running",), 120)
+                self._call(lambda: self.api.request("PATCH", self._ti_path(run_id, Step.HOST_COPY),
+                                                    {"new_state": "failed"}))  # fmt: skip
+            outcome.landed = self._wait_task(run_id, plan.step, ("running", "deferred"), 180)
+            time.sleep(trial.delay_s)
+            outcome.landed = self._task_state(run_id, plan.step) or outcome.landed
+            self._fault(trial, plan, run_id)
+            restart = time.monotonic()
+            self._ensure_up(outcome)
+            outcome.restart_s = round(time.monotonic() - restart, 1)
+            self._settle(run_id, outcome, volume_id)
+        finally:
+            if client:
+                client.detach()
+                outcome.client_ops, outcome.disruptions = client.ops, client.disruptions
+                outcome.lost, outcome.bad_reads = client.lost, client.bad_reads
+                outcome.notes += client.errors
+        self._judge_volume(volume_id, dest, plan, model, outcome)
+        self._audit(outcome)
+        self._delete(volume_id)
+
+    # ---- making and checking the volume --------------------------------------------------
+    def _volume(self, array: str, rng: random.Random) -> tuple[str, verify.DataModel]:
+        """A 1 GiB volume on ``array`` with 1 MiB of random data in every 32 MiB: (id, the model of its content)."""
+        body = {"volume": {"size": 1, "availability_zone": array, "name": "fault-trial"}}
+        volume_id = self.cinder.request("POST", "/volumes", body)["volume"]["id"]
+        if not wait_until(lambda: self.cinder.get_volume(volume_id)["status"] == "available", 120, 0.5):
+            raise LabError(f"volume {volume_id} did not become available")
+        content = bytearray(GiB)
+        backend = self.lab.backend(array)
+        handle = verify.connect(backend.export_lun(f"volume-{volume_id}").uri)
+        for off in range(0, GiB, 32 * MiB):
+            content[off : off + MiB] = rng.randbytes(MiB)
+            handle.pwrite(bytes(content[off : off + MiB]), off)
+        handle.flush()
+        handle.shutdown()
+        backend.unexport_lun(f"volume-{volume_id}")
+        return volume_id, verify.DataModel(GiB, bytes(content))
+
+    def _judge_volume(self, volume_id: str, dest: str, plan: PhasePlan, model: verify.DataModel,
+                      outcome: Outcome) -> None:  # fmt: skip
+        volume = self.cinder.get_volume(volume_id)
+        where = (volume["status"], volume.get("migration_status"), volume.get("os-vol-host-attr:host"))
+        outcome.stuck = volume["status"] == "maintenance" or where[1] in ("starting", "migrating_attachable")
+        if outcome.run.endswith("success") and where != ("available", "success", dest):
+            outcome.notes.append(f"run succeeded but the volume is {where}")
+            outcome.stuck = True
+        array = self.lab.backend(plan.dest if where[2] == dest else plan.source)
+        lun = lun_of(volume)
+        handle = verify.connect(array.export_lun(lun).uri)
+        try:
+            content = verify.read_all(handle, GiB)
+        finally:
+            handle.shutdown()
+            array.unexport_lun(lun)
+        outcome.lost += len(model.crash_violations(content))
+        if where[2] == dest and plan.source != plan.dest:
+            with contextlib.suppress(NotFound):
+                self.lab.backend(plan.source).get_lun(lun)
+                outcome.notes.append(f"the source LUN {lun} is still on {plan.source} (the audit counts it)")
+
+    def _delete(self, volume_id: str) -> None:
+        with contextlib.suppress(CinderError):
+            self.cinder.request("DELETE", f"/volumes/{volume_id}")
+        wait_until(lambda: volume_id not in {v["id"] for v in self.cinder.list_volumes()}, 60, 0.5)
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def _settle(self, run_id: str, outcome: Outcome, volume_id: str) -> None:
+        """Wait for the run's end; a failed run is recorded and cleared once, and must then succeed."""
+        state = self._wait_run(run_id)
+        if state == "failed":
+            tis = self._call(lambda: self.api.task_instances(MIGRATION_DAG, run_id))
+            outcome.failed_at = ",".join(sorted(t for t, ti in tis.items() if ti["state"] == "failed"))
+            v = self.cinder.get_volume(volume_id)
+            outcome.state_after_failure = (f"{v['status']}/{v.get('migration_status')}/"
+                                           f"{(v.get('os-vol-host-attr:host') or '').split('@')[-1]}")  # fmt: skip
+            self._call(lambda: self.api.clear_run(MIGRATION_DAG, run_id))
+            state = "failed -> cleared -> " + self._wait_run(run_id)
+        outcome.run = state
+
+    def _wait_run(self, run_id: str) -> str:
+        found = {"state": "?"}
+
+        def ended() -> bool:
+            with contextlib.suppress(AirflowError, OSError):
+                found.update(self.api.run(MIGRATION_DAG, run_id))
+            return found["state"] in SETTLED
+
+        return found["state"] if wait_until(ended, RUN_TIMEOUT, 1.0) else f"TIMEOUT ({found['state']})"
+
+    def _ti_path(self, run_id: str, step: Step) -> str:
+        q = self.api._q
+        return f"/dags/{MIGRATION_DAG}/dagRuns/{q(run_id)}/taskInstances/{step}"
+
+    def _task_state(self, run_id: str, step: Step) -> str | None:
+        with contextlib.suppress(AirflowError, OSError, KeyError):
+            return self.api.task_instances(MIGRATION_DAG, run_id)[step]["state"]
+        return None
+
+    def _wait_task(self, run_id: str, step: Step, states: tuple[str, ...], timeout: float) -> str:
+        seen = {"state": None}
+
+        def reached() -> bool:
+            seen["state"] = self._task_state(run_id, step)
+            return seen["state"] in states
+
+        if not wait_until(reached, timeout, 0.1):
+            raise LabError(f"{step} of run {run_id} never reached {states}: it is {seen['state']}")
+        return str(seen["state"])
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 120.0) -> Any:
+        """``fn`` again until it answers (a service may be restarting); the last error after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return fn()
+            except (AirflowError, CinderError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    # ---- the fault ------------------------------------------------------------------------------
+    def _fault(self, trial: Trial, plan: PhasePlan, run_id: str) -> None:
+        pids = self._targets(trial.component, plan, run_id)
+        if not pids:
+            raise LabError(f"no process found for {trial.component}")
+        if trial.signal == "STOP":
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(FREEZE_S)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 20)
+
+    def _targets(self, component: str, plan: PhasePlan, run_id: str) -> list[int]:
+        """The processes the fault hits: the component's whole process tree; for the worker, the LocalExecutor
+        worker that runs the phase's task (or, while no task runs, the idle one that reads the task queue)."""
+        if component == "worker":
+            ti = self._call(lambda: self.api.task_instances(MIGRATION_DAG, run_id))[plan.step]
+            task = ti.get("pid") if ti.get("state") == "running" else None
+            if task and pid_alive(task):
+                return [p for p in (task, parent_pid(task)) if p]
+            reader = self.airflow.idle_worker_reading_tasks()
+            return [reader] if reader else []
+        root = self._root_pid(component, plan)
+        return process_tree(root) if root else []
+
+    def _root_pid(self, component: str, plan: PhasePlan) -> int | None:
+        if component in AIRFLOW_COMPONENTS:
+            return self.airflow.pid(component)
+        if component in CINDER_COMPONENTS:
+            return self.cinder_lab.pid(component)
+        if component == "keystone":
+            return self.services.keystone.pid("uwsgi")
+        if component == "rabbitmq":
+            return self.services.rabbitmq.node_pid()
+        if component == "postgres":
+            return self.services.postgres.pid()
+        return self.lab.pid(plan.source if component == "source-array" else plan.dest)
+
+    def _ensure_up(self, outcome: Outcome) -> None:
+        try:
+            self.restart()
+        except (LabError, subprocess.SubprocessError) as exc:
+            outcome.notes.append(f"restart failed: {exc}")
+
+    def lab_up(self) -> None:
+        """``lab up``, as an operator runs it: starts whatever is not running."""
+        cmd = [sys.executable, "-m", "lab.cli", "--root", str(self.lab.root), "up"]
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=PROJECT_ROOT)
+        if done.returncode != 0:
+            raise LabError(f"lab up failed: {done.stderr.strip()[-500:]}")
+
+    # ---- the audit ------------------------------------------------------------------------------
+    def _audit(self, outcome: Outcome) -> None:
+        """Inconsistencies in the whole lab; if any, volume_audit repairs what is safe, and they are counted again."""
+        found = self.findings()
+        outcome.orphans_before = len(found)
+        if found:
+            outcome.notes += [f"{f.kind} {f.subject}: {f.detail}" for f in found]
+            run_id = self._call(lambda: self.api.trigger(AUDIT_DAG, {"repair": True}))
+            with contextlib.suppress(AirflowError):
+                self.api.wait_run(AUDIT_DAG, run_id, 300)
+            wait_until(lambda: not self._live_migrations(), 300, 2.0)  # runs it resumed
+            found = self.findings()
+        outcome.orphans_after = len(found)
+
+    def _live_migrations(self) -> bool:
+        return any(r["state"] in ("queued", "running") for r in self.api.runs(MIGRATION_DAG, limit=20))
+
+    def findings(self) -> list[Any]:
+        return find(read(self.cinder, self.lab.backend, _Runs(self.api)).snapshot)
+
+
+class _Runs:
+    """The audit's view of the runs, from outside Airflow (its REST API)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def state(self, run_id: str) -> str | None:
+        try:
+            return self.api.run(MIGRATION_DAG, run_id)["state"]
+        except AirflowError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def resume(self, run_id: str, conf: dict[str, Any]) -> None:
+        raise NotImplementedError("the lab's checks only read")
