@@ -66,7 +66,8 @@ def table(outcomes: list[Outcome], key: str) -> list[str]:
             f"{sum(o.orphans_before for o in group)}/{sum(o.orphans_after for o in group)}",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return [lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the outcomes go (JSON)")
     parser.add_argument("--root", type=Path, help="the lab's folder (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="leave the lab running")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of earlier runs' outcomes (pieces of one matrix) and stop")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report:
+        return report([o for path in args.report for o in outcomes_from(path)], started=None)
     phases = [Phase(p) for p in args.phases.split(",")] if args.phases else None
     components = args.components.split(",") if args.components else None
     unknown = set(components or ()) - set(COMPONENTS)
@@ -96,13 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         for trial in trials:
             outcomes.append(matrix.run(trial))
             write(args, outcomes, started)
+    return report(outcomes, started)
+
+
+def report(outcomes: list[Outcome], started: float | None) -> int:
+    """The tables per phase and per component, every trial that was not ok; 0 if all were."""
     print("\n".join(["", *table(outcomes, "phase"), "", *table(outcomes, "component")]))
     bad = [o for o in outcomes if not o.ok]
     for o in bad:
         print(f"NOT OK {o.trial.name}: run {o.run}, {o.error or ''} {'; '.join(o.notes)[:600]}")
-    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} trials ok, seed {args.seed}, "
-          f"{(time.monotonic() - started) / 60:.1f} min")  # fmt: skip
+    seeds = sorted({o.trial.seed // 1000 for o in outcomes})
+    took = f", {(time.monotonic() - started) / 60:.1f} min" if started is not None else ""
+    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} trials ok, seed {', '.join(map(str, seeds))}{took}")
     return 0 if not bad else 1
+
+
+def outcomes_from(path: Path) -> list[Outcome]:
+    """The outcomes a run wrote (``--output``)."""
+    return [Outcome.from_json(data) for data in json.loads(path.read_text())["outcomes"]]
 
 
 def write(args: argparse.Namespace, outcomes: list[Outcome], started: float) -> None:

@@ -168,6 +168,11 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "trial": {**asdict(self.trial), "phase": str(self.trial.phase)}, "ok": self.ok}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        fields = {k: v for k, v in data.items() if k not in ("trial", "ok")}
+        return cls(Trial(**{**data["trial"], "phase": Phase(data["trial"]["phase"])}), **fields)
+
 
 class Client(threading.Thread):
     """Reads and writes the volume through a Cinder attachment from the moment it is attachable until stopped.
