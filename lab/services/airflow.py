@@ -176,6 +176,8 @@ class AirflowLab(Daemons):
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             # and the triggers of a triggerer that died move to a live one within ~15 s (default 30)
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
+            # and the tasks a dead scheduler had queued are reset within ~30 s of the next one's start (default 300)
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
             "MIGRATION_STATE_DIR": str(self.root / "migration-state"),
             # the lab's rebalances run when a test or a bench triggers them, never on the daily schedule
             "VOLUME_REBALANCE_SCHEDULE": "none",
