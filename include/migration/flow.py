@@ -314,12 +314,20 @@ def host_copy(
 ) -> dict[str, Any]:
     """The generic path: create the target LUN (once) and copy through this host, resuming a checkpoint.
 
-    ``progress`` receives a ``MigrationProgress`` every few seconds.
+    A checkpoint counts only for the target LUN it was written for: when the
+    target has to be made (a rollback deleted the one an earlier try copied
+    into), the copy starts over from 0. ``progress`` receives a
+    ``MigrationProgress`` every few seconds.
     """
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    target = _find_lun(dest, plan.lun) or dest.create_lun(plan.lun, plan.size, plan.dest_pool)
     checkpoint = checkpoint_path(state_dir, plan)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    target = _find_lun(dest, plan.lun)
+    if target is None:
+        if checkpoint.exists():
+            log.warning("target LUN %s is new on %s: its earlier checkpoint is dropped", plan.lun, dest.name)
+            checkpoint.unlink()
+        target = dest.create_lun(plan.lun, plan.size, plan.dest_pool)
     result = copy_through_host(
         source.export_lun(plan.lun).uri,
         dest.export_lun(plan.lun).uri,

@@ -11,7 +11,10 @@ import pytest
 
 from include.backends.base import MiB, MigrationProgress, MigrationState
 from include.backends.errors import BackendError
+from include.host_copy import _save_checkpoint as save_checkpoint
 from include.host_copy import host_copy
+from include.migration import flow
+from include.migration.flow import Plan, checkpoint_path
 from lab import verify
 
 pytestmark = pytest.mark.integration
@@ -161,6 +164,27 @@ def test_resume_from_checkpoint(tmp_path, source_lun, target_lun):
     assert result.bytes_written + result.bytes_skipped == SIZE - saved["offset"]
     assert not checkpoint.exists()
     assert data_bytes(dst_uri) <= nonzero_bytes(data) + MiB
+
+
+def test_a_checkpoint_does_not_outlive_its_target_lun(tmp_path, lab, source_lun, lun_name):
+    """A try copied half (checkpoint at 32 MiB), then a rollback deleted the target LUN; the next run's host copy
+    makes a new target and must copy it all, not resume into an empty LUN (the fault matrix's trial 6, seed 12:
+    2 MiB lost before this)."""
+    src_uri, data = source_lun("gamma", seed=6)
+    plan = Plan(volume_id=str(uuid.uuid4()), lun=lun_name, size=SIZE, source_host="lab@gamma#pool1",
+                dest_host="lab@alpha#pool1", owner="airflow:volume_migration/run", path="host_copy")  # fmt: skip
+    alpha = lab.backend("alpha")
+    alpha.create_lun(lun_name, SIZE, "pool1")
+    save_checkpoint(checkpoint_path(tmp_path, plan), src_uri, alpha.export_lun(lun_name).uri, SIZE, 32 * MiB)
+    alpha.unexport_lun(lun_name)
+    alpha.delete_lun(lun_name)  # what rollback does
+    try:
+        flow.host_copy(plan, lab.backend, tmp_path)
+        assert read_uri(alpha.export_lun(lun_name).uri, SIZE) == data
+        assert not checkpoint_path(tmp_path, plan).exists()
+    finally:
+        alpha.unexport_lun(lun_name)
+        alpha.delete_lun(lun_name)
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path, source_lun, target_lun):
