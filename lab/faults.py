@@ -211,8 +211,17 @@ class Client(threading.Thread):
         return False
 
     def _attach(self) -> None:
+        """Attach through Cinder, again until it answers (a fault may have hit Cinder, Keystone or RabbitMQ)."""
         body = {"attachment": {"volume_uuid": self.volume_id, "connector": CONNECTOR}}
-        att = self.cinder.request("POST", "/attachments", body)["attachment"]
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            try:
+                att = self.cinder.request("POST", "/attachments", body)["attachment"]
+                break
+            except CinderError:
+                if time.monotonic() > deadline or self.stop.is_set():
+                    raise
+                time.sleep(2.0)
         self.attachment, self.uri = att["id"], att["connection_info"]["uri"]
 
     def _io(self) -> None:
@@ -257,11 +266,22 @@ class Client(threading.Thread):
         return None
 
     def detach(self) -> None:
+        """Stop, then delete every attachment of the volume, as an operator cleans up after a client: an attach
+        that failed while a fault lasted can leave one (and the volume ``reserved``) that Cinder could not undo."""
         self.stop.set()
         self.join(RUN_TIMEOUT)
-        if self.attachment:
-            with contextlib.suppress(CinderError):
-                self.cinder.request("DELETE", f"/attachments/{self.attachment}")
+
+        def detached() -> bool:
+            try:
+                found = self.cinder.request("GET", f"/attachments?volume_id={self.volume_id}")["attachments"]
+                for att in found:
+                    self.cinder.request("DELETE", f"/attachments/{att['id']}")
+                return not found and self.cinder.get_volume(self.volume_id)["status"] == "available"
+            except CinderError:
+                return False
+
+        if not wait_until(detached, 120, 2.0):
+            self.errors.append("attachments left after 120 s")
 
 
 class Matrix:
