@@ -8,6 +8,7 @@ and clears DAG runs, reads task logs and writes Connections.
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from typing import Any
 
@@ -110,9 +111,18 @@ class AirflowApi:
         """Delete the run and its task instances (as an operator may, by mistake)."""
         self.request("DELETE", f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}")
 
-    def mark_run(self, dag_id: str, run_id: str, state: str) -> None:
-        """Set the run's state (``failed``, ``success``, ``queued``) as an operator may in the UI."""
-        self.request("PATCH", f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}", {"state": state})
+    def mark_run(self, dag_id: str, run_id: str, state: str, attempts: int = 5) -> None:
+        """Set the run's state (``failed``, ``success``, ``queued``) as an operator may in the UI. Again after an
+        HTTP 500: the API server answers "Database error" when the scheduler updates the same rows at that moment
+        (seen under load), and nothing was changed."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.request("PATCH", f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}", {"state": state})
+                return
+            except AirflowError as exc:
+                if exc.status != 500 or attempt == attempts:
+                    raise
+                time.sleep(1.0)
 
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[str]:
         """Clear these tasks of a run (a running one is stopped and runs again); returns the cleared task ids."""
