@@ -37,7 +37,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -51,8 +50,10 @@ from include.migration.errors import CinderError
 from include.migration.flow import lun_of
 from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, Step
 from lab import verify
+from lab.attached_client import AttachedClient
 from lab.env import PROJECT_ROOT
 from lab.errors import LabError
+from lab.fill import create_volumes, delete_volumes
 from lab.lab import Lab
 from lab.procutil import parent_pid, pid_alive, process_tree, wait_until
 from lab.services.airflow import AirflowLab
@@ -60,7 +61,6 @@ from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST, CinderLab
 from lab.services.openstack import Services
 
-CONNECTOR = {"host": "faults", "ip": "127.0.0.1", "initiator": "iqn.faults", "multipath": False, "platform": "x86_64"}
 SETTLED = ("success", "failed")
 RUN_TIMEOUT = 420.0  # from the restart to the run's end (a dead worker is noticed after 30 s, retries wait 10 s)
 
@@ -174,116 +174,6 @@ class Outcome:
         return cls(Trial(**{**data["trial"], "phase": Phase(data["trial"]["phase"])}), **fields)
 
 
-class Client(threading.Thread):
-    """Reads and writes the volume through a Cinder attachment from the moment it is attachable until stopped.
-
-    On a broken connection it reconnects (bounded) and checks the whole volume: every sector must hold its data
-    as of the last flush or a write since (``DataModel.crash_violations``); then that content is the model."""
-
-    def __init__(self, cinder: Any, volume_id: str, model: verify.DataModel, rng: random.Random) -> None:
-        super().__init__(daemon=True)
-        self.cinder, self.volume_id, self.model, self.rng = cinder, volume_id, model, rng
-        self.stop = threading.Event()
-        self.ops = self.disruptions = self.lost = self.bad_reads = 0
-        self.attachment: str | None = None
-        self.uri: str | None = None
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        try:
-            if self._wait_attachable():
-                self._attach()
-                self._io()
-        except Exception as exc:  # recorded: the trial reports it
-            self.errors.append(f"client: {type(exc).__name__}: {exc}")
-
-    def _wait_attachable(self) -> bool:
-        def attachable() -> bool:
-            try:
-                return self.cinder.get_volume(self.volume_id).get("migration_status") == "migrating_attachable"
-            except CinderError:
-                return False
-
-        while not self.stop.is_set():
-            if attachable():
-                return True
-            self.stop.wait(0.5)
-        return False
-
-    def _attach(self) -> None:
-        """Attach through Cinder, again until it answers (a fault may have hit Cinder, Keystone or RabbitMQ)."""
-        body = {"attachment": {"volume_uuid": self.volume_id, "connector": CONNECTOR}}
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while True:
-            try:
-                att = self.cinder.request("POST", "/attachments", body)["attachment"]
-                break
-            except CinderError:
-                if time.monotonic() > deadline or self.stop.is_set():
-                    raise
-                time.sleep(2.0)
-        self.attachment, self.uri = att["id"], att["connection_info"]["uri"]
-
-    def _io(self) -> None:
-        handle = verify.connect(self.uri)
-        while not self.stop.is_set():
-            stats = verify.random_io(handle, self.model, 20, self.rng, max_size=128 * 1024)
-            self.ops += stats.reads + stats.writes
-            self.bad_reads += len(stats.mismatches)
-            if stats.errors:
-                self.disruptions += 1
-                handle = self._reconnect()
-                if handle is None:
-                    return
-                continue
-            try:
-                handle.flush()
-                self.model.flushed()
-            except Exception:  # a flush that failed promises nothing: the pending writes stay pending
-                self.disruptions += 1
-                handle = self._reconnect()
-                if handle is None:
-                    return
-        try:
-            handle.flush()
-            self.model.flushed()
-            handle.shutdown()
-        except Exception as exc:
-            self.errors.append(f"last flush: {exc}")
-
-    def _reconnect(self) -> Any:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline and not self.stop.is_set():
-            try:
-                handle = verify.connect(self.uri)
-                content = verify.read_all(handle, self.model.size)
-            except Exception:
-                time.sleep(1.0)
-                continue
-            self.lost += len(self.model.crash_violations(content))
-            self.model.adopt(content)
-            return handle
-        return None
-
-    def detach(self) -> None:
-        """Stop, then delete every attachment of the volume, as an operator cleans up after a client: an attach
-        that failed while a fault lasted can leave one (and the volume ``reserved``) that Cinder could not undo."""
-        self.stop.set()
-        self.join(RUN_TIMEOUT)
-
-        def detached() -> bool:
-            try:
-                found = self.cinder.request("GET", f"/attachments?volume_id={self.volume_id}")["attachments"]
-                for att in found:
-                    self.cinder.request("DELETE", f"/attachments/{att['id']}")
-                return not found and self.cinder.get_volume(self.volume_id)["status"] == "available"
-            except CinderError:
-                return False
-
-        if not wait_until(detached, 120, 2.0):
-            self.errors.append("attachments left after 120 s")
-
-
 class Matrix:
     """Runs trials on a lab that is up (arrays, services, Cinder, Airflow on the LocalExecutor)."""
 
@@ -319,7 +209,7 @@ class Matrix:
         rng = random.Random(trial.seed)
         volume_id, model = self._volume(plan.source, rng)
         dest = f"{CINDER_HOST}@{plan.dest}#pool1"
-        client = Client(self.cinder, volume_id, model, rng) if plan.step is not Step.ROLLBACK else None
+        client = None if plan.step is Step.ROLLBACK else AttachedClient(self.cinder, volume_id, model, rng, RUN_TIMEOUT)
         run_id = self._call(lambda: self.api.trigger(MIGRATION_DAG, {"volume_id": volume_id, "dest_host": dest,
                                                                       **plan.conf}))  # fmt: skip
         if client:
@@ -327,8 +217,7 @@ class Matrix:
         try:
             if trial.phase is Phase.ROLLBACK:
                 self._wait_task(run_id, Step.HOST_COPY, ("running",), 120)
-                self._call(lambda: self.api.request("PATCH", self._ti_path(run_id, Step.HOST_COPY),
-                                                    {"new_state": "failed"}))  # fmt: skip
+                self._call(lambda: self.api.mark_task(MIGRATION_DAG, run_id, Step.HOST_COPY, "failed"))
             outcome.landed = self._wait_task(run_id, plan.step, ("running", "deferred"), 180)
             time.sleep(trial.delay_s)
             outcome.landed = self._task_state(run_id, plan.step) or outcome.landed
@@ -350,10 +239,7 @@ class Matrix:
     # ---- making and checking the volume --------------------------------------------------
     def _volume(self, array: str, rng: random.Random) -> tuple[str, verify.DataModel]:
         """A 1 GiB volume on ``array`` with 1 MiB of random data in every 32 MiB: (id, the model of its content)."""
-        body = {"volume": {"size": 1, "availability_zone": array, "name": "fault-trial"}}
-        volume_id = self.cinder.request("POST", "/volumes", body)["volume"]["id"]
-        if not wait_until(lambda: self.cinder.get_volume(volume_id)["status"] == "available", 120, 0.5):
-            raise LabError(f"volume {volume_id} did not become available")
+        volume_id = create_volumes(self.cinder, 1, array, prefix="fault-trial", timeout=120)[0]["id"]
         content = bytearray(GiB)
         backend = self.lab.backend(array)
         handle = verify.connect(backend.export_lun(f"volume-{volume_id}").uri)
@@ -388,8 +274,7 @@ class Matrix:
                 outcome.notes.append(f"the source LUN {lun} is still on {plan.source} (the audit counts it)")
 
     def _delete(self, volume_id: str) -> None:
-        with contextlib.suppress(CinderError):
-            self.cinder.request("DELETE", f"/volumes/{volume_id}")
+        delete_volumes(self.cinder, [volume_id])
         wait_until(lambda: volume_id not in {v["id"] for v in self.cinder.list_volumes()}, 60, 0.5)
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -415,10 +300,6 @@ class Matrix:
             return found["state"] in SETTLED
 
         return found["state"] if wait_until(ended, RUN_TIMEOUT, 1.0) else f"TIMEOUT ({found['state']})"
-
-    def _ti_path(self, run_id: str, step: Step) -> str:
-        q = self.api._q
-        return f"/dags/{MIGRATION_DAG}/dagRuns/{q(run_id)}/taskInstances/{step}"
 
     def _task_state(self, run_id: str, step: Step) -> str | None:
         with contextlib.suppress(AirflowError, OSError, KeyError):

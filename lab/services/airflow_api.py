@@ -124,6 +124,11 @@ class AirflowApi:
                     raise
                 time.sleep(1.0)
 
+    def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        """Set a task's state (``failed``, ``success``) as an operator may in the UI; a running task is stopped."""
+        path = f"/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
+        self.request("PATCH", path, {"new_state": state})
+
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> list[str]:
         """Clear these tasks of a run (a running one is stopped and runs again); returns the cleared task ids."""
         body = {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "task_ids": task_ids}
