@@ -1,8 +1,9 @@
 """``lab``: start, stop and look at the lab; run the takeover demo.
 
 lab up        install what is missing, start the arrays alpha, beta, gamma, the
-              services PostgreSQL, RabbitMQ, Keystone, Cinder 29 with the lab's
-              drivers and extension, and Airflow 3 (api-server, scheduler,
+              services PostgreSQL, RabbitMQ, Keystone, Ceph 16.2 (one monitor,
+              manager and OSD; two RBD pools), Cinder 29 with the lab's drivers,
+              Cinder's RBD driver for Ceph and the extension, and Airflow 3 (api-server, scheduler,
               dag-processor, triggerer) with the project's DAGs and Connections
               (--arrays-only: the arrays alone; --executor celery: Airflow on
               Celery, with Redis and two Celery workers)
@@ -28,6 +29,7 @@ from lab.env import DEFAULT_ROOT
 from lab.errors import LabError
 from lab.lab import Lab
 from lab.services.airflow import EXECUTORS, AirflowLab
+from lab.services.ceph import CephLab
 from lab.services.cinder import CinderLab
 from lab.services.openstack import Services
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("LAB_ROOT", DEFAULT_ROOT)))
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up")
-    up.add_argument("--arrays-only", action="store_true", help="do not start PostgreSQL, RabbitMQ and Keystone")
+    up.add_argument("--arrays-only", action="store_true", help="the arrays alone: no services, Ceph, Cinder, Airflow")
     sub.add_parser("down")
     sub.add_parser("status")
     demo = sub.add_parser("demo")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 def up_all(lab: Lab) -> dict[str, int]:
     pids = lab.up()
     pids.update(services_of(lab).up())
+    pids.update(ceph_of(lab).up())
     pids.update(cinder_of(lab).up())
     pids.update(airflow_of(lab).up())
     return pids
@@ -92,6 +95,7 @@ def up_all(lab: Lab) -> dict[str, int]:
 def down_all(lab: Lab) -> int:
     results = airflow_of(lab).down()
     results.update(cinder_of(lab).down())
+    results.update(ceph_of(lab).down())
     results.update(services_of(lab).down())
     results.update(lab.down())
     print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
@@ -105,8 +109,14 @@ def services_of(lab: Lab) -> Services:
 
 
 @functools.cache
+def ceph_of(lab: Lab) -> CephLab:
+    """The lab's Ceph cluster, under ``root/ceph``."""
+    return CephLab(lab.root / "ceph")
+
+
+@functools.cache
 def cinder_of(lab: Lab) -> CinderLab:
-    return CinderLab(lab.root / "cinder", lab, services_of(lab))
+    return CinderLab(lab.root / "cinder", lab, services_of(lab), ceph_of(lab))
 
 
 _airflows: dict[Path, AirflowLab] = {}
@@ -124,6 +134,7 @@ def status(lab: Lab) -> dict[str, list[dict[str, object]]]:
     return {
         "arrays": lab.status(),
         "services": services_of(lab).status(),
+        "ceph": ceph_of(lab).status(),
         "cinder": cinder_of(lab).status(),
         "airflow": airflow_of(lab).status(),
     }

@@ -23,6 +23,12 @@ APT_PACKAGES=(
   chromium            # headless browser for the UI tests (driven by Playwright from .venv)
   build-essential     # uWSGI builds from source in .venv-keystone
   python3-dev
+  ceph-mon            # the lab's Ceph 16.2: one monitor, one manager, one OSD (lab/services/ceph.py)
+  ceph-mgr
+  ceph-osd
+  ceph-common         # the ceph and rbd tools
+  python3-rados       # librados' and librbd's Python bindings: Cinder's RBD driver, the lab's checks
+  python3-rbd
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -74,3 +80,11 @@ fi
 # Keystone and Cinder run from virtualenvs of their own (their dependencies are not the project's).
 make_venv .venv-keystone "import sys" "" requirements-keystone.txt
 make_venv .venv-cinder "import sys" "" requirements-cinder.txt
+# Cinder's own RBD driver needs librados' and librbd's Python bindings, which Debian builds for its python3 only:
+# those two modules (not the rest of Debian's dist-packages) are linked into .venv-cinder.
+cinder_site=$(.venv-cinder/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+for module in rados rbd; do
+  for so in /usr/lib/python3/dist-packages/"$module".cpython-*.so; do
+    [ -e "$cinder_site/$(basename "$so")" ] || ln -s "$so" "$cinder_site/"
+  done
+done

@@ -1,10 +1,12 @@
 """Cinder 29 in the lab: configuration, database, and the api, scheduler and volume services.
 
-``CinderLab(root, lab, services)`` writes ``root/cinder.conf`` with one
-backend per lab array (``include.cinder_plugin.drivers``), syncs the
-database and starts ``cinder-api``, ``cinder-scheduler`` and
-``cinder-volume`` from the project's Cinder virtualenv (``.venv-cinder``),
-each in its own session, stopped by PID.
+``CinderLab(root, lab, services, ceph)`` writes ``root/cinder.conf`` with one
+backend per lab array (``include.cinder_plugin.drivers``) and, with ``ceph``,
+one per RBD pool of the lab's Ceph (``ceph-hdd``, ``ceph-ssd``) served by
+Cinder's own, unmodified ``RBDDriver``; it syncs the database and starts
+``cinder-api``, ``cinder-scheduler`` and ``cinder-volume`` from the
+project's Cinder virtualenv (``.venv-cinder``), each in its own session,
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from lab.errors import LabError
 from lab.lab import Lab
 from lab.localhttp import http_call
 from lab.procutil import wait_ready, wait_until, write_private
+from lab.services.ceph import POOLS as CEPH_POOLS
+from lab.services.ceph import CephLab
 from lab.services.daemon import Daemons, run_cli
 
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
 CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
 EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
+RBD_DRIVER = "cinder.volume.drivers.rbd.RBDDriver"  # Cinder's own, as a cloud runs it
 
 
 class CinderLab(Daemons):
@@ -34,11 +39,16 @@ class CinderLab(Daemons):
 
     names = SERVICES
 
-    def __init__(self, root: Path, lab: Lab, services: Any) -> None:
+    def __init__(self, root: Path, lab: Lab, services: Any, ceph: CephLab | None = None) -> None:
         super().__init__(root)
         self.lab = lab
         self.services = services
+        self.ceph = ceph
         self.conf_path = self.root / "cinder.conf"
+
+    def backends(self) -> list[str]:
+        """Every backend of cinder.conf: the lab's arrays, then Ceph's pools."""
+        return [*self.lab.names(), *(CEPH_POOLS if self.ceph else ())]
 
     # ---- configuration -------------------------------------------------------------
     def bin(self, name: str) -> str:
@@ -59,7 +69,7 @@ class CinderLab(Daemons):
             f"log_dir = {self.root / 'log'}",
             f"transport_url = {self.services.transport_url()}",
             "auth_strategy = keystone",
-            f"enabled_backends = {','.join(arrays)}",
+            f"enabled_backends = {','.join(self.backends())}",
             f"osapi_volume_listen = {HOST}",
             f"osapi_volume_listen_port = {self.services.cinder_api_port}",
             "osapi_volume_workers = 1",
@@ -110,6 +120,17 @@ class CinderLab(Daemons):
                 f"lab_array_url = {config.url}",
                 f"lab_array_token_file = {token_file}",
             ]
+        for backend, pool in CEPH_POOLS.items() if self.ceph else ():
+            lines += [
+                "",
+                f"[{backend}]",
+                f"volume_driver = {RBD_DRIVER}",
+                f"volume_backend_name = {backend}",
+                f"backend_availability_zone = {backend}",
+                f"rbd_pool = {pool}",
+                f"rbd_ceph_conf = {self.ceph.conf_path}",
+                "rbd_user = admin",  # the cluster has no authentication: any client name; no secret
+            ]
         write_private(self.conf_path, "\n".join(lines) + "\n")
 
     def env(self) -> dict[str, str]:
@@ -132,7 +153,7 @@ class CinderLab(Daemons):
         self.configure()
         self.manage("db", "sync")
         pids = self.start_all()
-        expected = {f"{CINDER_HOST}@{name}" for name in self.lab.names()}
+        expected = {f"{CINDER_HOST}@{name}" for name in self.backends()}
         last: dict[str, Any] = {}
 
         def ready() -> bool:

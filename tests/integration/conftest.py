@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from include.backends.base import MiB
 from include.migration.errors import CinderError
 from lab.env import port_open
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.airflow import AirflowLab
+from lab.services.ceph import CephLab
 from lab.services.cinder import CINDER_VENV, CinderLab
 from lab.services.openstack import Services
 
@@ -86,9 +88,37 @@ def running(component, what):
         assert all(component.down().values())
 
 
+KEPT_IMAGE = ("volumes-hdd", "lab-kept-across-down-up")
+
+
 @pytest.fixture(scope="session")
-def cinder(lab, services, tmp_path_factory):
-    yield from running(CinderLab(tmp_path_factory.mktemp("cinder"), lab, services), "cinder")
+def ceph(tmp_path_factory):
+    """The lab's Ceph from nothing. At the end (after Cinder stopped): an image written, ``down()`` stops every
+    daemon and its whole tree, ``up()`` again on the kept data (the everyday ``lab down; lab up``) reads it back."""
+    cluster = CephLab(tmp_path_factory.mktemp("ceph"))
+    started = time.monotonic()
+    try:
+        cluster.up()
+        print(f"\nceph up from nothing (mon and OSD mkfs, pools) in {time.monotonic() - started:.1f} s")
+        yield cluster
+        data = os.urandom(MiB)
+        cluster.write_image(*KEPT_IMAGE, data, size=4 * MiB)
+        trees = {name: process_tree(pid) for name in cluster.names if (pid := cluster.pid(name))}
+        assert len(trees) == 3, f"not every Ceph daemon runs: {trees}"
+        assert all(cluster.down().values())
+        left = [p for tree in trees.values() for p in tree if pid_alive(p)]
+        assert not left, f"Ceph processes left after down: {left}"
+        started = time.monotonic()
+        cluster.up()
+        print(f"ceph up again on its kept data in {time.monotonic() - started:.1f} s")
+        assert cluster.read_image(*KEPT_IMAGE, length=MiB) == data
+    finally:
+        assert all(cluster.down().values())
+
+
+@pytest.fixture(scope="session")
+def cinder(lab, services, ceph, tmp_path_factory):
+    yield from running(CinderLab(tmp_path_factory.mktemp("cinder"), lab, services, ceph), "cinder")
 
 
 @pytest.fixture(scope="session")
