@@ -20,8 +20,15 @@ operator, the ``Repair`` that ``volume_audit`` applies when asked:
 - a **host without its LUN**: a volume whose host's array does not hold its
   LUN; the finding says where the LUN is. Never repaired: which copy is
   right is an operator's call.
-- **not audited**: an array that did not answer, or a backend without a
-  Connection; nothing on it is judged.
+- **not audited**: an array that did not answer, or a backend that neither
+  an array Connection nor Cinder's manageable-volumes listing could read;
+  nothing on it is judged.
+
+A backend without an array Connection (Ceph behind Cinder's RBD driver, any
+stock driver) is read through Cinder: its driver's manageable-volumes
+listing names what it holds. Its findings are reported with their action
+but never repaired: the audit changes nothing behind a driver it does not
+drive.
 
 Reading LUNs before volumes keeps migrations in flight out of the findings:
 a migration locks its volume before it makes a LUN anywhere, so every LUN
@@ -100,6 +107,7 @@ class Snapshot:
     not_audited: Mapping[str, str]  # Cinder backend -> why its array was not read
     volumes: list[dict[str, Any]]  # Cinder's volumes, as an admin lists them
     runs: Mapping[str, str | None]  # run id of a MIGRATION_DAG run that holds a lock -> its state (None: no such run)
+    listed_by_cinder: frozenset[str] = frozenset()  # arrays read through Cinder's listing: reported, never repaired
 
 
 def owning_runs(volumes: Iterable[dict[str, Any]]) -> list[str]:
@@ -227,7 +235,8 @@ def _stray_luns(snapshot: Snapshot, places: _Places) -> Iterable[Finding]:
             subject, size = f"{array}/{name}", lun.get("size")
             owner = places.expected.get((array, name))
             if owner is None:
-                safe = places.safe_to_remove(name)  # no Cinder volume points here: no attachment can use it
+                # no Cinder volume points here: no attachment can use it
+                safe = places.safe_to_remove(name) and array not in snapshot.listed_by_cinder
                 volume = places.by_lun.get(name)
                 whose = f"volume {volume['id']} is on {_host(volume)}" if volume else "no volume has this LUN"
                 if lun.get("copy"):

@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from include.backends.base import BackendDriver, Volume
+from include.backends.base import BackendDriver, GiB, Volume
 from include.backends.errors import BackendError, NotFound
 from include.migration.audit import Finding, Repair, Snapshot, find, format_findings, owning_runs
 from include.migration.cinder_api import CinderApi
-from include.migration.errors import InconsistenciesLeft
+from include.migration.errors import CinderError, InconsistenciesLeft
 from include.migration.flow import Arrays, backend_of
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,28 @@ class World:
 
 
 def read(cinder: CinderApi, arrays: Arrays, runs: Runs) -> World:
-    backends = sorted({backend_of(s["host"]) for s in cinder.volume_services() if "@" in s.get("host", "")})
+    hosts = {backend_of(s["host"]): s["host"] for s in cinder.volume_services() if "@" in s.get("host", "")}
+    backends = sorted(hosts)
     luns: dict[str, list[dict[str, Any]]] = {}
     names: dict[str, str] = {}
     adapters: dict[str, BackendDriver] = {}
     not_audited: dict[str, str] = {}
+    listed: set[str] = set()
     for backend in backends:
         try:
             adapter = arrays(backend)
             if adapter.name not in luns:
                 luns[adapter.name] = adapter.list_luns()
-        except (LookupError, BackendError) as exc:
+        except LookupError as no_array:  # no array Connection: what the backend's own driver lists, through Cinder
+            try:
+                luns[backend] = listed_by_cinder(cinder, hosts[backend])
+            except CinderError as exc:
+                not_audited[backend] = f"{no_array}, and Cinder's manageable-volumes listing failed: {exc}"
+                continue
+            names[backend] = backend
+            listed.add(backend)
+            continue
+        except BackendError as exc:
             not_audited[backend] = str(exc)
             continue
         names[backend], adapters[adapter.name] = adapter.name, adapter
@@ -65,7 +76,18 @@ def read(cinder: CinderApi, arrays: Arrays, runs: Runs) -> World:
         if backend and backend not in backends:
             not_audited.setdefault(backend, f"no cinder-volume service reports it (volume {volume['id']} is on it)")
     states = {run_id: runs.state(run_id) for run_id in owning_runs(volumes)}
-    return World(Snapshot(luns, names, not_audited, volumes, states), adapters)
+    return World(Snapshot(luns, names, not_audited, volumes, states, frozenset(listed)), adapters)
+
+
+def listed_by_cinder(cinder: CinderApi, host: str) -> list[dict[str, Any]]:
+    """The LUNs of backend ``host`` (``host@backend``) as its driver lists them to Cinder's manage API: name, size."""
+    found = []
+    for entry in cinder.manageable_volumes(host):
+        reference = entry.get("reference") or {}
+        name = reference.get("source-name") or reference.get("source-id")
+        if name:
+            found.append({"name": str(name), "size": int(entry.get("size") or 0) * GiB})
+    return found
 
 
 def audit(cinder: CinderApi, arrays: Arrays, runs: Runs) -> list[Finding]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from typing import Any
+from urllib.parse import urlencode
 
 from include.migration.errors import CinderError
 
@@ -90,6 +91,19 @@ class CinderApi(abc.ABC):
 
     def list_snapshots(self, page: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:
         return self._all("snapshots", page, max_pages)
+
+    def manageable_volumes(self, host: str, page: int = 1000, max_pages: int = 1000) -> list[dict[str, Any]]:
+        """What the backend ``host`` (``host@backend``) holds, as its own driver lists it: Cinder's manage API
+        (microversion 3.8), which stock drivers implement. Each entry: ``reference`` (``{"source-name": ...}``),
+        ``size`` (GiB), ``cinder_id`` (the volume it is, if any), ``safe_to_manage``, ``reason_not_safe``."""
+        found: list[dict[str, Any]] = []
+        for number in range(max_pages):
+            query = urlencode({"host": host, "limit": page, "offset": number * page})
+            batch = self.request("GET", f"/manageable_volumes/detail?{query}")["manageable-volumes"]
+            found += batch
+            if len(batch) < page:
+                return found
+        raise CinderError(f"more than {page * max_pages} volumes on {host}: listing stopped")
 
     def list_volume_types(self) -> list[dict[str, Any]]:
         """Every volume type with its extra specs (``volume_backend_name`` pins a backend)."""

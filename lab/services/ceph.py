@@ -168,6 +168,12 @@ class CephLab(Daemons):
                 image.write(data, offset)
                 image.flush()
 
+    def remove_image(self, pool: str, name: str) -> None:
+        import rbd
+
+        with self.ioctx(pool) as ioctx:
+            rbd.RBD().remove(ioctx, name)
+
     def read_image(self, pool: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
         import rbd
 

@@ -12,6 +12,7 @@ from include.backends.errors import BackendError, NotFound
 from include.migration.audit import Finding, Kind, Repair
 from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, AuditStep
 from lab.procutil import wait_until
+from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import CINDER_HOST
 from tests.integration.test_volume_migration import assert_migrated, luns, seed, state_of
 
@@ -33,7 +34,7 @@ def wait_attachable(admin, vid):
 
 
 def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_asked(
-    lab, admin, services, api, airflow, volume
+    lab, admin, services, api, airflow, volume, ceph
 ):
     airflow.wait_dags((AUDIT_DAG,), 120)
     run_id, state, found = audit(api)
@@ -60,6 +61,11 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
     exported, lost = volume("beta"), volume("gamma")
     lab.backend("beta").export_for_takeover(f"volume-{exported['id']}", initiator="alpha")
     lab.backend("gamma").delete_lun(f"volume-{lost['id']}")
+    # Ceph has no array Connection: it is read through Cinder (its RBD driver's manageable-volumes listing); a
+    # volume of its own is no finding, an image of Cinder's name that no volume has is reported, never repaired
+    volume("ceph-hdd")
+    rbd_orphan = f"volume-{uuid.uuid4()}"
+    ceph.write_image(CEPH_POOLS["ceph-hdd"], rbd_orphan, b"mine", size=64 * MiB)
     try:
         before = (luns(lab), {v["id"]: state_of(admin, v["id"]) for v in (gone, failed, exported, lost)})
         run_id, state, found = audit(api)
@@ -71,20 +77,22 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
             (Kind.ORPHAN_LUN, f"beta/{taken}"): Repair.DELETE_LUN,
             (Kind.UNOWNED_TAKEOVER, f"beta/volume-{exported['id']}"): Repair.RELEASE_EXPORT,
             (Kind.HOST_WITHOUT_LUN, lost["id"]): None,
+            (Kind.ORPHAN_LUN, f"ceph-hdd/{rbd_orphan}"): None,
         }
         assert {key: f.repair for key, f in found.items()} == expected
         assert "does not exist" in found[(Kind.STUCK_VOLUME, gone["id"])].detail
         assert f"clear run {failed_run}" in found[(Kind.STUCK_VOLUME, failed["id"])].action
         assert state == "failed"  # things are left for an operator: the run says so
-        assert "7 of 7 inconsistencies left" in api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
+        assert "8 of 8 inconsistencies left" in api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
         assert (luns(lab), {v["id"]: state_of(admin, v["id"]) for v in (gone, failed, exported, lost)}) == before
 
         for vid in (gone["id"], failed["id"]):  # the copies finish by the time the runs are resumed
             lab.backend("alpha").set_migration_speed(Volume(f"volume-{vid}", GiB), 0)
         run_id, state, found = audit(api, repair=True)
-        assert set(found) == set(expected) and state == "failed"  # the lost volume is left for an operator
+        assert set(found) == set(expected) and state == "failed"  # the lost volume and the image: for an operator
         log = api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
-        assert "1 of 7 inconsistencies left" in log and lost["id"] in log, log
+        assert "2 of 8 inconsistencies left" in log and lost["id"] in log and rbd_orphan in log, log
+        assert ceph.read_image(CEPH_POOLS["ceph-hdd"], rbd_orphan, length=4) == b"mine"
         for run in (gone_run, failed_run):  # the deleted run triggered again under its id, the failed one cleared
             assert api.wait_run(MIGRATION_DAG, run, 300)["state"] == "success"
         for vid in (gone["id"], failed["id"]):
@@ -95,10 +103,13 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
         assert not lab.backend("beta").get_lun(f"volume-{exported['id']}")["takeover_export"]
 
         admin.request("DELETE", f"/volumes/{lost['id']}")
+        ceph.remove_image(CEPH_POOLS["ceph-hdd"], rbd_orphan)
         assert wait_until(lambda: lost["id"] not in {v["id"] for v in admin.list_volumes()}, 60, 0.5)
         run_id, state, found = audit(api)
         assert (state, found) == ("success", {}), found
     finally:  # what the repair did not remove, if the test failed before it
+        if rbd_orphan in ceph.images(CEPH_POOLS["ceph-hdd"]):
+            ceph.remove_image(CEPH_POOLS["ceph-hdd"], rbd_orphan)
         for array, name in (("alpha", taken), ("beta", taken), ("gamma", orphan)):
             backend = lab.backend(array)
             try:

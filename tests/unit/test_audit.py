@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from include.backends.errors import BackendError
 from include.cinder_plugin.names import LOCK_VIEW_KEY
 from include.migration.audit import Finding, Kind, Repair, Snapshot, find, format_findings, owning_runs
-from include.migration.audit_flow import conclude
-from include.migration.errors import InconsistenciesLeft
+from include.migration.audit_flow import conclude, read
+from include.migration.cinder_api import CinderApi
+from include.migration.errors import CinderError, InconsistenciesLeft
 from include.migration.steps import run_owner
 
 A = "11111111-1111-1111-1111-111111111111"
@@ -126,3 +128,62 @@ def test_what_is_left_fails_the_audit_with_each_action():
         conclude([stuck, orphan], {stuck.key: (True, "resumed")})
     assert Finding.from_json(stuck.to_json()) == stuck
     assert "stuck_volume" in format_findings([stuck, orphan])
+
+
+class ListingCinder(CinderApi):
+    """Cinder at its request boundary: two volume services, one volume, and what ceph-hdd's driver lists."""
+
+    def __init__(self, listing_fails=False):
+        self.listing_fails = listing_fails
+        self.asked = []
+
+    def request(self, method, path, body=None):
+        self.asked.append(path)
+        if path.startswith("/os-services"):
+            return {"services": [{"host": "lab@alpha"}, {"host": "lab@ceph-hdd"}]}
+        if path.startswith("/manageable_volumes/detail?"):
+            if self.listing_fails:
+                raise CinderError("the driver does not list", 501)
+            return {"manageable-volumes": [
+                {"reference": {"source-name": f"volume-{A}"}, "size": 2, "cinder_id": A, "safe_to_manage": False},
+                {"reference": {"source-name": f"volume-{GONE}"}, "size": 1, "cinder_id": None, "safe_to_manage": True},
+            ]}  # fmt: skip
+        if path.startswith("/volumes/detail"):
+            return {"volumes": [volume(A, "lab@ceph-hdd#ceph-hdd")]}
+        raise AssertionError(path)
+
+
+class NoRuns:
+    def state(self, run_id):
+        raise AssertionError(run_id)
+
+
+def no_connection_for_ceph(backend):
+    if backend == "ceph-hdd":
+        raise LookupError(
+            "no Airflow Connection storage_array_ceph-hdd (type storage_array) says which array serves it"
+        )
+    raise BackendError(f"array {backend} did not answer")
+
+
+def test_a_backend_without_an_array_connection_is_read_through_cinders_listing_and_never_repaired():
+    cinder = ListingCinder()
+    snap = read(cinder, no_connection_for_ceph, NoRuns()).snapshot
+    assert "/manageable_volumes/detail?host=lab%40ceph-hdd&limit=1000&offset=0" in cinder.asked
+    assert snap.luns["ceph-hdd"] == [
+        {"name": f"volume-{A}", "size": 2 << 30},
+        {"name": f"volume-{GONE}", "size": 1 << 30},
+    ]
+    assert (snap.backends, snap.listed_by_cinder) == ({"ceph-hdd": "ceph-hdd"}, frozenset({"ceph-hdd"}))
+    assert snap.not_audited == {"alpha": "array alpha did not answer"}
+    found = {f.subject: f for f in find(snap)}
+    orphan = found[f"ceph-hdd/volume-{GONE}"]
+    assert (orphan.kind, orphan.repair) == (Kind.ORPHAN_LUN, None)  # reported for an operator, never deleted
+    assert set(found) == {"alpha", f"ceph-hdd/volume-{GONE}"}  # volume A is on ceph-hdd, which holds its LUN
+
+
+def test_a_backend_that_neither_a_connection_nor_cinder_can_list_is_not_audited():
+    snap = read(ListingCinder(listing_fails=True), no_connection_for_ceph, NoRuns()).snapshot
+    assert "ceph-hdd" not in snap.luns
+    assert "no Airflow Connection storage_array_ceph-hdd" in snap.not_audited["ceph-hdd"]
+    assert "manageable-volumes listing failed: the driver does not list" in snap.not_audited["ceph-hdd"]
