@@ -3,8 +3,9 @@
 lab up        install what is missing, start the arrays alpha, beta, gamma, the
               services PostgreSQL, RabbitMQ, Keystone, Ceph 16.2 (one monitor,
               manager and OSD; two RBD pools), Cinder 29 with the lab's drivers,
-              Cinder's RBD driver for Ceph and the extension, and Airflow 3 (api-server, scheduler,
-              dag-processor, triggerer) with the project's DAGs and Connections
+              Cinder's RBD driver for Ceph and the extension, and Airflow 3
+              (api-server, scheduler, dag-processor, triggerer) with the
+              project's DAGs and Connections
               (--arrays-only: the arrays alone; --executor celery: Airflow on
               Celery, with Redis and two Celery workers)
 lab down      stop exactly the processes the lab started (by PID)

@@ -17,6 +17,7 @@ from include.migration.errors import CinderError
 from lab.env import port_open
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.airflow import AirflowLab
+from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.ceph import CephLab
 from lab.services.cinder import CINDER_VENV, CinderLab
 from lab.services.openstack import Services
@@ -88,7 +89,7 @@ def running(component, what):
         assert all(component.down().values())
 
 
-KEPT_IMAGE = ("volumes-hdd", "lab-kept-across-down-up")
+KEPT_IMAGE = (CEPH_POOLS["ceph-hdd"], "lab-kept-across-down-up")
 
 
 @pytest.fixture(scope="session")
