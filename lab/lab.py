@@ -164,6 +164,9 @@ class Lab:
 
     # ---- adapters --------------------------------------------------------------
     def backend(self, name: str) -> ArrayApiBackend:
+        """The adapter of array ``name``; LookupError when the lab has no such array (a Ceph backend, say)."""
+        if not self.config_path(name).exists():
+            raise LookupError(f"the lab has no array {name} (its arrays: {', '.join(self.names()) or 'none'})")
         config = self.config(name)
         cls = ReferenceArrayBackend if config.kind == "reference" else PlainArrayBackend
         return cls(name, config.url, config.token)
