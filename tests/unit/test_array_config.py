@@ -1,4 +1,5 @@
-"""How the reference array opens its images: O_DIRECT where the pools' filesystem takes it, else buffered."""
+"""The lab's array configuration: how the reference array opens its images (O_DIRECT where the pools' filesystem
+takes it, else buffered), and which names are arrays at all."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import logging
 import os
 from pathlib import Path
 
+import pytest
+
 from lab.arrays.core import ArrayConfig
 from lab.arrays.images import image_file_options
+from lab.lab import Lab
 
 
 def config(state_dir: Path, **overrides) -> ArrayConfig:
@@ -40,3 +44,11 @@ def test_a_filesystem_that_refuses_o_direct_gets_buffered_io_and_the_array_says_
     with caplog.at_level(logging.WARNING):
         assert image_file_options(config(tmp_path)) == {}
     assert "pool pool1 refuses O_DIRECT (Invalid argument): images use buffered I/O" in caplog.text
+
+
+def test_a_backend_that_is_no_lab_array_is_a_lookup_error_as_the_audit_expects(tmp_path):
+    lab = Lab(tmp_path)
+    lab.configure()
+    assert lab.backend("alpha").name == "alpha"
+    with pytest.raises(LookupError, match=r"the lab has no array ceph-hdd \(its arrays: alpha, beta, gamma\)"):
+        lab.backend("ceph-hdd")
