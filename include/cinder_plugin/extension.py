@@ -42,6 +42,15 @@ operator's policy file may override):
   the volume's ``status``), the copy's progress as one line of text in the
   volume's metadata (``async_migration_progress``), where ``cinder show``
   shows it; removed when the migration ends (``begin`` clears a stale one).
+* ``os-async_migration_source_migrate`` ``{"owner"?}``: blueprint step 1,
+  for a volume locked (``starting``): the source backend's cinder-volume
+  runs its driver's own ``migrate_volume`` toward the lock's destination
+  (``manager.AsyncMigrationManager``). Answers at once (202, the
+  migration's view); the outcome, ``running`` then ``moved``, ``not_moved``
+  or ``failed: <reason>``, is the view's ``source_step``
+  (``GET /v3/{project_id}/os-async-migration/{volume_id}``,
+  ``resources.py``). Asked again while ``running`` or after ``moved``, it
+  changes nothing.
 
 Volume views (``GET /volumes/{id}``, ``GET /volumes/detail``) gain, for those
 the ``begin`` rule allows, ``os-async-migration:lock``: ``{"source_host",
@@ -61,53 +70,41 @@ from typing import Any
 
 import webob
 from cinder import exception, objects
-from cinder import policy as cinder_policy
 from cinder.api import extensions
 from cinder.api.openstack import wsgi
-from cinder.common import constants
 from cinder.db import api as db
 from cinder.objects import fields
-from cinder.policies import base as policy_base
+from cinder.scheduler import rpcapi as scheduler_rpcapi
 from cinder.volume import volume_utils
 from oslo_log import log as logging
-from oslo_policy import policy as oslo_policy
 
-from include.cinder_plugin.names import ALIAS, ERROR_KEY, LOCK_VIEW_KEY, PROGRESS_KEY, SETTLED_MIGRATION_STATUSES
+from include.cinder_plugin.common import (
+    DEST_KEY,
+    LOCKED,
+    MIGRATING_ATTACHABLE,
+    NOT_MIGRATING,
+    OWNER_KEY,
+    SOURCE_KEY,
+    backend_service,
+    migration_view,
+    policy_name,
+    register_policies,
+    volume_or_404,
+)
+from include.cinder_plugin.names import (
+    ALIAS,
+    BACKENDS_RESOURCE,
+    ERROR_KEY,
+    LOCK_VIEW_KEY,
+    PROGRESS_KEY,
+    RESOURCE,
+    SOURCE_STEP_KEY,
+    SourceStep,
+)
+from include.cinder_plugin.resources import BackendsController, MigrationsController
+from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
-
-MIGRATING_ATTACHABLE = "migrating_attachable"
-NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
-DEST_KEY = "async_migration_dest"
-OWNER_KEY = "async_migration_owner"
-SOURCE_KEY = "async_migration_source"
-LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
-ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress")
-
-
-def policy_name(action: str) -> str:
-    return f"volume_extension:async_migration:{action}"
-
-
-RULES = [
-    oslo_policy.DocumentedRuleDefault(
-        name=policy_name(action),
-        check_str=policy_base.RULE_ADMIN_API,
-        description=f"Async volume migration: {action}.",
-        operations=[{"method": "POST", "path": f"/volumes/{{volume_id}}/action (os-async_migration_{action})"}],
-    )
-    for action in ACTIONS
-]
-
-
-def register_policies() -> None:
-    """Add our rules to Cinder's enforcer (Cinder has no hook for out-of-tree defaults)."""
-    cinder_policy.init()
-    enforcer = cinder_policy.get_enforcer()
-    missing = [rule for rule in RULES if rule.name not in enforcer.registered_rules]
-    if missing:
-        enforcer.register_defaults(missing)
-        enforcer.load_rules(force_reload=True)
 
 
 def _body(body: dict[str, Any], action: str) -> dict[str, Any]:
@@ -146,32 +143,8 @@ class AsyncMigrationController(wsgi.Controller):
         register_policies()
 
     # ---- helpers -------------------------------------------------------------------
-    @staticmethod
-    def _volume(context: Any, volume_id: str) -> Any:
-        try:
-            return objects.Volume.get_by_id(context, volume_id)
-        except exception.VolumeNotFound as exc:
-            raise webob.exc.HTTPNotFound(explanation=exc.msg) from exc
-
-    @staticmethod
-    def _service(context: Any, host: str) -> Any:
-        """The enabled, up volume service of ``host``'s backend, and the pool must be one it reports."""
-        backend = volume_utils.extract_host(host, "backend")
-        try:
-            service = objects.Service.get_by_id(
-                context.elevated(),
-                None,
-                is_up=True,
-                topic=constants.VOLUME_TOPIC,
-                host=backend,
-                disabled=False,
-                backend_match_level="backend",
-            )
-        except exception.ServiceNotFound:
-            raise webob.exc.HTTPBadRequest(
-                explanation=f"no enabled volume service is up for {backend} (destination {host})"
-            ) from None
-        return service
+    _volume = staticmethod(volume_or_404)
+    _service = staticmethod(backend_service)
 
     @staticmethod
     def _held_by(volume: Any, host: str, owner: str) -> bool:
@@ -204,7 +177,7 @@ class AsyncMigrationController(wsgi.Controller):
 
     @staticmethod
     def _release(context: Any, volume: Any) -> None:
-        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY):
+        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, SOURCE_STEP_KEY):
             db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
         try:  # the copy's progress ends with the migration
             db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)
@@ -393,6 +366,27 @@ class AsyncMigrationController(wsgi.Controller):
         db.volume_metadata_update(context, volume.id, {PROGRESS_KEY: text[:255]}, False)
         return webob.Response(status_int=202)
 
+    @wsgi.action("os-async_migration_source_migrate")
+    def _source_migrate(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context, args, volume = self._open(req, id, body, "source_migrate")
+        self._check_holder(volume, _owner(args))
+        meta = volume.admin_metadata or {}
+        dest = meta.get(DEST_KEY)
+        if (volume.migration_status, volume.status) != (LOCKED["migration_status"], LOCKED["status"]) or not dest:
+            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "source_migrate") + " (lock it first)")
+        if meta.get(SOURCE_STEP_KEY) in (SourceStep.RUNNING, SourceStep.MOVED):  # a retry: it runs, or it ran
+            return webob.Response(status_int=202, json_body=migration_view(volume))
+        service = self._service(context, dest)
+        pools = scheduler_rpcapi.SchedulerAPI().get_pools(context.elevated(), filters={"name": dest})
+        if not pools:
+            raise webob.exc.HTTPBadRequest(explanation=f"Cinder's scheduler reports no pool {dest}")
+        host = {"host": dest, "cluster_name": service.cluster_name, "capabilities": pools[0]["capabilities"]}
+        db.volume_admin_metadata_update(context.elevated(), volume.id, {SOURCE_STEP_KEY: SourceStep.RUNNING}, False)
+        AsyncMigrationAPI().source_migrate(context, volume, host)
+        LOG.info("async migration of volume %s to %s: migrate_volume asked of %s", volume.id, dest, volume.host)
+        volume.refresh()
+        return webob.Response(status_int=202, json_body=migration_view(volume))
+
     # ---- Cinder's own actions during a migration -------------------------------------
     @wsgi.extends(action="os-extend")
     def _extend(self, req: Any, id: str, body: dict[str, Any]) -> Any:
@@ -435,6 +429,12 @@ class Async_migration(extensions.ExtensionDescriptor):
     name = "AsyncMigration"
     alias = ALIAS
     updated = "2026-11-27T00:00:00+00:00"
+
+    def get_resources(self) -> list[Any]:
+        return [
+            extensions.ResourceExtension(RESOURCE, MigrationsController()),
+            extensions.ResourceExtension(BACKENDS_RESOURCE, BackendsController()),
+        ]
 
     def get_controller_extensions(self) -> list[Any]:
         return [

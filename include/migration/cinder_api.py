@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+from include.cinder_plugin.names import BACKENDS_RESOURCE, RESOURCE
 from include.migration.errors import CinderError
 
 
@@ -71,6 +72,23 @@ class CinderApi(abc.ABC):
         self.action(
             volume_id, "os-async_migration_progress", {"progress": progress, **({"owner": owner} if owner else {})}
         )
+
+    def migration(self, volume_id: str) -> dict[str, Any]:
+        """The volume's migration as the extension's own resource shows it: ``status``, ``migration_status``,
+        ``host``, ``source_host``, ``dest_host``, ``owner``, ``source_step`` (what step 1 did in cinder-volume)."""
+        return self.request("GET", f"/{RESOURCE}/{volume_id}")["async_migration"]
+
+    def source_migrate(self, volume_id: str, owner: str | None = None) -> dict[str, Any]:
+        """Blueprint step 1: the source backend's cinder-volume runs its driver's ``migrate_volume`` toward the
+        lock's destination. Returns at once (the migration as ``migration`` shows it); its ``source_step`` says
+        what became of it. 409 unless the volume is locked (``starting``)."""
+        args = {"owner": owner} if owner else {}
+        return (self.action(volume_id, "os-async_migration_source_migrate", args) or {}).get("async_migration") or {}
+
+    def backend_features(self, backend: str) -> dict[str, Any]:
+        """What the driver of ``backend`` (``host@backend``) offers of the blueprint (``Features.to_json()``),
+        asked of its cinder-volume; 400 when its service is not enabled and up."""
+        return self.request("GET", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}")["features"]
 
     # ---- what the scheduler and the services say --------------------------------------
     def get_pools(self) -> list[str]:

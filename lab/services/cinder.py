@@ -32,6 +32,7 @@ SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
 CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
 EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
 RBD_DRIVER = "cinder.volume.drivers.rbd.RBDDriver"  # Cinder's own, as a cloud runs it
+VOLUME_MANAGER = "include.cinder_plugin.manager.AsyncMigrationManager"  # Cinder's, plus the blueprint's steps
 
 
 class CinderLab(Daemons):
@@ -74,6 +75,7 @@ class CinderLab(Daemons):
             f"osapi_volume_listen_port = {self.services.cinder_api_port}",
             "osapi_volume_workers = 1",
             *(f"osapi_volume_extension = {ext}" for ext in EXTENSIONS),
+            f"volume_manager = {VOLUME_MANAGER}",
             f"rootwrap_config = {CINDER_VENV / 'etc' / 'cinder' / 'rootwrap.conf'}",
             f"api_paste_config = {CINDER_VENV / 'etc' / 'cinder' / 'api-paste.ini'}",
             "report_interval = 5",

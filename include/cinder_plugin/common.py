@@ -1,0 +1,111 @@
+"""What the extension's actions and resources share: the lock's keys and states, the policy rules, lookups.
+
+The lock of a migration is kept in the volume's admin metadata (``DEST_KEY``,
+``SOURCE_KEY``, ``OWNER_KEY``) while ``migration_status`` is ``starting`` or
+``migrating_attachable``. Every route is admin-only by default (policy rules
+``volume_extension:async_migration:<name>``, which an operator's policy file
+may override).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import webob
+from cinder import exception, objects
+from cinder import policy as cinder_policy
+from cinder.common import constants
+from cinder.policies import base as policy_base
+from cinder.volume import volume_utils
+from oslo_policy import policy as oslo_policy
+
+from include.cinder_plugin.names import BACKENDS_RESOURCE, RESOURCE, SETTLED_MIGRATION_STATUSES, SOURCE_STEP_KEY
+
+MIGRATING_ATTACHABLE = "migrating_attachable"
+NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
+DEST_KEY = "async_migration_dest"
+OWNER_KEY = "async_migration_owner"
+SOURCE_KEY = "async_migration_source"
+LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
+ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress", "source_migrate")
+# resource -> (policy rule, route)
+READS = {"show": f"/{RESOURCE}/{{volume_id}}", "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}"}
+
+
+def policy_name(action: str) -> str:
+    return f"volume_extension:async_migration:{action}"
+
+
+RULES = [
+    *(
+        oslo_policy.DocumentedRuleDefault(
+            name=policy_name(action),
+            check_str=policy_base.RULE_ADMIN_API,
+            description=f"Async volume migration: {action}.",
+            operations=[{"method": "POST", "path": f"/volumes/{{volume_id}}/action (os-async_migration_{action})"}],
+        )
+        for action in ACTIONS
+    ),
+    *(
+        oslo_policy.DocumentedRuleDefault(
+            name=policy_name(read),
+            check_str=policy_base.RULE_ADMIN_API,
+            description=f"Async volume migration: {read}.",
+            operations=[{"method": "GET", "path": path}],
+        )
+        for read, path in READS.items()
+    ),
+]
+
+
+def register_policies() -> None:
+    """Add our rules to Cinder's enforcer (Cinder has no hook for out-of-tree defaults)."""
+    cinder_policy.init()
+    enforcer = cinder_policy.get_enforcer()
+    missing = [rule for rule in RULES if rule.name not in enforcer.registered_rules]
+    if missing:
+        enforcer.register_defaults(missing)
+        enforcer.load_rules(force_reload=True)
+
+
+def volume_or_404(context: Any, volume_id: str) -> Any:
+    try:
+        return objects.Volume.get_by_id(context, volume_id)
+    except exception.VolumeNotFound as exc:
+        raise webob.exc.HTTPNotFound(explanation=exc.msg) from exc
+
+
+def backend_service(context: Any, host: str) -> Any:
+    """The enabled, up volume service of ``host``'s backend (``host@backend``, a pool may follow); 400 if none."""
+    backend = volume_utils.extract_host(host, "backend")
+    try:
+        return objects.Service.get_by_id(
+            context.elevated(),
+            None,
+            is_up=True,
+            topic=constants.VOLUME_TOPIC,
+            host=backend,
+            disabled=False,
+            backend_match_level="backend",
+        )
+    except exception.ServiceNotFound:
+        raise webob.exc.HTTPBadRequest(
+            explanation=f"no enabled volume service is up for {backend} (destination {host})"
+        ) from None
+
+
+def migration_view(volume: Any) -> dict[str, Any]:
+    """A volume's migration as the extension's own resource shows it (never as keys in Cinder's volume views)."""
+    meta = volume.admin_metadata or {}
+    return {
+        "async_migration": {
+            "volume_id": volume.id,
+            "status": volume.status,
+            "migration_status": volume.migration_status,
+            "host": volume.host,
+            "source_host": meta.get(SOURCE_KEY),
+            "dest_host": meta.get(DEST_KEY),
+            "owner": meta.get(OWNER_KEY),
+            "source_step": meta.get(SOURCE_STEP_KEY),
+        }
+    }

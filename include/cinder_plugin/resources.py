@@ -1,0 +1,48 @@
+"""The extension's own resources (read-only): a migration's state, and what a backend's driver offers.
+
+* ``GET /v3/{project_id}/os-async-migration/{volume_id}``: ``{"async_migration": {volume_id, status,
+  migration_status, host, source_host, dest_host, owner, source_step}}`` (``common.migration_view``);
+* ``GET /v3/{project_id}/os-async-migration-backends/{host@backend}``: ``{"features": Features}``, asked of
+  that backend's cinder-volume (400 when its service is not enabled and up).
+
+Admin-only by default (policy rules ``volume_extension:async_migration:show`` and ``...:features``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cinder.api.openstack import wsgi
+from cinder.volume import volume_utils
+
+from include.cinder_plugin.common import (
+    backend_service,
+    migration_view,
+    policy_name,
+    register_policies,
+    volume_or_404,
+)
+from include.cinder_plugin.rpcapi import AsyncMigrationAPI
+
+
+class MigrationsController(wsgi.Controller):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        register_policies()
+
+    def show(self, req: Any, id: str) -> dict[str, Any]:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("show"))
+        return migration_view(volume_or_404(context, id))
+
+
+class BackendsController(wsgi.Controller):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        register_policies()
+
+    def show(self, req: Any, id: str) -> dict[str, Any]:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("features"))
+        backend_service(context, id)
+        return {"features": AsyncMigrationAPI().features(context, volume_utils.extract_host(id, "backend"))}
