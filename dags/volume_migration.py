@@ -15,7 +15,9 @@ Three tasks run before a volume is attachable, each a branch of the blueprint.
 
 Trigger it from the UI (a validated form), ``POST /api/v2/dags/volume_migration/dagRuns``
 with ``conf``, or another DAG. Connections: ``cinder_default`` (Keystone,
-admin) and one ``storage_array_<backend>`` per Cinder backend.
+admin), and ``storage_array_<backend>`` for the arrays whose takeover and host
+copy still run from here; step 1 runs in the source's cinder-volume, so a
+backend without one (Ceph behind Cinder's RBD driver) moves by its own driver.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
-from include.migration import flow
+from include.migration import flow, validation
 from include.migration.branches import after_source_driver, after_target_driver, choose_path
 from include.migration.request import PARAMS_SCHEMA
 from include.migration.steps import BEFORE_ATTACHABLE, DRIVER_STEPS, MIGRATION_DAG, Step
@@ -55,14 +57,14 @@ def volume_migration() -> None:
     @task.branch(task_id=Step.VALIDATE_AND_LOCK)
     def validate_and_lock(**context: Any) -> str:
         with rt.run_step(context):
-            plan = rt.keep_plan(context, flow.validate_and_lock(dict(context["params"]), rt.owner(context),
-                                                                rt.cinder(), rt.arrays))  # fmt: skip
+            plan = rt.keep_plan(context, validation.validate_and_lock(dict(context["params"]), rt.owner(context),
+                                                                      rt.cinder(), rt.arrays))  # fmt: skip
         return choose_path(plan.path)
 
     @task.branch(task_id=Step.SOURCE_DRIVER)
     def source_driver_migrate(**context: Any) -> str:
         with rt.run_step(context):
-            result = rt.keep_result(context, flow.source_driver_migrate(rt.plan(context), rt.arrays))
+            result = rt.keep_result(context, flow.source_driver_migrate(rt.plan(context), rt.cinder()))
         return after_source_driver(result["moved"])
 
     @task.branch(task_id=Step.TARGET_TAKEOVER)

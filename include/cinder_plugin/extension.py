@@ -143,8 +143,6 @@ class AsyncMigrationController(wsgi.Controller):
         register_policies()
 
     # ---- helpers -------------------------------------------------------------------
-    _volume = staticmethod(volume_or_404)
-    _service = staticmethod(backend_service)
 
     @staticmethod
     def _held_by(volume: Any, host: str, owner: str) -> bool:
@@ -225,7 +223,7 @@ class AsyncMigrationController(wsgi.Controller):
         context = req.environ["cinder.context"]
         context.authorize(policy_name(action))
         args = _body(body, action)
-        return context, args, self._volume(context, id)
+        return context, args, volume_or_404(context, id)
 
     @wsgi.action("os-async_migration_begin")
     def _begin(self, req: Any, id: str, body: dict[str, Any]) -> Any:
@@ -234,7 +232,7 @@ class AsyncMigrationController(wsgi.Controller):
         if owner and self._held_by(volume, host, owner):
             LOG.info("async migration of volume %s to %s: begin again by %s, already locked", id, host, owner)
             return self._lock_answer(volume)
-        self._service(context, host)
+        backend_service(context, host)
         settled = volume.migration_status in NOT_MIGRATING  # else "already migrating" below says it better
         if settled and volume_utils.extract_host(volume.host, "pool") and volume.host == host:
             raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is already on {host}")
@@ -276,7 +274,7 @@ class AsyncMigrationController(wsgi.Controller):
 
     def _on_host(self, context: Any, host: str, args: dict[str, Any], status: str) -> dict[str, Any]:
         """The updates that put a volume on ``host`` (its service and zone), ``available``, with ``status``."""
-        service = self._service(context, host)
+        service = backend_service(context, host)
         updates = {
             "host": host,
             "cluster_name": service.cluster_name,
@@ -376,7 +374,7 @@ class AsyncMigrationController(wsgi.Controller):
             raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "source_migrate") + " (lock it first)")
         if meta.get(SOURCE_STEP_KEY) in (SourceStep.RUNNING, SourceStep.MOVED):  # a retry: it runs, or it ran
             return webob.Response(status_int=202, json_body=migration_view(volume))
-        service = self._service(context, dest)
+        service = backend_service(context, dest)
         pools = scheduler_rpcapi.SchedulerAPI().get_pools(context.elevated(), filters={"name": dest})
         if not pools:
             raise webob.exc.HTTPBadRequest(explanation=f"Cinder's scheduler reports no pool {dest}")
@@ -390,7 +388,7 @@ class AsyncMigrationController(wsgi.Controller):
     # ---- Cinder's own actions during a migration -------------------------------------
     @wsgi.extends(action="os-extend")
     def _extend(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        volume = self._volume(req.environ["cinder.context"], id)
+        volume = volume_or_404(req.environ["cinder.context"], id)
         if volume.migration_status == MIGRATING_ATTACHABLE:
             raise webob.exc.HTTPConflict(
                 explanation=f"volume {id} is still being copied to {volume.host}; extend it after the migration"

@@ -46,12 +46,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from include.cinder_plugin.names import LOCK_VIEW_KEY, SETTLED_MIGRATION_STATUSES
-from include.migration.flow import MIGRATING_ATTACHABLE, backend_of, lun_of
+from include.migration.flow import LOCK_STATUSES, backend_of, lun_of
 from include.migration.planner import columns
 from include.migration.steps import MIGRATION_DAG, owner_run
 
 LIVE_RUN_STATES = frozenset({"queued", "running"})
-LOCK_STATUSES = frozenset({"starting", MIGRATING_ATTACHABLE})  # migration_status while a lock of ours holds
 NO_LUN_YET = frozenset({"creating", "error", "deleting", "error_deleting"})  # volume statuses without a LUN to check
 VOLUME_LUN = re.compile(r"volume-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # Cinder's LUN names
 

@@ -3,13 +3,15 @@
 Each function is one task of ``dags/volume_migration.py`` and is safe to run
 again after a retry or a dead worker:
 
-* ``validate_and_lock``: refuse bad requests with one clear message before
-  anything changes, then lock the volume in Cinder (``os-async_migration_begin``,
-  owned by the run, so the same run may lock again and no other run can);
-* ``source_driver_migrate`` / ``target_takeover``: the blueprint's driver
-  calls, both idempotent on the arrays; a takeover that answers async marks
-  the volume attachable (``mark_attachable``): the target serves it while it
-  copies;
+* ``validate_and_lock`` (in ``validation.py``): refuse bad requests with one
+  clear message before anything changes, then lock the volume in Cinder
+  (``os-async_migration_begin``, owned by the run, so the same run may lock
+  again and no other run can);
+* ``source_driver_migrate``: blueprint step 1, run by the source backend's
+  cinder-volume (its driver's own ``migrate_volume``), asked through Cinder;
+* ``target_takeover``: blueprint step 2 on the arrays, idempotent; a takeover
+  that answers async marks the volume attachable (``mark_attachable``): the
+  target serves it while it copies;
 * ``host_copy``: the generic path, resumable from its checkpoint;
 * ``commit``: check the target is complete, only then delete the source LUN,
   and mark ``success``;
@@ -23,26 +25,28 @@ or any object with its methods) and ``arrays``: a function from a Cinder backend
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import pathlib
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from include.backends.base import BackendDriver, Destination, GiB, MiB, MigrationProgress, MigrationState, Volume
-from include.backends.errors import ArrayUnavailable, BackendError, Conflict, NotFound
+from include.backends.base import BackendDriver, Destination, MiB, MigrationProgress, MigrationState, Volume
+from include.backends.errors import BackendError, Conflict, NotFound
+from include.cinder_plugin.names import SourceStep
 from include.host_copy import host_copy as copy_through_host
-from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationFailed, MigrationRefused
-from include.migration.request import MigrationRequest, parse_request
-from include.migration.steps import Step
 
 log = logging.getLogger(__name__)
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
+# migration_status while a run's lock holds; the volume may be on its destination already (attachable there, or
+# moved by its source driver and not committed yet)
+LOCK_STATUSES = frozenset({"starting", MIGRATING_ATTACHABLE})
+SOURCE_STEP_POLL_S = 0.2  # how often step 1's outcome is read while the source driver runs
 
 
 Arrays = Callable[[str], BackendDriver]
@@ -110,141 +114,7 @@ class Plan:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def _array(arrays: Arrays, backend: str, role: str) -> BackendDriver:
-    try:
-        return arrays(backend)
-    except (LookupError, ValueError) as exc:
-        raise MigrationRefused(f"{role} backend {backend}: {exc}") from None
-
-
-@contextlib.contextmanager
-def _refused_on(statuses: tuple[int, ...], message: str | None = None) -> Iterator[None]:
-    """A Cinder answer with one of ``statuses`` becomes MigrationRefused (``message``, else Cinder's own words)."""
-    try:
-        yield
-    except CinderError as exc:
-        if exc.status in statuses:
-            raise MigrationRefused(message or str(exc)) from None
-        raise
-
-
-def _volume_or_refuse(cinder: CinderApi, volume_id: str) -> dict[str, Any]:
-    with _refused_on((404,), f"volume {volume_id} does not exist"):
-        return cinder.get_volume(volume_id)
-
-
-def _check_service(cinder: CinderApi, dest_host: str) -> None:
-    backend_host = dest_host.split("#", 1)[0]
-    services = {s["host"]: s for s in cinder.volume_services()}
-    service = services.get(backend_host)
-    if service is None:
-        known = ", ".join(sorted(services)) or "none"
-        raise MigrationRefused(f"destination {dest_host}: Cinder has no volume service {backend_host} (known: {known})")
-    if service.get("status") != "enabled" or service.get("state") != "up":
-        raise MigrationRefused(
-            f"destination {dest_host}: the volume service {backend_host} is {service.get('status')} and "
-            f"{service.get('state')} (updated {service.get('updated_at')}); it must be enabled and up"
-        )
-
-
-def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, arrays: Arrays) -> Plan:
-    """Check everything a migration needs, then lock the volume for ``owner``.
-
-    Raises InvalidParams (bad parameters) or MigrationRefused (the volume,
-    the destination or an array is not fit) with one message that names every
-    problem found, before any change. The same ``owner`` may run it again
-    (a retry, a cleared run): while its lock holds, it answers the same plan,
-    even once the volume is attachable on the destination.
-    """
-    request: MigrationRequest = parse_request(conf)
-    volume = _volume_or_refuse(cinder, request.volume_id)
-    current_host = volume.get("os-vol-host-attr:host") or ""
-    if volume.get("migration_status") == MIGRATING_ATTACHABLE and current_host == request.dest_host:
-        lock = _lock(cinder, request, owner)  # refused unless this owner made it attachable
-        return _plan(request, volume, lock["source_host"], owner, cinder)
-    if current_host.count("@") != 1 or "#" not in current_host:
-        raise MigrationRefused(f"volume {request.volume_id} has no pool host (host is {current_host!r})")
-    if current_host == request.dest_host:
-        raise MigrationRefused(f"volume {request.volume_id} is already on {request.dest_host}")
-    _check_service(cinder, request.dest_host)
-    pools = cinder.get_pools()
-    if request.dest_host not in pools:
-        raise MigrationRefused(f"destination {request.dest_host} is not a pool Cinder knows ({', '.join(pools)})")
-    plan = _plan(request, volume, current_host, owner, cinder)
-    resumed = volume.get("migration_status") == "starting"
-    if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
-        _lock(cinder, request, owner)
-    source = _array(arrays, plan.source_backend, "source")
-    dest = _array(arrays, plan.dest_backend, "destination")
-    problems = _array_problems(plan, source, dest, resumed=resumed)
-    if problems:
-        raise MigrationRefused(f"volume {plan.volume_id} cannot be migrated to {plan.dest_host}: {'; '.join(problems)}")
-    if not resumed:
-        _lock(cinder, request, owner)
-    log.info("volume %s locked for %s by %s; path %s", plan.volume_id, plan.dest_host, owner, plan.path)
-    return plan
-
-
-def _lock(cinder: CinderApi, request: MigrationRequest, owner: str) -> dict[str, Any]:
-    with _refused_on((400, 409)):  # Cinder's refusal (status, snapshots, another run...)
-        return cinder.begin_migration(request.volume_id, request.dest_host, owner)
-
-
-def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, owner: str, cinder: CinderApi) -> Plan:
-    volume_type_id = None
-    if request.new_type:
-        with _refused_on((404,), f"volume type {request.new_type} does not exist"):
-            volume_type_id = cinder.get_volume_type(request.new_type)["id"]
-    return Plan(
-        volume_id=request.volume_id,
-        lun=lun_of(volume),
-        size=int(volume["size"]) * GiB,
-        source_host=source_host,
-        dest_host=request.dest_host,
-        owner=owner,
-        path=first_step(request).value,
-        speed_mib=request.speed_mib,
-        copy_mode=request.copy_mode,
-        copy_timeout_s=request.copy_timeout_s,
-        volume_type_id=volume_type_id,
-    )
-
-
-def _array_problems(plan: Plan, source: BackendDriver, dest: BackendDriver, *, resumed: bool) -> list[str]:
-    """What the arrays say against the move: reachability, pool, space, the LUNs on both sides.
-
-    ``resumed``: the run holds the lock already, so a LUN of that name on the
-    destination (and the space it takes) is its own work from before.
-    """
-    problems = []
-    caps = {}
-    for role, array in (("source", source), ("destination", dest)):
-        try:
-            caps[role] = array.capabilities()
-        except ArrayUnavailable as exc:
-            problems.append(f"{role} {exc}")
-    if problems:
-        return problems
-    pool = caps["destination"].pool(plan.dest_pool)
-    if pool is None:
-        problems.append(f"array {dest.name} has no pool {plan.dest_pool}")
-    if _find_lun(source, plan.lun) is None:
-        problems.append(f"array {source.name} has no LUN {plan.lun}")
-    if source.name == dest.name:
-        if plan.path == Step.HOST_COPY.value:
-            problems.append(f"a host copy needs two arrays; {source.name} moves between its pools itself")
-        return problems
-    if resumed:
-        return problems
-    if pool is not None and pool.free_bytes < plan.size:
-        free, need = pool.free_bytes // MiB, plan.size // MiB
-        problems.append(f"pool {plan.dest_pool} of {dest.name} has {free} MiB free, the volume needs {need} MiB")
-    if _find_lun(dest, plan.lun) is not None:
-        problems.append(f"array {dest.name} already holds a LUN named {plan.lun}")
-    return problems
-
-
-def _find_lun(array: BackendDriver, name: str) -> dict[str, Any] | None:
+def find_lun(array: BackendDriver, name: str) -> dict[str, Any] | None:
     try:
         return array.get_lun(name)
     except NotFound:
@@ -262,12 +132,38 @@ def _release_source(source: BackendDriver, name: str, *, delete: bool = False) -
 
 
 # ---- the data paths ---------------------------------------------------------------------------
-def source_driver_migrate(plan: Plan, arrays: Arrays) -> dict[str, Any]:
-    """Blueprint step 1: ``migrate_volume`` on the source backend. Returns ``{"moved", "model_update"}``."""
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    moved, update = source.migrate_volume(plan.volume, Destination(dest.name, plan.dest_pool))
-    log.info("source driver %s: moved=%s %s", source.name, moved, update or "")
-    return {"moved": moved, "model_update": update}
+def source_driver_migrate(
+    plan: Plan, cinder: CinderApi, *, poll_s: float = SOURCE_STEP_POLL_S, clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:  # fmt: skip
+    """Blueprint step 1: the source backend's cinder-volume runs its own driver's ``migrate_volume`` toward
+    ``plan.dest_host`` (``os-async_migration_source_migrate``); this waits for what it did, at most
+    ``plan.copy_timeout_s``. Returns ``{"moved", "model_update"}``: a moved volume is on the destination already
+    (Cinder applied the driver's model update) and stays locked until ``commit``.
+
+    Idempotent: asked again while the driver runs, or after it moved the volume, Cinder starts nothing new and
+    this waits for, or reads, the same outcome; once a takeover made the volume attachable (a cleared run), the
+    answer is "not moved" without asking. MigrationFailed with the driver's reason when it failed (the
+    source is as the driver left it), or when it has not answered in time.
+    """
+    if cinder.migration(plan.volume_id).get("migration_status") == MIGRATING_ATTACHABLE:
+        log.info("volume %s is attachable on %s already (a cleared run): its source driver had not moved it",
+                 plan.volume_id, plan.dest_host)  # fmt: skip
+        return {"moved": False, "model_update": None}
+    view = cinder.source_migrate(plan.volume_id, plan.owner)
+    deadline = clock() + plan.copy_timeout_s
+    while view.get("source_step") == SourceStep.RUNNING:
+        if clock() >= deadline:
+            raise MigrationFailed(f"the source driver of {plan.source_backend} has not answered within "
+                                  f"copy_timeout_s={plan.copy_timeout_s}")  # fmt: skip
+        sleep(poll_s)
+        view = cinder.migration(plan.volume_id)
+    outcome = view.get("source_step") or "no outcome recorded"
+    log.info("source driver of %s, asked to move %s to %s: %s", plan.source_backend, plan.volume_id, plan.dest_host,
+             outcome)  # fmt: skip
+    if outcome in (SourceStep.MOVED, SourceStep.NOT_MOVED):
+        return {"moved": outcome == SourceStep.MOVED, "model_update": None}
+    raise MigrationFailed(f"the source driver of {plan.source_backend} did not move the volume: {outcome}")
 
 
 def target_takeover(plan: Plan, arrays: Arrays, cinder: CinderApi) -> dict[str, Any]:
@@ -278,7 +174,11 @@ def target_takeover(plan: Plan, arrays: Arrays, cinder: CinderApi) -> dict[str, 
     next. Idempotent, on the array (a retry after the takeover was made finds
     it and answers the same without a second takeover) and in Cinder.
     """
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
+    try:
+        source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
+    except LookupError as exc:  # a backend Airflow has no array for: no takeover between these two
+        log.info("target driver: not moved, %s", exc)
+        return {"moved": False, "async": False, "model_update": None}
     moved, is_async, update = dest.migrate_volume_target(
         plan.volume, source, pool=plan.dest_pool, speed_bps=plan.speed_bps, mode=plan.copy_mode
     )
@@ -317,12 +217,18 @@ def host_copy(
     A checkpoint counts only for the target LUN it was written for: when the
     target has to be made (a rollback deleted the one an earlier try copied
     into), the copy starts over from 0. ``progress`` receives a
-    ``MigrationProgress`` every few seconds.
+    ``MigrationProgress`` every few seconds. MigrationRefused (nothing done)
+    when a backend has no array: the copy reads and writes through the
+    arrays' NBD exports.
     """
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
+    try:
+        source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
+    except LookupError as exc:
+        raise MigrationRefused(f"no host copy of volume {plan.volume_id} from {plan.source_host} to {plan.dest_host}: "
+                               f"{exc}; the host copy reads and writes through both arrays") from None  # fmt: skip
     checkpoint = checkpoint_path(state_dir, plan)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    target = _find_lun(dest, plan.lun)
+    target = find_lun(dest, plan.lun)
     if target is None:
         if checkpoint.exists():
             log.warning("target LUN %s is new on %s: its earlier checkpoint is dropped", plan.lun, dest.name)
@@ -358,17 +264,34 @@ def _target_complete(plan: Plan, source: BackendDriver, dest: BackendDriver) -> 
     return None
 
 
+def _has_array(arrays: Arrays, backend: str) -> bool:
+    try:
+        arrays(backend)
+    except LookupError:
+        return False
+    return True
+
+
+def _moved_by_source_driver(plan: Plan, cinder: CinderApi) -> bool:
+    """Cinder says step 1 moved the volume: the source driver put it on the destination, complete."""
+    return cinder.migration(plan.volume_id).get("source_step") == SourceStep.MOVED
+
+
 def commit(plan: Plan, cinder: CinderApi, arrays: Arrays, model_update: dict[str, Any] | None = None) -> None:
     """Check that the target is complete; only then delete the source LUN, and mark ``success``.
 
     Idempotent: a source LUN already gone and a volume already ``success``
     on the destination are what a retry expects.
     """
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
     volume = cinder.get_volume(plan.volume_id)
     if volume.get("migration_status") == "success" and volume.get("os-vol-host-attr:host") == plan.dest_host:
         log.info("volume %s is already migrated to %s", plan.volume_id, plan.dest_host)
         return
+    if _moved_by_source_driver(plan, cinder):  # complete by the driver's contract; it removed its source itself
+        cinder.finish_migration(plan.volume_id, plan.dest_host, None, plan.volume_type_id)
+        log.info("volume %s migrated to %s by its source driver", plan.volume_id, plan.dest_host)
+        return
+    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
     why = _target_complete(plan, source, dest)
     if why:
         raise MigrationFailed(f"not committed, the source LUN is kept: {why}")
@@ -399,8 +322,15 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
         )
     if status != "starting":
         return f"nothing to undo: volume {plan.volume_id} has migration_status {status}"
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    lun = _find_lun(source, plan.lun)
+    if _moved_by_source_driver(plan, cinder):
+        return (f"not rolled back: the source driver moved volume {plan.volume_id} to {plan.dest_host}; clear the "
+                "failed task to commit the migration")  # fmt: skip
+    if not _has_array(arrays, plan.source_backend) and not _has_array(arrays, plan.dest_backend):
+        # no step can make anything on an array here, and a driver leaves its source as it was when it fails
+        cinder.fail_migration(plan.volume_id, reason, plan.owner)
+        return "rolled back: migration_status error (neither backend has an array in Airflow: nothing to remove)"
+    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)  # LookupError: kept locked, says why
+    lun = find_lun(source, plan.lun)
     if lun is None:
         raise MigrationFailed(
             f"rollback refused: the source LUN {plan.lun} is gone from {source.name}; the target on "
@@ -445,11 +375,11 @@ def abandon(plan: Plan, cinder: CinderApi, arrays: Arrays, reason: str) -> str:
             f"{plan.dest_backend}, which goes away)"
         )
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    source_lun = _find_lun(source, plan.lun)
+    source_lun = find_lun(source, plan.lun)
     if source_lun is None:
         raise MigrationRefused(f"the source LUN {plan.lun} is gone from {source.name}: there is nothing to go back to")
     done = []
-    if _find_lun(dest, plan.lun) is not None:
+    if find_lun(dest, plan.lun) is not None:
         try:
             dest.abandon_migration_target(plan.volume)
         except Conflict as exc:
@@ -464,7 +394,7 @@ def abandon(plan: Plan, cinder: CinderApi, arrays: Arrays, reason: str) -> str:
 
 def _remove_target(plan: Plan, source: BackendDriver, dest: BackendDriver) -> list[str]:
     done = []
-    target = _find_lun(dest, plan.lun)
+    target = find_lun(dest, plan.lun)
     if target is not None:
         if target.get("copy"):  # only an array that takes LUNs over has a copy running
             dest.abort_migration_target(plan.volume)

@@ -21,7 +21,8 @@ from include.backends.base import (
     PoolInfo,
 )
 from include.backends.errors import ArrayUnavailable, Conflict, NotFound
-from include.migration import flow
+from include.cinder_plugin.names import SourceStep
+from include.migration import flow, validation
 from include.migration.errors import CinderError, InvalidParams, MigrationFailed, MigrationRefused
 
 VID = str(uuid.uuid4())
@@ -38,6 +39,22 @@ class ScriptedCinder:
         self.pools = ["lab@alpha#pool1", "lab@alpha#pool2", "lab@beta#pool1", "lab@gamma#pool1"]
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.lock: dict[str, Any] = {}
+        # step 1 in the source's cinder-volume: while it runs, each look reads the next outcome (the last one stays)
+        self.source_steps: list[str] = [SourceStep.NOT_MOVED]
+        self.source_step: str | None = None
+
+    def source_migrate(self, volume_id: str, owner: str | None = None) -> dict[str, Any]:
+        self.calls.append(("source_migrate", (owner,)))
+        if self.source_step not in (SourceStep.RUNNING, SourceStep.MOVED):
+            self.source_step = SourceStep.RUNNING
+        return {"source_step": self.source_step}
+
+    def migration(self, volume_id: str) -> dict[str, Any]:
+        if self.source_step == SourceStep.RUNNING:
+            self.source_step = self.source_steps.pop(0) if len(self.source_steps) > 1 else self.source_steps[0]
+            if self.source_step == SourceStep.MOVED:  # cinder-volume put it on the destination
+                self.volume["os-vol-host-attr:host"] = self.lock["host"]
+        return {"source_step": self.source_step, "migration_status": self.volume["migration_status"]}
 
     def get_volume(self, volume_id: str) -> dict[str, Any]:
         if volume_id != VID:
@@ -174,7 +191,8 @@ def arrays():
 
 
 def validate(cinder, arrays, **conf):
-    return flow.validate_and_lock({"volume_id": VID, "dest_host": "lab@alpha#pool1", **conf}, "run-1", cinder, arrays)
+    conf = {"volume_id": VID, "dest_host": "lab@alpha#pool1", **conf}
+    return validation.validate_and_lock(conf, "run-1", cinder, arrays)
 
 
 # ---- validate_and_lock -------------------------------------------------------------------------
@@ -187,7 +205,8 @@ def validate(cinder, arrays, **conf):
         (lambda c, a: c.services.update({"lab@alpha": "down"}), {}, "lab@alpha is enabled and down"),
         (lambda c, a: None, {"dest_host": "lab@alpha#pool7"}, "not a pool Cinder knows"),
         (lambda c, a: c.pools.append("lab@delta#pool1") or c.services.update({"lab@delta": "up"}),
-         {"dest_host": "lab@delta#pool1"}, "no Airflow Connection storage_array_delta"),
+         {"dest_host": "lab@delta#pool1"},
+         "a takeover or host copy reads and writes through both arrays: no Airflow Connection storage_array_delta"),
         (lambda c, a: setattr(a.found["alpha"], "up", False), {}, "destination array alpha at"),
         (lambda c, a: setattr(a.found["alpha"], "free", GiB // 2), {}, "has 512 MiB free, the volume needs 1024"),
         (lambda c, a: a.found["alpha"].create_lun(LUN, GiB, "pool1"), {}, "already holds a LUN named"),
@@ -210,7 +229,7 @@ def test_validate_refuses_with_one_clear_message_before_any_change(arrays, setup
 def test_validate_refuses_bad_params_before_asking_cinder(arrays):
     cinder = ScriptedCinder()
     with pytest.raises(InvalidParams, match="volume_id must be a volume UUID.*dest_host must look like"):
-        flow.validate_and_lock({"volume_id": "x", "dest_host": "y"}, "run-1", cinder, arrays)
+        validation.validate_and_lock({"volume_id": "x", "dest_host": "y"}, "run-1", cinder, arrays)
     assert cinder.calls == []
 
 
@@ -237,7 +256,7 @@ def test_a_cleared_run_takes_its_own_lock_back_despite_its_partial_target(arrays
     arrays.found["alpha"].create_lun(LUN, GiB, "pool1")  # host_copy had begun
     assert validate(cinder, arrays, force_host_copy=True) == plan
     with pytest.raises(MigrationRefused, match="already migrating"):
-        flow.validate_and_lock({"volume_id": VID, "dest_host": "lab@alpha#pool1"}, "run-2", cinder, arrays)
+        validation.validate_and_lock({"volume_id": VID, "dest_host": "lab@alpha#pool1"}, "run-2", cinder, arrays)
 
 
 def test_rerun_after_the_volume_became_attachable_resumes_from_the_lock(arrays):
@@ -246,6 +265,96 @@ def test_rerun_after_the_volume_became_attachable_resumes_from_the_lock(arrays):
     cinder.mark_attachable(VID, plan.dest_host)
     again = validate(cinder, arrays)  # Cinder's host is the destination now; the lock says where it came from
     assert again.source_host == "lab@beta#pool1" and again == plan
+
+
+# ---- source_driver_migrate (step 1, in the source's cinder-volume) -------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def step_one(plan, cinder, clock=None):
+    clock = clock or Clock()
+    return flow.source_driver_migrate(plan, cinder, poll_s=1.0, clock=clock, sleep=clock.sleep)
+
+
+def ceph_volume(**conf):
+    """A volume on a backend Airflow has no array for (Ceph behind Cinder's RBD driver), locked for another."""
+    cinder = ScriptedCinder(host="lab@ceph-hdd#ceph-hdd")
+    cinder.services["lab@ceph-ssd"] = cinder.services["lab@ceph-hdd"] = "up"
+    cinder.pools += ["lab@ceph-hdd#ceph-hdd", "lab@ceph-ssd#ceph-ssd"]
+    return cinder, {"dest_host": "lab@ceph-ssd#ceph-ssd", **conf}
+
+
+def test_step_one_waits_for_the_source_driver_and_a_moved_volume_commits_without_any_array(arrays):
+    cinder, conf = ceph_volume()
+    plan = validate(cinder, arrays, **conf)  # no array to ask: Cinder's checks only
+    assert (plan.path, cinder.volume["migration_status"]) == ("source_driver_migrate", "starting")
+    cinder.source_steps = [SourceStep.RUNNING, SourceStep.RUNNING, SourceStep.MOVED]
+    assert step_one(plan, cinder) == {"moved": True, "model_update": None}
+    assert cinder.volume["os-vol-host-attr:host"] == "lab@ceph-ssd#ceph-ssd"
+    assert validate(cinder, arrays, **conf) == plan  # a cleared run: still its lock, now on the destination
+    assert step_one(plan, cinder)["moved"]  # asked again: the same outcome, nothing started
+    assert [c for c in cinder.calls if c[0] == "source_migrate"] == [("source_migrate", ("run-1",))] * 2
+    assert "not rolled back: the source driver moved" in flow.rollback(plan, cinder, arrays, "x")
+    flow.commit(plan, cinder, arrays)
+    assert cinder.calls[-1] == ("finish", ("lab@ceph-ssd#ceph-ssd",)) and cinder.volume["migration_status"] == "success"
+
+
+def test_a_source_driver_that_cannot_move_it_hands_over_to_the_target_and_one_that_fails_says_why(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays)
+    assert step_one(plan, cinder) == {"moved": False, "model_update": None}
+    assert cinder.volume["os-vol-host-attr:host"] == plan.source_host
+    cinder.source_step, cinder.source_steps = None, ["failed: VolumeBackendAPIException: pool full"]
+    with pytest.raises(MigrationFailed, match="source driver of beta did not move the volume: failed: Volume.*full"):
+        step_one(plan, cinder)
+
+
+def test_a_cleared_run_whose_volume_is_attachable_already_does_not_ask_step_one_again(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays)
+    flow.target_takeover(plan, arrays, cinder)
+    assert step_one(plan, cinder) == {"moved": False, "model_update": None}
+    assert not cinder.called("source_migrate")
+
+
+def test_step_one_gives_up_after_the_copy_timeout(arrays):
+    cinder = ScriptedCinder()
+    plan = validate(cinder, arrays, copy_timeout_s=60)
+    cinder.source_steps = [SourceStep.RUNNING]
+    clock = Clock()
+    with pytest.raises(MigrationFailed, match="has not answered within copy_timeout_s=60"):
+        step_one(plan, cinder, clock)
+    assert 60 <= clock.now <= 61
+
+
+def test_between_ceph_and_an_array_the_move_is_refused_before_the_lock(arrays):
+    cinder, conf = ceph_volume(dest_host="lab@alpha#pool1")
+    with pytest.raises(MigrationRefused, match="takeover or host copy .*no Airflow Connection storage_array_ceph-hdd"):
+        validate(cinder, arrays, **conf)
+    assert not cinder.called("begin")
+    cinder, conf = ceph_volume(force_host_copy=True)
+    with pytest.raises(MigrationRefused, match="takeover or host copy .*storage_array_ceph-hdd; .*ceph-ssd"):
+        validate(cinder, arrays, **conf)
+
+
+def test_when_the_ceph_driver_cannot_move_it_the_run_ends_refused_and_the_rollback_only_unlocks(arrays, tmp_path):
+    cinder, conf = ceph_volume()
+    plan = validate(cinder, arrays, **conf)
+    assert not step_one(plan, cinder)["moved"]
+    assert flow.target_takeover(plan, arrays, cinder) == {"moved": False, "async": False, "model_update": None}
+    with pytest.raises(MigrationRefused, match="no host copy .*no Airflow Connection storage_array_ceph-hdd"):
+        flow.host_copy(plan, arrays, tmp_path)
+    assert not list(tmp_path.iterdir())
+    assert flow.rollback(plan, cinder, arrays, "host_copy: refused").startswith("rolled back: migration_status error")
+    assert cinder.volume["migration_status"] == "error"
 
 
 # ---- target_takeover ----------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""The first step of a migration: refuse a bad request with one clear message before anything changes, then lock.
+
+``validate_and_lock`` is the ``validate_and_lock`` task of ``dags/volume_migration.py``; its ``Plan`` is what
+every later step of ``flow.py`` works from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from include.backends.base import BackendDriver, GiB, MiB
+from include.backends.errors import ArrayUnavailable
+from include.migration.branches import first_step
+from include.migration.cinder_api import CinderApi
+from include.migration.errors import CinderError, MigrationRefused
+from include.migration.flow import LOCK_STATUSES, Arrays, Plan, find_lun, lun_of
+from include.migration.request import MigrationRequest, parse_request
+from include.migration.steps import Step
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _refused_on(statuses: tuple[int, ...], message: str | None = None) -> Iterator[None]:
+    """A Cinder answer with one of ``statuses`` becomes MigrationRefused (``message``, else Cinder's own words)."""
+    try:
+        yield
+    except CinderError as exc:
+        if exc.status in statuses:
+            raise MigrationRefused(message or str(exc)) from None
+        raise
+
+
+def _volume_or_refuse(cinder: CinderApi, volume_id: str) -> dict[str, Any]:
+    with _refused_on((404,), f"volume {volume_id} does not exist"):
+        return cinder.get_volume(volume_id)
+
+
+def _check_service(cinder: CinderApi, dest_host: str) -> None:
+    backend_host = dest_host.split("#", 1)[0]
+    services = {s["host"]: s for s in cinder.volume_services()}
+    service = services.get(backend_host)
+    if service is None:
+        known = ", ".join(sorted(services)) or "none"
+        raise MigrationRefused(f"destination {dest_host}: Cinder has no volume service {backend_host} (known: {known})")
+    if service.get("status") != "enabled" or service.get("state") != "up":
+        raise MigrationRefused(
+            f"destination {dest_host}: the volume service {backend_host} is {service.get('status')} and "
+            f"{service.get('state')} (updated {service.get('updated_at')}); it must be enabled and up"
+        )
+
+
+def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, arrays: Arrays) -> Plan:
+    """Check everything a migration needs, then lock the volume for ``owner``.
+
+    Raises InvalidParams (bad parameters) or MigrationRefused (the volume,
+    the destination or an array is not fit) with one message that names every
+    problem found, before any change. The same ``owner`` may run it again
+    (a retry, a cleared run): while its lock holds, it answers the same plan,
+    even once the volume is attachable on the destination.
+    """
+    request: MigrationRequest = parse_request(conf)
+    volume = _volume_or_refuse(cinder, request.volume_id)
+    current_host = volume.get("os-vol-host-attr:host") or ""
+    if volume.get("migration_status") in LOCK_STATUSES and current_host == request.dest_host:
+        lock = _lock(cinder, request, owner)  # refused unless this owner moved it there (attachable, or its driver)
+        return _plan(request, volume, lock["source_host"], owner, cinder)
+    if current_host.count("@") != 1 or "#" not in current_host:
+        raise MigrationRefused(f"volume {request.volume_id} has no pool host (host is {current_host!r})")
+    if current_host == request.dest_host:
+        raise MigrationRefused(f"volume {request.volume_id} is already on {request.dest_host}")
+    _check_service(cinder, request.dest_host)
+    pools = cinder.get_pools()
+    if request.dest_host not in pools:
+        raise MigrationRefused(f"destination {request.dest_host} is not a pool Cinder knows ({', '.join(pools)})")
+    plan = _plan(request, volume, current_host, owner, cinder)
+    resumed = volume.get("migration_status") == "starting"
+    if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
+        _lock(cinder, request, owner)
+    problems = _array_problems(plan, arrays, resumed=resumed)
+    if problems:
+        raise MigrationRefused(f"volume {plan.volume_id} cannot be migrated to {plan.dest_host}: {'; '.join(problems)}")
+    if not resumed:
+        _lock(cinder, request, owner)
+    log.info("volume %s locked for %s by %s; path %s", plan.volume_id, plan.dest_host, owner, plan.path)
+    return plan
+
+
+def _lock(cinder: CinderApi, request: MigrationRequest, owner: str) -> dict[str, Any]:
+    with _refused_on((400, 409)):  # Cinder's refusal (status, snapshots, another run...)
+        return cinder.begin_migration(request.volume_id, request.dest_host, owner)
+
+
+def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, owner: str, cinder: CinderApi) -> Plan:
+    volume_type_id = None
+    if request.new_type:
+        with _refused_on((404,), f"volume type {request.new_type} does not exist"):
+            volume_type_id = cinder.get_volume_type(request.new_type)["id"]
+    return Plan(
+        volume_id=request.volume_id,
+        lun=lun_of(volume),
+        size=int(volume["size"]) * GiB,
+        source_host=source_host,
+        dest_host=request.dest_host,
+        owner=owner,
+        path=first_step(request).value,
+        speed_mib=request.speed_mib,
+        copy_mode=request.copy_mode,
+        copy_timeout_s=request.copy_timeout_s,
+        volume_type_id=volume_type_id,
+    )
+
+
+def _array_problems(plan: Plan, arrays: Arrays, *, resumed: bool) -> list[str]:
+    """What the arrays say against the move: reachability, pool, space, the LUNs on both sides.
+
+    Two backends that Airflow has no array for (no Connection: Ceph behind Cinder's RBD driver, any stock
+    driver) are left to the source's driver, which answers step 1 in cinder-volume: nothing is checked here then,
+    except that a forced host copy is refused. With one array and not the other, the move is refused: only the
+    takeover or the host copy could make it, and both read and write through the two arrays (a driver moves
+    within its own storage). An incomplete Connection is refused. ``resumed``: the run holds the lock already,
+    so a LUN of that name on the destination (and the space it takes) is its own work from before.
+    """
+    found: dict[str, BackendDriver] = {}
+    missing = []
+    for role, backend in (("source", plan.source_backend), ("destination", plan.dest_backend)):
+        try:
+            found[role] = arrays(backend)
+        except LookupError as exc:
+            missing.append(str(exc))
+        except ValueError as exc:
+            return [f"{role} backend {backend}: {exc}"]
+    if missing:
+        if len(missing) == 2 and plan.path != Step.HOST_COPY:
+            return []
+        return [f"a takeover or host copy reads and writes through both arrays: {'; '.join(missing)}"]
+    source, dest = found["source"], found["destination"]
+    problems = []
+    caps = {}
+    for role, array in (("source", source), ("destination", dest)):
+        try:
+            caps[role] = array.capabilities()
+        except ArrayUnavailable as exc:
+            problems.append(f"{role} {exc}")
+    if problems:
+        return problems
+    pool = caps["destination"].pool(plan.dest_pool)
+    if pool is None:
+        problems.append(f"array {dest.name} has no pool {plan.dest_pool}")
+    if find_lun(source, plan.lun) is None:
+        problems.append(f"array {source.name} has no LUN {plan.lun}")
+    if source.name == dest.name:
+        if plan.path == Step.HOST_COPY.value:
+            problems.append(f"a host copy needs two arrays; {source.name} moves between its pools itself")
+        return problems
+    if resumed:
+        return problems
+    if pool is not None and pool.free_bytes < plan.size:
+        free, need = pool.free_bytes // MiB, plan.size // MiB
+        problems.append(f"pool {plan.dest_pool} of {dest.name} has {free} MiB free, the volume needs {need} MiB")
+    if find_lun(dest, plan.lun) is not None:
+        problems.append(f"array {dest.name} already holds a LUN named {plan.lun}")
+    return problems
