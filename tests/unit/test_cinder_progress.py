@@ -6,6 +6,7 @@ from include.backends.base import MigrationProgress, MigrationState
 from include.migration.cinder_api import CinderApi
 from include.migration.cinder_progress import REPORT_EVERY_S, ProgressToCinder
 from include.migration.errors import CinderError
+from tests.unit.fake_clock import Clock
 
 GiB = 1 << 30
 
@@ -23,20 +24,12 @@ class RecordingCinder(CinderApi):
         self.sent.append((method, path, body))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def progress(state="copying", done=0):
     return MigrationProgress(MigrationState(state), done, GiB, 32 << 20, 12.0, "")
 
 
 def test_the_first_report_goes_at_once_then_one_per_period_and_each_change_of_state():
-    cinder, clock = RecordingCinder(), Clock()
+    cinder, clock = RecordingCinder(), Clock(1000.0)
     report = ProgressToCinder(cinder, "vol-1", "airflow:volume_migration/run", clock=clock)
     assert report(progress(done=1 << 20))
     clock.now += REPORT_EVERY_S - 1
@@ -56,7 +49,7 @@ def test_the_first_report_goes_at_once_then_one_per_period_and_each_change_of_st
 
 
 def test_a_refused_report_is_logged_and_the_copy_goes_on(caplog):
-    cinder, clock = RecordingCinder(), Clock()
+    cinder, clock = RecordingCinder(), Clock(1000.0)
     cinder.refuse = True
     report = ProgressToCinder(cinder, "vol-1", clock=clock)
     assert report(progress()) is False  # no exception

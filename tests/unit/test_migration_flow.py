@@ -24,6 +24,7 @@ from include.backends.errors import ArrayUnavailable, Conflict, NotFound
 from include.cinder_plugin.names import SourceStep
 from include.migration import flow, validation
 from include.migration.errors import CinderError, InvalidParams, MigrationFailed, MigrationRefused
+from tests.unit.fake_clock import Clock
 
 VID = str(uuid.uuid4())
 LUN = f"volume-{VID}"
@@ -268,17 +269,6 @@ def test_rerun_after_the_volume_became_attachable_resumes_from_the_lock(arrays):
 
 
 # ---- source_driver_migrate (step 1, in the source's cinder-volume) -------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def step_one(plan, cinder, clock=None):
     clock = clock or Clock()
     return flow.source_driver_migrate(plan, cinder, poll_s=1.0, clock=clock, sleep=clock.sleep)

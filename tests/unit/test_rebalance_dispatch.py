@@ -22,24 +22,12 @@ from include.migration.inventory import UNKNOWN_POOL, Cloud, InFlight
 from include.migration.planner import Move, PoolState, VolumeState
 from include.migration.rebalance import Limits
 from include.migration.steps import Step
+from tests.unit.fake_clock import Clock
 
 A1, A2 = "lab@alpha#pool1", "lab@alpha#pool2"  # sources
 B, C = "lab@beta#pool1", "lab@gamma#pool1"  # destinations
 REBALANCE = "manual__2025-01-01T00:00:00"
 ENDED = ("success", "failed")
-
-
-class Clock:
-    """Monotonic time that only ``sleep`` moves: the loop runs at once."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def after(polls: int, end: str = "success") -> Callable[[Move, int], str]:
