@@ -9,17 +9,20 @@ may override).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import webob
 from cinder import exception, objects
 from cinder import policy as cinder_policy
+from cinder.api.openstack import wsgi
 from cinder.common import constants
 from cinder.policies import base as policy_base
 from cinder.volume import volume_utils
 from oslo_policy import policy as oslo_policy
 
 from include.cinder_plugin.names import BACKENDS_RESOURCE, RESOURCE, SETTLED_MIGRATION_STATUSES, SOURCE_STEP_KEY
+from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
 NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
@@ -66,6 +69,20 @@ def register_policies() -> None:
     if missing:
         enforcer.register_defaults(missing)
         enforcer.load_rules(force_reload=True)
+
+
+class Controller(wsgi.Controller):
+    """A controller of the extension: our policy rules are in Cinder's enforcer once one exists."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        register_policies()
+
+    @functools.cached_property
+    def rpc(self) -> AsyncMigrationAPI:
+        """The RPC client of the steps in cinder-volume, made at first use and kept (its version cap is read from
+        the database once, as Cinder's own API does with its VolumeAPI)."""
+        return AsyncMigrationAPI()
 
 
 def volume_or_404(context: Any, volume_id: str) -> Any:

@@ -85,10 +85,10 @@ from include.cinder_plugin.common import (
     NOT_MIGRATING,
     OWNER_KEY,
     SOURCE_KEY,
+    Controller,
     backend_service,
     migration_view,
     policy_name,
-    register_policies,
     volume_or_404,
 )
 from include.cinder_plugin.names import (
@@ -102,7 +102,6 @@ from include.cinder_plugin.names import (
     SourceStep,
 )
 from include.cinder_plugin.resources import BackendsController, MigrationsController
-from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
 
@@ -137,11 +136,7 @@ def _host(args: dict[str, Any]) -> str:
     return host
 
 
-class AsyncMigrationController(wsgi.Controller):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        register_policies()
-
+class AsyncMigrationController(Controller):
     # ---- helpers -------------------------------------------------------------------
 
     @staticmethod
@@ -380,7 +375,7 @@ class AsyncMigrationController(wsgi.Controller):
             raise webob.exc.HTTPBadRequest(explanation=f"Cinder's scheduler reports no pool {dest}")
         host = {"host": dest, "cluster_name": service.cluster_name, "capabilities": pools[0]["capabilities"]}
         db.volume_admin_metadata_update(context.elevated(), volume.id, {SOURCE_STEP_KEY: SourceStep.RUNNING}, False)
-        AsyncMigrationAPI().source_migrate(context, volume, host)
+        self.rpc.source_migrate(context, volume, host)
         LOG.info("async migration of volume %s to %s: migrate_volume asked of %s", volume.id, dest, volume.host)
         volume.refresh()
         return webob.Response(status_int=202, json_body=migration_view(volume))

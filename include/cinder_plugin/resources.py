@@ -12,37 +12,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from cinder.api.openstack import wsgi
 from cinder.volume import volume_utils
 
 from include.cinder_plugin.common import (
+    Controller,
     backend_service,
     migration_view,
     policy_name,
-    register_policies,
     volume_or_404,
 )
-from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 
-class MigrationsController(wsgi.Controller):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        register_policies()
-
+class MigrationsController(Controller):
     def show(self, req: Any, id: str) -> dict[str, Any]:
         context = req.environ["cinder.context"]
         context.authorize(policy_name("show"))
         return migration_view(volume_or_404(context, id))
 
 
-class BackendsController(wsgi.Controller):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        register_policies()
-
+class BackendsController(Controller):
     def show(self, req: Any, id: str) -> dict[str, Any]:
         context = req.environ["cinder.context"]
         context.authorize(policy_name("features"))
         backend_service(context, id)
-        return {"features": AsyncMigrationAPI().features(context, volume_utils.extract_host(id, "backend"))}
+        return {"features": self.rpc.features(context, volume_utils.extract_host(id, "backend"))}

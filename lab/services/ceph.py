@@ -4,7 +4,7 @@
 ``ceph.json`` (its fsid, the OSD's uuid and the monitor's two ports, fixed the
 first time), ``ceph.conf`` (written anew at each ``up``), the daemons' data
 folders (``mon/``, ``mgr/``, ``osd/``), the OSD's BlueStore device
-(``osd-0.block``, a sparse file: BlueStore refuses O_DIRECT on tmpfs, so it
+(``osd.0.block``, a sparse file: BlueStore refuses O_DIRECT on tmpfs, so it
 lives on the lab root's disk), their logs (``log/``) and admin sockets
 (``run/``). Everything listens on 127.0.0.1; there is no authentication (the
 lab is one machine's loopback). The daemons run in the foreground, each in a
