@@ -12,6 +12,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -158,6 +159,22 @@ class ReferenceArrayBackend(ArrayApiBackend):
         the data into it; "mirror" serves the remote LUN through an active
         mirror that keeps the source current until the local copy is in sync.
         """
+        return self.take_over(volume, lambda: source.export_for_takeover(volume.name, initiator=self.name),
+                              source.name, pool=pool, speed_bps=speed_bps, mode=mode)  # fmt: skip
+
+    def take_over(
+        self,
+        volume: Volume,
+        remote: Callable[[], ConnectionInfo],
+        source_array: str,
+        *,
+        pool: str,
+        speed_bps: int | None = None,
+        mode: str | None = None,
+    ) -> tuple[bool, bool, dict[str, Any] | None]:
+        """Take ``volume`` over from array ``source_array``, reached through ``remote()`` (called only when the
+        takeover is not made yet); ``(True, copying, {"pool", "provider_location"})``. Idempotent: a LUN this
+        array already took over from ``source_array`` gives the same answer; another LUN of that name is refused."""
         try:
             lun = self.get_lun(volume.name)
         except BackendError as exc:
@@ -165,19 +182,18 @@ class ReferenceArrayBackend(ArrayApiBackend):
                 raise
             lun = None
         if lun is None:
-            remote = source.export_for_takeover(volume.name, initiator=self.name)
             body: dict[str, Any] = {
                 "name": volume.name,
                 "pool": pool,
                 "size": volume.size,
-                "source": {**remote.to_json(), "array": source.name},
+                "source": {**remote().to_json(), "array": source_array},
             }
             if speed_bps is not None:
                 body["speed_bps"] = speed_bps
             if mode is not None:
                 body["mode"] = mode
             lun = self.request("POST", "/v1/takeovers", body)
-        elif not lun.get("copy") and lun.get("taken_over_from") != source.name:
+        elif not lun.get("copy") and lun.get("taken_over_from") != source_array:
             # a LUN of that name that this array did not take over from source
             raise BackendError(f"array {self.name} already holds a LUN named {volume.name}")
         return True, bool(lun.get("copy")), {"pool": lun["pool"], "provider_location": lun["location"]}

@@ -18,19 +18,26 @@ from cinder import policy as cinder_policy
 from cinder.api.openstack import wsgi
 from cinder.common import constants
 from cinder.policies import base as policy_base
+from cinder.scheduler import rpcapi as scheduler_rpcapi
 from cinder.volume import volume_utils
 from oslo_policy import policy as oslo_policy
 
-from include.cinder_plugin.names import BACKENDS_RESOURCE, RESOURCE, SETTLED_MIGRATION_STATUSES, SOURCE_STEP_KEY
+from include.cinder_plugin.names import (
+    BACKENDS_RESOURCE,
+    DEST_KEY,
+    OWNER_KEY,
+    RESOURCE,
+    SETTLED_MIGRATION_STATUSES,
+    SOURCE_KEY,
+    SOURCE_STEP_KEY,
+    TARGET_STEP_KEY,
+)
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 MIGRATING_ATTACHABLE = "migrating_attachable"
 NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
-DEST_KEY = "async_migration_dest"
-OWNER_KEY = "async_migration_owner"
-SOURCE_KEY = "async_migration_source"
 LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
-ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress", "source_migrate")
+ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress", "source_migrate", "target_migrate", "copy")
 # resource -> (policy rule, route)
 READS = {"show": f"/{RESOURCE}/{{volume_id}}", "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}"}
 
@@ -85,6 +92,49 @@ class Controller(wsgi.Controller):
         return AsyncMigrationAPI()
 
 
+def action_body(body: dict[str, Any], action: str) -> dict[str, Any]:
+    """The arguments of action ``os-async_migration_<action>`` (an object; absent: none)."""
+    value = body.get(f"os-async_migration_{action}")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise webob.exc.HTTPBadRequest(explanation=f"os-async_migration_{action} takes an object")
+    return value
+
+
+def action_args(req: Any, id: str, body: dict[str, Any], action: str) -> tuple[Any, dict[str, Any], Any]:
+    """What every action starts with: its policy checked, its arguments, the volume: (context, args, volume)."""
+    context = req.environ["cinder.context"]
+    context.authorize(policy_name(action))
+    args = action_body(body, action)
+    return context, args, volume_or_404(context, id)
+
+
+def owner_of(args: dict[str, Any]) -> str | None:
+    """The action's ``owner`` argument, checked (400 when it is not a name)."""
+    owner = args.get("owner")
+    if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
+        raise webob.exc.HTTPBadRequest(explanation="'owner' must be a non-empty string of at most 255 characters")
+    return owner
+
+
+def check_holder(volume: Any, args: dict[str, Any]) -> None:
+    """409 when the action names an ``owner`` and another owner holds the lock."""
+    owner = owner_of(args)
+    holder = (volume.admin_metadata or {}).get(OWNER_KEY)
+    if owner and holder and holder != owner:
+        raise webob.exc.HTTPConflict(explanation=f"volume {volume.id} is locked by {holder}, not {owner}")
+
+
+def refusal(volume: Any, wanted: str) -> str:
+    """Why a conditional update did not match: the volume's current state, said plainly."""
+    volume.refresh()
+    return (
+        f"volume {volume.id} cannot go to {wanted}: status {volume.status}, "
+        f"migration_status {volume.migration_status}, host {volume.host}"
+    )
+
+
 def volume_or_404(context: Any, volume_id: str) -> Any:
     try:
         return objects.Volume.get_by_id(context, volume_id)
@@ -111,6 +161,16 @@ def backend_service(context: Any, host: str) -> Any:
         ) from None
 
 
+def dest_pool(context: Any, dest: str) -> dict[str, Any]:
+    """The destination pool as Cinder's scheduler describes it to a driver: ``host``, ``cluster_name``,
+    ``capabilities`` (400 when its service is not up or the scheduler does not know it)."""
+    service = backend_service(context, dest)
+    pools = scheduler_rpcapi.SchedulerAPI().get_pools(context.elevated(), filters={"name": dest})
+    if not pools:
+        raise webob.exc.HTTPBadRequest(explanation=f"Cinder's scheduler reports no pool {dest}")
+    return {"host": dest, "cluster_name": service.cluster_name, "capabilities": pools[0]["capabilities"]}
+
+
 def migration_view(volume: Any) -> dict[str, Any]:
     """A volume's migration as the extension's own resource shows it (never as keys in Cinder's volume views)."""
     meta = volume.admin_metadata or {}
@@ -124,5 +184,6 @@ def migration_view(volume: Any) -> dict[str, Any]:
             "dest_host": meta.get(DEST_KEY),
             "owner": meta.get(OWNER_KEY),
             "source_step": meta.get(SOURCE_STEP_KEY),
+            "target_step": meta.get(TARGET_STEP_KEY),
         }
     }

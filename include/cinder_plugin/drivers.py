@@ -11,7 +11,16 @@ Configure a backend section of cinder.conf with::
 Volumes are LUNs named like Cinder's volume names (``volume-<id>``) in the
 pool of the volume's host (``host@backend#pool``). A connection is an NBD
 export: ``initialize_connection`` returns ``driver_volume_type: nbd`` with
-host, port and export name.
+host, port and export name (and ``array``, the array that serves it). A
+connector that names another array as its takeover initiator
+(``target_driver.TAKEOVER_INITIATOR``) gets the array's takeover export
+instead, which keeps the LUN from being deleted until that connection is
+terminated.
+
+The reference arrays' driver is also the blueprint's target
+(``target_driver.AsyncMigrationTarget``): it takes over a volume of another
+lab array, serves it at once and copies in the background (stream or
+mirror), with progress, pause, resume, speed, abort and abandon.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
-from include.backends.base import Destination, GiB, Volume
-from include.backends.errors import BackendError, NotFound
+from include.backends.base import ConnectionInfo, Destination, GiB, MiB, MigrationProgress, Volume
+from include.backends.errors import BackendError, Conflict, NotFound
+from include.backends.target_driver import NOT_MOVED, TAKEOVER_INITIATOR, AsyncMigrationTarget, TargetResult
 from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
 
 LOG = logging.getLogger(__name__)
@@ -79,10 +89,13 @@ class LabArrayDriver(driver.VolumeDriver):
             raise exception.VolumeBackendAPIException(data="driver not set up")
         return self.array
 
-    def _call(self, what: str, func: Any, *args: Any) -> Any:
-        """Call the array; its refusals become VolumeBackendAPIException with the array's message."""
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call the array; a conflict becomes InvalidVolume (nothing changed), any other refusal
+        VolumeBackendAPIException, each with the array's message."""
         try:
-            return func(*args)
+            return func(*args, **kwargs)
+        except Conflict as exc:
+            raise exception.InvalidVolume(reason=f"{what}: {exc}") from exc
         except BackendError as exc:
             LOG.error("array %s could not %s: %s", self.configuration.lab_array_name, what, exc)
             raise exception.VolumeBackendAPIException(data=f"{what}: {exc}") from exc
@@ -125,10 +138,22 @@ class LabArrayDriver(driver.VolumeDriver):
         return None
 
     def initialize_connection(self, volume: Any, connector: Any) -> dict[str, Any]:
-        info = self._call("export the LUN", self._array.export_lun, volume.name)
-        return {"driver_volume_type": "nbd", "data": info.to_json()}
+        initiator = (connector or {}).get(TAKEOVER_INITIATOR)
+        if initiator:
+            info = self._call("export the LUN for a takeover", self._array.export_for_takeover, volume.name, initiator)
+        else:
+            info = self._call("export the LUN", self._array.export_lun, volume.name)
+        return {"driver_volume_type": "nbd", "data": {**info.to_json(), "array": self._array.name}}
 
     def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> None:
+        if (connector or {}).get(TAKEOVER_INITIATOR):
+            try:
+                self._array.release_takeover(volume.name)
+            except NotFound:
+                LOG.info("LUN %s is not on array %s: no takeover export to release", volume.name, self._array.name)
+            except BackendError as exc:
+                raise exception.VolumeBackendAPIException(data=f"release the takeover export: {exc}") from exc
+            return
         attachments = [a for a in (volume.volume_attachment or []) if a.attach_status != "detached"]
         if connector is not None and len(attachments) > 1:
             return  # another attachment still uses the export
@@ -184,10 +209,71 @@ class LabArrayDriver(driver.VolumeDriver):
         return moved, ({"provider_location": update["provider_location"]} if moved and update else None)
 
 
-class ReferenceArrayDriver(LabArrayDriver):
+class ReferenceArrayDriver(LabArrayDriver, AsyncMigrationTarget):
     """Cinder driver for the lab's reference arrays (alpha, beta): pool moves and takeovers."""
 
     adapter_class = ReferenceArrayBackend
+
+    @property
+    def _reference(self) -> ReferenceArrayBackend:
+        return self._array  # type: ignore[return-value]
+
+    @staticmethod
+    def _lun(volume: Any) -> Volume:
+        return Volume(volume.name, volume.size * GiB)
+
+    def takeover_connector(self) -> dict[str, Any]:
+        name = self._array.name
+        return {"initiator": f"lab-array:{name}", "host": name, "multipath": False, TAKEOVER_INITIATOR: name}
+
+    def migrate_volume_target(
+        self,
+        context: Any,
+        volume: Any,
+        source_connection: dict[str, Any],
+        host: dict[str, Any],
+        *,
+        speed_bps: int | None = None,
+        mode: str | None = None,
+    ) -> TargetResult:
+        """Take over a LUN another lab array exports over NBD; any other source protocol: not moved."""
+        data = source_connection.get("data") or {}
+        pool = volume_utils.extract_host(host["host"], "pool")
+        if source_connection.get("driver_volume_type") != "nbd" or not data.get("array") or not pool:
+            LOG.info("array %s cannot take volume %s over from a %s connection", self._array.name, volume.id,
+                     source_connection.get("driver_volume_type"))  # fmt: skip
+            return NOT_MOVED
+        if data["array"] == self._array.name:
+            return NOT_MOVED  # its own LUN: a pool move, which migrate_volume does
+        remote = ConnectionInfo.from_json(data)
+        moved, copying, update = self._call("take the LUN over", self._reference.take_over, self._lun(volume),
+                                            lambda: remote, data["array"], pool=pool, speed_bps=speed_bps,
+                                            mode=mode)  # fmt: skip
+        return TargetResult(moved, copying, {"provider_location": (update or {}).get("provider_location")})
+
+    def complete_migration_target(self, context: Any, volume: Any) -> MigrationProgress:
+        return self._call("look at the copy", self._reference.complete_migration_target, self._lun(volume))
+
+    def pause_migration_target(self, context: Any, volume: Any) -> MigrationProgress:
+        return self._call("pause the copy", self._reference.pause_migration, self._lun(volume))
+
+    def resume_migration_target(self, context: Any, volume: Any) -> MigrationProgress:
+        return self._call("resume the copy", self._reference.resume_migration, self._lun(volume))
+
+    def set_migration_target_speed(self, context: Any, volume: Any, speed_bps: int) -> MigrationProgress:
+        return self._call(f"set the copy's speed to {speed_bps / MiB:.0f} MiB/s",
+                          self._reference.set_migration_speed, self._lun(volume), speed_bps)  # fmt: skip
+
+    def abort_migration_target(self, context: Any, volume: Any) -> None:
+        try:
+            self._reference.abort_migration_target(self._lun(volume))
+        except NotFound:
+            LOG.info("no takeover of %s on array %s: nothing to abort", volume.name, self._array.name)
+        except BackendError as exc:
+            raise exception.VolumeBackendAPIException(data=f"abort the takeover: {exc}") from exc
+
+    def abandon_migration_target(self, context: Any, volume: Any) -> None:
+        self._call("abandon the takeover", self._reference.abandon_migration_target, self._lun(volume))
 
 
 class PlainArrayDriver(LabArrayDriver):

@@ -74,7 +74,6 @@ from cinder.api import extensions
 from cinder.api.openstack import wsgi
 from cinder.db import api as db
 from cinder.objects import fields
-from cinder.scheduler import rpcapi as scheduler_rpcapi
 from cinder.volume import volume_utils
 from oslo_log import log as logging
 
@@ -86,9 +85,14 @@ from include.cinder_plugin.common import (
     OWNER_KEY,
     SOURCE_KEY,
     Controller,
+    action_args,
     backend_service,
+    check_holder,
+    dest_pool,
     migration_view,
+    owner_of,
     policy_name,
+    refusal,
     volume_or_404,
 )
 from include.cinder_plugin.names import (
@@ -98,28 +102,15 @@ from include.cinder_plugin.names import (
     LOCK_VIEW_KEY,
     PROGRESS_KEY,
     RESOURCE,
+    SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
+    TARGET_STEP_KEY,
     SourceStep,
 )
 from include.cinder_plugin.resources import BackendsController, MigrationsController
+from include.cinder_plugin.takeover import TakeoverController, abandon_takeover, finish_takeover
 
 LOG = logging.getLogger(__name__)
-
-
-def _body(body: dict[str, Any], action: str) -> dict[str, Any]:
-    value = body.get(f"os-async_migration_{action}")
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise webob.exc.HTTPBadRequest(explanation=f"os-async_migration_{action} takes an object")
-    return value
-
-
-def _owner(args: dict[str, Any]) -> str | None:
-    owner = args.get("owner")
-    if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
-        raise webob.exc.HTTPBadRequest(explanation="'owner' must be a non-empty string of at most 255 characters")
-    return owner
 
 
 def _text(args: dict[str, Any], key: str, what: str) -> str:
@@ -162,29 +153,13 @@ class AsyncMigrationController(Controller):
         return webob.Response(status_int=202, json_body={"async_migration": lock})
 
     @staticmethod
-    def _check_holder(volume: Any, owner: str | None) -> None:
-        """409 when ``owner`` is given and another owner holds the lock."""
-        holder = (volume.admin_metadata or {}).get(OWNER_KEY)
-        if owner and holder and holder != owner:
-            raise webob.exc.HTTPConflict(explanation=f"volume {volume.id} is locked by {holder}, not {owner}")
-
-    @staticmethod
     def _release(context: Any, volume: Any) -> None:
-        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, SOURCE_STEP_KEY):
+        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, SOURCE_STEP_KEY, TARGET_STEP_KEY, SOURCE_LOCATION_KEY):
             db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
         try:  # the copy's progress ends with the migration
             db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)
         except exception.VolumeMetadataNotFound:
             pass
-
-    @staticmethod
-    def _refusal(volume: Any, wanted: str) -> str:
-        """Why a conditional update did not match: the volume's current state, said plainly."""
-        volume.refresh()
-        return (
-            f"volume {volume.id} cannot go to {wanted}: status {volume.status}, "
-            f"migration_status {volume.migration_status}, host {volume.host}"
-        )
 
     @staticmethod
     def _volume_type(context: Any, type_id: Any) -> Any:
@@ -213,17 +188,10 @@ class AsyncMigrationController(Controller):
                 self._add_lock(req, view)
 
     # ---- actions -----------------------------------------------------------------
-    def _open(self, req: Any, id: str, body: dict[str, Any], action: str) -> tuple[Any, dict[str, Any], Any]:
-        """What every action starts with: its policy checked, its arguments, the volume: (context, args, volume)."""
-        context = req.environ["cinder.context"]
-        context.authorize(policy_name(action))
-        args = _body(body, action)
-        return context, args, volume_or_404(context, id)
-
     @wsgi.action("os-async_migration_begin")
     def _begin(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "begin")
-        host, owner = _host(args), _owner(args)
+        context, args, volume = action_args(req, id, body, "begin")
+        host, owner = _host(args), owner_of(args)
         if owner and self._held_by(volume, host, owner):
             LOG.info("async migration of volume %s to %s: begin again by %s, already locked", id, host, owner)
             return self._lock_answer(volume)
@@ -251,7 +219,7 @@ class AsyncMigrationController(Controller):
         }
         updates = {**LOCKED, "previous_status": "available"}
         if not volume.conditional_update(updates, expected, [~db.volume_has_snapshots_filter()]):
-            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "starting"))
+            raise webob.exc.HTTPConflict(explanation=refusal(volume, "starting"))
         lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
         db.volume_admin_metadata_update(context.elevated(), volume.id, lock, False)
         for stale in (ERROR_KEY, PROGRESS_KEY):  # an earlier migration's reason or progress no longer applies
@@ -284,17 +252,17 @@ class AsyncMigrationController(Controller):
 
     @wsgi.action("os-async_migration_attachable")
     def _attachable(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "attachable")
+        context, args, volume = action_args(req, id, body, "attachable")
         host = _host(args)
         updates = self._arrival(context, volume, host, args, MIGRATING_ATTACHABLE)
         if not volume.conditional_update(updates, LOCKED):
-            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, MIGRATING_ATTACHABLE))
+            raise webob.exc.HTTPConflict(explanation=refusal(volume, MIGRATING_ATTACHABLE))
         LOG.info("volume %s is served by %s and attachable while its data is copied", volume.id, host)
         return webob.Response(status_int=202)
 
     @wsgi.action("os-async_migration_finish")
     def _finish(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "finish")
+        context, args, volume = action_args(req, id, body, "finish")
         if volume.migration_status == MIGRATING_ATTACHABLE:
             updates: dict[str, Any] = {"migration_status": "success"}
             if args.get("host") is not None and _host(args) != volume.host:
@@ -305,21 +273,22 @@ class AsyncMigrationController(Controller):
             expected = LOCKED
         if args.get("volume_type_id") is not None:
             updates["volume_type_id"] = self._volume_type(context, args["volume_type_id"]).id
+        finish_takeover(self.rpc, context, volume)  # a takeover: complete on the target, its source deleted
         if not volume.conditional_update(updates, expected):
-            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "success"))
+            raise webob.exc.HTTPConflict(explanation=refusal(volume, "success"))
         self._release(context, volume)
         LOG.info("async migration of volume %s finished on %s", volume.id, volume.host)
         return webob.Response(status_int=202)
 
     @wsgi.action("os-async_migration_fail")
     def _fail(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "fail")
+        context, args, volume = action_args(req, id, body, "fail")
         reason = _text(args, "reason", "say what went wrong")
-        self._check_holder(volume, _owner(args))
+        check_holder(volume, args)
         updates = {"migration_status": "error", "status": "available"}
         if not volume.conditional_update(updates, LOCKED):
             raise webob.exc.HTTPConflict(
-                explanation=self._refusal(volume, "error")
+                explanation=refusal(volume, "error")
                 + " (only a migration that is not attachable yet can fail; an attachable one is retried)"
             )
         db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
@@ -329,14 +298,19 @@ class AsyncMigrationController(Controller):
 
     @wsgi.action("os-async_migration_abandon")
     def _abandon(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "abandon")
+        context, args, volume = action_args(req, id, body, "abandon")
         reason = _text(args, "reason", "say why the migration is given up")
-        self._check_holder(volume, _owner(args))
+        check_holder(volume, args)
         source = (volume.admin_metadata or {}).get(SOURCE_KEY)
         if volume.migration_status != MIGRATING_ATTACHABLE or not source:
-            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "error") + " (only an attachable one)")
-        updates = self._on_host(context, source, args, "error")
+            raise webob.exc.HTTPConflict(explanation=refusal(volume, "error") + " (only an attachable one)")
         expected = {"migration_status": MIGRATING_ATTACHABLE, "status": "available", "attach_status": "detached"}
+        if (volume.status, volume.attach_status) != (expected["status"], expected["attach_status"]):
+            raise webob.exc.HTTPConflict(explanation=f"volume {id} is {volume.status} ({volume.attach_status}): "
+                                         "detach it first (its clients use the target's export)")  # fmt: skip
+        location = abandon_takeover(self.rpc, context, volume)  # a takeover: the target gives its copy up
+        back = {**args, "provider_location": location or args.get("provider_location")}
+        updates = self._on_host(context, source, back, "error")
         if not volume.conditional_update(updates, expected):
             raise webob.exc.HTTPConflict(
                 explanation=f"volume {id} is {volume.status} ({volume.attach_status}), migration_status "
@@ -349,31 +323,27 @@ class AsyncMigrationController(Controller):
 
     @wsgi.action("os-async_migration_progress")
     def _progress(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "progress")
+        context, args, volume = action_args(req, id, body, "progress")
         text = _text(args, "progress", "be a line of text")
         if volume.migration_status not in (LOCKED["migration_status"], MIGRATING_ATTACHABLE):
             raise webob.exc.HTTPConflict(
                 explanation=f"volume {id} is not migrating (migration_status {volume.migration_status})"
             )
-        self._check_holder(volume, _owner(args))
+        check_holder(volume, args)
         db.volume_metadata_update(context, volume.id, {PROGRESS_KEY: text[:255]}, False)
         return webob.Response(status_int=202)
 
     @wsgi.action("os-async_migration_source_migrate")
     def _source_migrate(self, req: Any, id: str, body: dict[str, Any]) -> Any:
-        context, args, volume = self._open(req, id, body, "source_migrate")
-        self._check_holder(volume, _owner(args))
+        context, args, volume = action_args(req, id, body, "source_migrate")
+        check_holder(volume, args)
         meta = volume.admin_metadata or {}
         dest = meta.get(DEST_KEY)
         if (volume.migration_status, volume.status) != (LOCKED["migration_status"], LOCKED["status"]) or not dest:
-            raise webob.exc.HTTPConflict(explanation=self._refusal(volume, "source_migrate") + " (lock it first)")
+            raise webob.exc.HTTPConflict(explanation=refusal(volume, "source_migrate") + " (lock it first)")
         if meta.get(SOURCE_STEP_KEY) in (SourceStep.RUNNING, SourceStep.MOVED):  # a retry: it runs, or it ran
             return webob.Response(status_int=202, json_body=migration_view(volume))
-        service = backend_service(context, dest)
-        pools = scheduler_rpcapi.SchedulerAPI().get_pools(context.elevated(), filters={"name": dest})
-        if not pools:
-            raise webob.exc.HTTPBadRequest(explanation=f"Cinder's scheduler reports no pool {dest}")
-        host = {"host": dest, "cluster_name": service.cluster_name, "capabilities": pools[0]["capabilities"]}
+        host = dest_pool(context, dest)
         db.volume_admin_metadata_update(context.elevated(), volume.id, {SOURCE_STEP_KEY: SourceStep.RUNNING}, False)
         self.rpc.source_migrate(context, volume, host)
         LOG.info("async migration of volume %s to %s: migrate_volume asked of %s", volume.id, dest, volume.host)
@@ -432,5 +402,6 @@ class Async_migration(extensions.ExtensionDescriptor):
     def get_controller_extensions(self) -> list[Any]:
         return [
             extensions.ControllerExtension(self, "volumes", AsyncMigrationController()),
+            extensions.ControllerExtension(self, "volumes", TakeoverController()),
             extensions.ControllerExtension(self, "attachments", AttachmentsDuringMigrationController()),
         ]

@@ -21,6 +21,28 @@ so a step runs where the backend's driver and its credentials already are:
   ``not_moved`` (nothing changed: the caller asks the target next), or
   ``failed: <reason>`` (the driver raised: the source is as the driver left
   it, and the lock stays for the caller to roll back).
+* ``async_migration_target_migrate`` (cast): blueprint step 2 on the TARGET
+  backend, for a driver that is an ``AsyncMigrationTarget``
+  (``include/backends/target_driver.py``): the source's own cinder-volume
+  opens a connection for the target's ``takeover_connector()`` (Cinder's
+  ``initialize_connection``), then ``migrate_volume_target``. Its outcome
+  goes to ``TARGET_STEP_KEY``: ``running``, then ``attachable`` (host,
+  service, zone and model update set, ``migrating_attachable``, ``available``;
+  the source's location kept in ``SOURCE_LOCATION_KEY``), ``moved`` (the
+  same, complete, still locked), ``not_moved`` or ``failed: <reason>`` (the
+  takeover aborted and the source's connection terminated: the source is as
+  it was);
+* ``async_migration_copy`` (call): one look at the target's background copy,
+  or pause / resume / speed where the driver offers them; ``MigrationProgress``;
+* ``async_migration_target_finish`` (call): the copy is DONE (else
+  ``InvalidVolume``, nothing changed): the source's connection is terminated
+  and the source volume deleted by the source's own driver;
+* ``async_migration_target_abandon`` (call): the target's driver gives the copy
+  up (``InvalidVolume`` when it does not qualify, nothing changed), then the
+  source's connection is terminated; the volume's record is the caller's;
+* ``async_migration_source_release`` (call, on the SOURCE backend): terminate
+  a takeover connection of a volume as it was on this backend, and delete it
+  there with ``delete``.
 
 Why a volume manager subclass: Cinder has no other supported way to run code
 of ours inside cinder-volume next to a driver; ``volume_manager`` is a
@@ -31,15 +53,26 @@ documented option, the subclass changes none of Cinder's methods, and
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from cinder import objects
+from cinder import exception, objects
 from cinder.db import api as db
 from cinder.volume import manager, volume_utils
 from oslo_log import log as logging
 
-from include.backends.features import features_of
-from include.cinder_plugin.names import SOURCE_STEP_KEY, SourceStep
+from include.backends.base import MigrationState
+from include.backends.features import TARGET_METHODS, features_of
+from include.backends.target_driver import AsyncMigrationTarget, TargetResult
+from include.cinder_plugin.names import (
+    SOURCE_KEY,
+    SOURCE_LOCATION_KEY,
+    SOURCE_STEP_KEY,
+    TARGET_STEP_KEY,
+    SourceStep,
+    TargetStep,
+)
+from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
 
@@ -71,20 +104,142 @@ class AsyncMigrationManager(manager.VolumeManager):
             LOG.info("async migration of volume %s: %s cannot move it to %s", volume.id, self.host, host["host"])
             self._record(context, volume, SourceStep.NOT_MOVED)
             return
-        service = objects.Service.get_by_args(context.elevated(), volume_utils.extract_host(host["host"]),
-                                              "cinder-volume")  # fmt: skip
-        updates = {
-            "host": host["host"],
-            "cluster_name": host.get("cluster_name"),
-            "availability_zone": service.availability_zone,
-            "service_uuid": service.uuid,
-            **(model_update or {}),
-        }
-        volume.update(updates)
+        volume.update({**self._placed_on(context, host), **(model_update or {})})
         volume.save()
         LOG.info("async migration of volume %s: moved by %s's driver to %s", volume.id, self.host, host["host"])
         self._record(context, volume, SourceStep.MOVED)
 
+    # ---- step 2, on the target -------------------------------------------------------
+    @functools.cached_property
+    def _async_rpc(self) -> AsyncMigrationAPI:
+        return AsyncMigrationAPI()
+
+    def async_migration_target_migrate(self, context: Any, volume: Any, host: dict[str, Any],
+                                       speed_bps: int | None = None, mode: str | None = None) -> None:  # fmt: skip
+        """Blueprint step 2 on this (the TARGET) backend; ``volume`` is locked (``starting``) on its source.
+
+        ``host``: the destination pool as the scheduler describes it. The outcome goes to the volume's admin
+        metadata (``TARGET_STEP_KEY``, see the module's docstring); the lock stays whatever it is.
+        """
+        step = functools.partial(self._record, context, volume, key=TARGET_STEP_KEY)
+        step(TargetStep.RUNNING)
+        if not isinstance(self.driver, AsyncMigrationTarget):
+            LOG.info("async migration of volume %s: the driver of %s takes no volume over", volume.id, self.host)
+            step(TargetStep.NOT_MOVED)
+            return
+        source = {"host": volume.host, "provider_location": volume.provider_location}
+        connector = None
+        try:
+            volume_utils.require_driver_initialized(self.driver)
+            connector = self.driver.takeover_connector()
+            connection = self._async_rpc.initialize_connection(context, volume, connector)  # the source's service
+            result = TargetResult(*self.driver.migrate_volume_target(context, volume, connection, host,
+                                                                     speed_bps=speed_bps, mode=mode))  # fmt: skip
+            if not result.moved:
+                self._release(context, volume, source, connector)
+                LOG.info("async migration of volume %s: %s cannot take it over", volume.id, self.host)
+                step(TargetStep.NOT_MOVED)
+                return
+            kept = {SOURCE_LOCATION_KEY: (source["provider_location"] or "")[:255]}
+            db.volume_admin_metadata_update(context.elevated(), volume.id, kept, False)
+            updates = {**self._placed_on(context, host), **(result.model_update or {})}
+            if result.migration_async:
+                updates.update(migration_status="migrating_attachable", status="available")
+            if not volume.conditional_update(updates, {"migration_status": "starting", "host": source["host"]}):
+                raise exception.InvalidVolume(reason=f"volume {volume.id} is no longer locked on {source['host']}")
+        except Exception as exc:  # whatever happened is the outcome: undone, and said
+            LOG.exception("async migration of volume %s: migrate_volume_target on %s failed", volume.id, self.host)
+            self._undo_takeover(context, volume, source, connector)
+            step(f"{TargetStep.FAILED}: {type(exc).__name__}: {exc}")
+            return
+        outcome = TargetStep.ATTACHABLE if result.migration_async else TargetStep.MOVED
+        LOG.info("async migration of volume %s: taken over by %s (%s)", volume.id, host["host"], outcome)
+        step(outcome)
+
+    def _undo_takeover(self, context: Any, volume: Any, source: dict[str, Any], connector: Any) -> None:
+        """After a failed step 2: abort what the target's driver made, then terminate the source's connection."""
+        if connector is None:
+            return
+        try:
+            if callable(getattr(self.driver, TARGET_METHODS["abort"], None)):
+                self.driver.abort_migration_target(context, volume)
+            self._release(context, volume, source, connector)
+        except Exception:
+            LOG.exception("async migration of volume %s: the failed takeover could not be undone", volume.id)
+
+    def _release(self, context: Any, volume: Any, source: dict[str, Any], connector: Any, delete: bool = False) -> None:
+        self._async_rpc.source_release(context, volume, source, connector, delete)
+
+    def _source_of(self, context: Any, volume: Any) -> dict[str, Any]:
+        """Where a volume taken over by this backend came from: its source host and location there."""
+        meta = db.volume_admin_metadata_get(context.elevated(), volume.id)
+        if not meta.get(SOURCE_KEY):
+            raise exception.InvalidVolume(reason=f"volume {volume.id} has no migration in flight")
+        return {"host": meta[SOURCE_KEY], "provider_location": meta.get(SOURCE_LOCATION_KEY) or None}
+
+    def async_migration_copy(self, context: Any, volume: Any, control: str | None = None,
+                             speed_bps: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """One look at the background copy (``control`` None), or ``pause`` / ``resume`` / ``speed`` it;
+        ``MigrationProgress.to_json()``. InvalidInput when the driver offers no such control."""
+        field = "complete_migration_target" if control is None else control
+        method = getattr(self.driver, TARGET_METHODS.get(field, ""), None)
+        if not callable(method):
+            raise exception.InvalidInput(reason=f"the driver of {self.host} offers no {field}")
+        volume_utils.require_driver_initialized(self.driver)
+        progress = method(context, volume, speed_bps) if control == "speed" else method(context, volume)
+        return progress.to_json()
+
+    def async_migration_target_finish(self, context: Any, volume: Any, copied: bool = True) -> None:
+        """The volume is complete on this backend: the source's connection goes and the source volume is deleted
+        by its own driver. ``copied``: it was taken over async, so its copy must be DONE first (else
+        InvalidVolume, nothing changed). Idempotent: a source already gone is what a retry expects."""
+        volume_utils.require_driver_initialized(self.driver)
+        if copied:
+            progress = self.driver.complete_migration_target(context, volume)
+            if progress.state is not MigrationState.DONE:
+                raise exception.InvalidVolume(reason=f"the copy on {self.host} is {progress.describe()}; the "
+                                                     "source is kept")  # fmt: skip
+        self._release(context, volume, self._source_of(context, volume), self.driver.takeover_connector(), True)
+        LOG.info("async migration of volume %s: complete on %s, its source is deleted", volume.id, self.host)
+
+    def async_migration_target_abandon(self, context: Any, volume: Any) -> dict[str, Any]:
+        """Give an attachable takeover up (the driver checks the source has every write, else InvalidVolume and
+        nothing changed), then terminate the source's connection; returns the source (host, provider_location)."""
+        volume_utils.require_driver_initialized(self.driver)
+        if not callable(getattr(self.driver, TARGET_METHODS["abandon"], None)):
+            raise exception.InvalidInput(reason=f"the driver of {self.host} offers no abandon")
+        source = self._source_of(context, volume)
+        self.driver.abandon_migration_target(context, volume)
+        self._release(context, volume, source, self.driver.takeover_connector())
+        LOG.warning("async migration of volume %s: takeover by %s abandoned", volume.id, self.host)
+        return source
+
+    # ---- on the source ---------------------------------------------------------------
+    def async_migration_source_release(self, context: Any, volume: Any, source: dict[str, Any], connector: Any,
+                                       delete: bool = False) -> None:  # fmt: skip
+        """On this (the SOURCE) backend: terminate the takeover connection ``connector`` of ``volume`` as it was
+        here (``source``: its host and provider_location here), and with ``delete`` delete it here."""
+        volume_utils.require_driver_initialized(self.driver)
+        here = volume.obj_clone()
+        here.host, here.provider_location = source["host"], source.get("provider_location")
+        self.driver.terminate_connection(here, connector, force=True)
+        if delete:
+            self.driver.delete_volume(here)
+            LOG.info("async migration of volume %s: deleted from its source %s", volume.id, self.host)
+
+    # ---- helpers -----------------------------------------------------------------------
     @staticmethod
-    def _record(context: Any, volume: Any, outcome: str) -> None:
-        db.volume_admin_metadata_update(context.elevated(), volume.id, {SOURCE_STEP_KEY: outcome[:255]}, False)
+    def _placed_on(context: Any, host: dict[str, Any]) -> dict[str, Any]:
+        """The updates that put a volume on the scheduler's pool ``host``: host, cluster, zone and service."""
+        service = objects.Service.get_by_args(context.elevated(), volume_utils.extract_host(host["host"]),
+                                              "cinder-volume")  # fmt: skip
+        return {
+            "host": host["host"],
+            "cluster_name": host.get("cluster_name"),
+            "availability_zone": service.availability_zone,
+            "service_uuid": service.uuid,
+        }
+
+    @staticmethod
+    def _record(context: Any, volume: Any, outcome: str, key: str = SOURCE_STEP_KEY) -> None:
+        db.volume_admin_metadata_update(context.elevated(), volume.id, {key: outcome[:255]}, False)

@@ -13,8 +13,16 @@ LOCK_VIEW_KEY = "os-async-migration:lock"  # volume views: {source_host, host, o
 # migration_status of a volume that no migration holds (Cinder's AVAILABLE_MIGRATION_STATUS)
 SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")
 ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)
+# volume admin metadata: the lock of a migration in flight (its destination pool, its holder, where it started)
+DEST_KEY = "async_migration_dest"
+OWNER_KEY = "async_migration_owner"
+SOURCE_KEY = "async_migration_source"
 # volume admin metadata: the outcome of blueprint step 1 (the source driver's migrate_volume) run in cinder-volume
 SOURCE_STEP_KEY = "async_migration_source_step"
+# volume admin metadata: the outcome of blueprint step 2 (the target driver's migrate_volume_target) in cinder-volume
+TARGET_STEP_KEY = "async_migration_target_step"
+# volume admin metadata: the source's provider_location while the volume is served by the target that took it over
+SOURCE_LOCATION_KEY = "async_migration_source_location"
 RESOURCE = "os-async-migration"  # GET /v3/{project_id}/os-async-migration/{volume_id}: a migration's state
 BACKENDS_RESOURCE = "os-async-migration-backends"  # GET .../os-async-migration-backends/{host@backend}: Features
 
@@ -27,3 +35,18 @@ class SourceStep(enum.StrEnum):
     MOVED = "moved"  # the volume is on the destination; the lock holds until the caller finishes
     NOT_MOVED = "not_moved"  # nothing changed: the target's turn
     FAILED = "failed"
+
+
+class TargetStep(enum.StrEnum):
+    """What the target driver's ``migrate_volume_target`` did, as recorded under ``TARGET_STEP_KEY``
+    (``FAILED``: with ``": <reason>"`` after it)."""
+
+    RUNNING = "running"
+    ATTACHABLE = "attachable"  # moved, async: served by the target (migrating_attachable) while it copies
+    MOVED = "moved"  # moved, sync: complete on the target; the lock holds until the caller finishes
+    NOT_MOVED = "not_moved"  # nothing changed (the source's connection was terminated): the host copy's turn
+    FAILED = "failed"  # the takeover was aborted and the source's connection terminated: the source is intact
+
+
+# the copy controls of an attachable migration (os-async_migration_copy), each a driver method (features.py)
+COPY_CONTROLS = ("pause", "resume", "speed")

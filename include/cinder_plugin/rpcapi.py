@@ -23,3 +23,29 @@ class AsyncMigrationAPI(rpcapi.VolumeAPI):
         metadata (``names.SOURCE_STEP_KEY``)."""
         self._get_cctxt(volume.service_topic_queue).cast(ctxt, "async_migration_source_migrate", volume=volume,
                                                          host=dest)  # fmt: skip
+
+    # ---- step 2: on the target backend (the volume's host once it took the volume over) -------------------
+    def target_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], speed_bps: int | None,
+                       mode: str | None) -> None:  # fmt: skip
+        """Blueprint step 2 in the service of ``dest["host"]``; returns at once (the outcome lands in the volume's
+        admin metadata, ``names.TARGET_STEP_KEY``)."""
+        self._get_cctxt(dest["host"]).cast(ctxt, "async_migration_target_migrate", volume=volume, host=dest,
+                                           speed_bps=speed_bps, mode=mode)  # fmt: skip
+
+    def copy(self, ctxt: Any, volume: Any, control: str | None = None, speed_bps: int | None = None,
+             timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+        """One look at the copy on the volume's (target) service, or a control of it; ``MigrationProgress``'s JSON."""
+        cctxt = self._get_cctxt(volume.service_topic_queue, **({"timeout": timeout} if timeout else {}))
+        return cctxt.call(ctxt, "async_migration_copy", volume=volume, control=control, speed_bps=speed_bps)
+
+    def target_finish(self, ctxt: Any, volume: Any, copied: bool) -> None:
+        self._get_cctxt(volume.service_topic_queue).call(ctxt, "async_migration_target_finish", volume=volume,
+                                                         copied=copied)  # fmt: skip
+
+    def target_abandon(self, ctxt: Any, volume: Any) -> dict[str, Any]:
+        return self._get_cctxt(volume.service_topic_queue).call(ctxt, "async_migration_target_abandon", volume=volume)
+
+    # ---- on the source backend, named explicitly (the volume's host may be its target already) -------------
+    def source_release(self, ctxt: Any, volume: Any, source: dict[str, Any], connector: Any, delete: bool) -> None:
+        self._get_cctxt(source["host"]).call(ctxt, "async_migration_source_release", volume=volume, source=source,
+                                             connector=connector, delete=delete)  # fmt: skip

@@ -75,7 +75,9 @@ class CinderApi(abc.ABC):
 
     def migration(self, volume_id: str) -> dict[str, Any]:
         """The volume's migration as the extension's own resource shows it: ``status``, ``migration_status``,
-        ``host``, ``source_host``, ``dest_host``, ``owner``, ``source_step`` (what step 1 did in cinder-volume)."""
+        ``host``, ``source_host``, ``dest_host``, ``owner``, ``source_step`` and ``target_step`` (what steps 1 and 2
+        did in cinder-volume), and for an attachable takeover ``copy`` (``MigrationProgress``'s JSON, None with
+        ``copy_error`` when the destination could not say)."""
         return self.request("GET", f"/{RESOURCE}/{volume_id}")["async_migration"]
 
     def source_migrate(self, volume_id: str, owner: str | None = None) -> dict[str, Any]:
@@ -84,6 +86,22 @@ class CinderApi(abc.ABC):
         what became of it. 409 unless the volume is locked (``starting``)."""
         args = {"owner": owner} if owner else {}
         return (self.action(volume_id, "os-async_migration_source_migrate", args) or {}).get("async_migration") or {}
+
+    def target_migrate(self, volume_id: str, owner: str | None = None, speed_mib: int | None = None,
+                       mode: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Blueprint step 2: the lock's destination backend's cinder-volume takes the volume over (its driver's
+        ``migrate_volume_target``, the source's connection opened by the source's cinder-volume). Returns at once
+        (the migration's view); its ``target_step`` says what became of it: ``attachable`` (the volume is
+        ``migrating_attachable`` on the destination), ``moved``, ``not_moved`` or ``failed: <reason>``."""
+        given = (("owner", owner), ("speed_mib", speed_mib), ("mode", mode))
+        args = {k: v for k, v in given if v is not None}
+        return (self.action(volume_id, "os-async_migration_target_migrate", args) or {}).get("async_migration") or {}
+
+    def copy_control(self, volume_id: str, control: str, speed_mib: int | None = None) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``speed`` (``speed_mib``, 0: unlimited) the background copy of an attachable
+        takeover, where the destination's driver offers it (400 otherwise); the copy's progress after it."""
+        args = {"control": control, **({"speed_mib": speed_mib} if speed_mib is not None else {})}
+        return self.action(volume_id, "os-async_migration_copy", args)["copy"]
 
     def backend_features(self, backend: str) -> dict[str, Any]:
         """What the driver of ``backend`` (``host@backend``) offers of the blueprint (``Features.to_json()``),

@@ -1,5 +1,10 @@
 """The blueprint's steps run in cinder-volume (include/cinder_plugin/manager.py), asked through the extension.
 
+Step 2, the target driver's ``migrate_volume_target``: alpha's driver takes a beta volume over (the source's
+connection opened by beta's own cinder-volume), serves it while it copies, is paused, resumed and sped up through
+Cinder, and finishes; another is abandoned back to beta; a target that cannot open the source's protocol (RBD) and
+Cinder's stock RBD driver answer "not moved".
+
 Step 1, the source driver's own ``migrate_volume``, on three drivers: Cinder's RBD driver moves a volume between
 its two Ceph pools, the lab's reference driver moves one between alpha's pools, and the plain array's driver
 answers "not moved". What each backend's driver offers comes from its own cinder-volume.
@@ -7,14 +12,16 @@ answers "not moved". What each backend's driver offers comes from its own cinder
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
 
-from include.backends.base import GiB, MiB
+from include.backends.base import GiB, MiB, MigrationState
 from include.backends.features import Features
-from include.cinder_plugin.names import SourceStep
+from include.cinder_plugin.names import SourceStep, TargetStep
 from include.migration.errors import CinderError
+from lab import verify
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS
 from lab.services.cinder import CINDER_HOST
@@ -85,3 +92,105 @@ def test_the_lab_arrays_drivers_move_between_pools_or_say_they_cannot(lab, admin
     admin.fail_migration(kept["id"], "the source driver cannot move it", OWNER)
     assert admin.migration(kept["id"])["migration_status"] == "error"
     assert lab.backend("gamma").get_lun(f"volume-{kept['id']}")["pool"] == "pool1"
+
+
+def target_step(admin, vid, timeout=120, **args):
+    """Ask for step 2, then wait until cinder-volume says what became of it; the migration's view then."""
+    assert admin.target_migrate(vid, OWNER, **args)["target_step"] in (TargetStep.RUNNING, None)
+    seen = {}
+
+    def ended():
+        seen.update(admin.migration(vid))
+        return seen["target_step"] != TargetStep.RUNNING
+
+    assert wait_until(ended, timeout, 0.5), seen
+    return seen
+
+
+def lun_digest(array, name, size=GiB):
+    handle = verify.connect(array.export_lun(name).uri)
+    try:
+        return hashlib.sha256(verify.read_all(handle, size)).hexdigest()
+    finally:
+        handle.shutdown()
+        array.unexport_lun(name)
+
+
+def write_lun(array, name, chunks):
+    handle = verify.connect(array.export_lun(name).uri)
+    try:
+        for offset in chunks:
+            handle.pwrite(os.urandom(MiB), offset)
+        handle.flush()
+    finally:
+        handle.shutdown()
+        array.unexport_lun(name)
+
+
+def test_alphas_driver_takes_a_beta_volume_over_in_its_cinder_volume_then_finishes(lab, admin, volume):
+    beta, alpha = lab.backend("beta"), lab.backend("alpha")
+    vid = volume("beta")["id"]
+    name, dest = f"volume-{vid}", f"{CINDER_HOST}@alpha#pool2"
+    write_lun(beta, name, (0, GiB // 2, GiB - MiB))
+    before = lun_digest(beta, name)
+    with pytest.raises(CinderError) as refused:  # not locked: nothing is asked of any driver
+        admin.target_migrate(vid, OWNER)
+    assert refused.value.status == 409 and "lock it first" in str(refused.value)
+    admin.begin_migration(vid, dest, OWNER)
+    seen = target_step(admin, vid, speed_mib=64)
+    assert (seen["target_step"], seen["host"], seen["status"], seen["migration_status"]) == (
+        TargetStep.ATTACHABLE, dest, "available", "migrating_attachable")  # fmt: skip
+    assert admin.target_migrate(vid, OWNER)["target_step"] == TargetStep.ATTACHABLE  # again: nothing new
+    assert admin.get_volume(vid)["availability_zone"] == "alpha"
+    assert MigrationState(seen["copy"]["state"]) in (MigrationState.COPYING, MigrationState.DONE), seen
+    with pytest.raises(CinderError) as refused:
+        admin.copy_control(vid, "rewind")
+    assert refused.value.status == 400 and "pause, resume, speed" in str(refused.value)
+    paused = admin.copy_control(vid, "pause")
+    assert MigrationState(paused["state"]) is MigrationState.PAUSED, paused
+    with pytest.raises(CinderError) as early:  # the source is kept until the copy is complete
+        admin.finish_migration(vid)
+    assert early.value.status == 409 and "not finished" in str(early.value), early.value
+    assert MigrationState(admin.copy_control(vid, "resume")["state"]) is not MigrationState.PAUSED
+    admin.copy_control(vid, "speed", 0)
+
+    def copied():
+        return MigrationState(admin.migration(vid)["copy"]["state"]) is MigrationState.DONE
+
+    assert wait_until(copied, 120, 0.5)
+    assert name in {lun["name"] for lun in beta.list_luns()}  # complete, not finished: the source is still there
+    admin.finish_migration(vid)
+    done = admin.migration(vid)
+    assert (done["migration_status"], done["host"], done["target_step"], done.get("copy")) == (
+        "success", dest, None, None)  # fmt: skip
+    assert name not in {lun["name"] for lun in beta.list_luns()}
+    assert lun_digest(alpha, name) == before
+
+
+def test_a_takeover_is_abandoned_through_cinder_and_the_volume_is_back_on_its_source(lab, admin, volume):
+    beta, alpha = lab.backend("beta"), lab.backend("alpha")
+    vid = volume("beta")["id"]
+    name = f"volume-{vid}"
+    write_lun(beta, name, range(0, 32 * MiB, MiB))  # data to copy: 32 s at 1 MiB/s, so the mirror is not in sync
+    admin.begin_migration(vid, f"{CINDER_HOST}@alpha#pool1", OWNER)
+    seen = target_step(admin, vid, speed_mib=1, mode="mirror")
+    assert seen["target_step"] == TargetStep.ATTACHABLE
+    admin.abandon_migration(vid, "test: given up", OWNER)
+    back = admin.migration(vid)
+    assert (back["migration_status"], back["host"], back["target_step"]) == (
+        "error", f"{CINDER_HOST}@beta#pool1", None)  # fmt: skip
+    assert name not in {lun["name"] for lun in alpha.list_luns()}
+    assert not beta.get_lun(name).get("takeover_export"), beta.get_lun(name)
+
+
+def test_a_target_that_cannot_open_the_source_answers_not_moved_and_changes_nothing(lab, admin, ceph, volume):
+    from_ceph, to_ceph = volume("ceph-hdd"), volume("gamma")
+    admin.begin_migration(from_ceph["id"], f"{CINDER_HOST}@alpha#pool1", OWNER)  # alpha cannot open RBD (yet)
+    seen = target_step(admin, from_ceph["id"])
+    assert (seen["target_step"], seen["host"], seen["migration_status"]) == (
+        TargetStep.NOT_MOVED, f"{CINDER_HOST}@ceph-hdd#ceph-hdd", "starting")  # fmt: skip
+    admin.fail_migration(from_ceph["id"], "test: not moved", OWNER)
+    admin.begin_migration(to_ceph["id"], f"{CINDER_HOST}@ceph-ssd#ceph-ssd", OWNER)  # Cinder's RBD driver: no target
+    assert target_step(admin, to_ceph["id"])["target_step"] == TargetStep.NOT_MOVED
+    admin.fail_migration(to_ceph["id"], "test: not moved", OWNER)
+    assert not lab.backend("gamma").get_lun(f"volume-{to_ceph['id']}").get("takeover_export")
