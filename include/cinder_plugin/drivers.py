@@ -273,7 +273,12 @@ class ReferenceArrayDriver(LabArrayDriver, AsyncMigrationTarget):
             raise exception.VolumeBackendAPIException(data=f"abort the takeover: {exc}") from exc
 
     def abandon_migration_target(self, context: Any, volume: Any) -> None:
-        self._call("abandon the takeover", self._reference.abandon_migration_target, self._lun(volume))
+        try:
+            self._call("abandon the takeover", self._reference.abandon_migration_target, self._lun(volume))
+        except exception.VolumeBackendAPIException as exc:
+            if not isinstance(exc.__cause__, NotFound):
+                raise
+            LOG.info("no LUN %s on array %s: the takeover was given up already", volume.name, self._array.name)
 
 
 class PlainArrayDriver(LabArrayDriver):

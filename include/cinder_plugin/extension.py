@@ -104,6 +104,7 @@ from include.cinder_plugin.names import (
     RESOURCE,
     SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
+    TARGET_ARGS_KEY,
     TARGET_STEP_KEY,
     SourceStep,
 )
@@ -154,7 +155,8 @@ class AsyncMigrationController(Controller):
 
     @staticmethod
     def _release(context: Any, volume: Any) -> None:
-        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, SOURCE_STEP_KEY, TARGET_STEP_KEY, SOURCE_LOCATION_KEY):
+        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, SOURCE_STEP_KEY, TARGET_STEP_KEY, TARGET_ARGS_KEY,
+                    SOURCE_LOCATION_KEY):  # fmt: skip
             db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
         try:  # the copy's progress ends with the migration
             db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)

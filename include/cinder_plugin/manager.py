@@ -32,6 +32,10 @@ so a step runs where the backend's driver and its credentials already are:
   same, complete, still locked), ``not_moved`` or ``failed: <reason>`` (the
   takeover aborted and the source's connection terminated: the source is as
   it was);
+  A step 2 that this service's stop cut short (``running`` with its request
+  recorded, ``TARGET_ARGS_KEY``) is run again when the service starts
+  (``init_host_with_rpc``); the driver's takeover is idempotent, and a
+  request runs only while it is the one recorded, once at a time;
 * ``async_migration_copy`` (call): one look at the target's background copy,
   or pause / resume / speed where the driver offers them; ``MigrationProgress``;
 * ``async_migration_target_finish`` (call): the copy is DONE (else
@@ -46,7 +50,8 @@ so a step runs where the backend's driver and its credentials already are:
 
 Why a volume manager subclass: Cinder has no other supported way to run code
 of ours inside cinder-volume next to a driver; ``volume_manager`` is a
-documented option, the subclass changes none of Cinder's methods, and
+documented option, the subclass changes what none of Cinder's methods do
+(the one it extends, ``init_host_with_rpc``, runs Cinder's first), and
 ``VolumeAPI``'s per-backend topic is the RPC Cinder itself uses for
 ``migrate_volume``.
 """
@@ -54,20 +59,26 @@ documented option, the subclass changes none of Cinder's methods, and
 from __future__ import annotations
 
 import functools
+import json
+import time
 from typing import Any
 
+from cinder import context as cinder_context
 from cinder import exception, objects
 from cinder.db import api as db
 from cinder.volume import manager, volume_utils
+from oslo_db import exception as db_exc
 from oslo_log import log as logging
 
 from include.backends.base import MigrationState
 from include.backends.features import TARGET_METHODS, features_of
 from include.backends.target_driver import AsyncMigrationTarget, TargetResult
 from include.cinder_plugin.names import (
+    DEST_KEY,
     SOURCE_KEY,
     SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
+    TARGET_ARGS_KEY,
     TARGET_STEP_KEY,
     SourceStep,
     TargetStep,
@@ -75,6 +86,8 @@ from include.cinder_plugin.names import (
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
+
+RECORD_TRIES, RECORD_PAUSE_S = 20, 3.0  # a step's outcome is recorded through a database outage of up to a minute
 
 
 class AsyncMigrationManager(manager.VolumeManager):
@@ -114,15 +127,63 @@ class AsyncMigrationManager(manager.VolumeManager):
     def _async_rpc(self) -> AsyncMigrationAPI:
         return AsyncMigrationAPI()
 
+    def init_host_with_rpc(self) -> None:
+        """Cinder's, then (in the background: it asks the sources' services, which may be starting too) step 2
+        run again for every volume whose takeover by this backend a stop of this service interrupted."""
+        super().init_host_with_rpc()
+        self._add_to_threadpool(self._resume_target_steps, cinder_context.get_admin_context())
+
+    def _resume_target_steps(self, context: Any) -> None:
+        in_flight = {"migration_status": ["starting", "migrating_attachable"]}
+        for volume in objects.VolumeList.get_all(context, None, None, filters=in_flight):
+            meta = volume.admin_metadata or {}
+            dest = meta.get(DEST_KEY)
+            if meta.get(TARGET_STEP_KEY) != TargetStep.RUNNING or volume_utils.extract_host(dest) != self.host:
+                continue
+            LOG.warning("async migration of volume %s: step 2 toward %s was interrupted; asked again", volume.id, dest)
+            request = json.loads(meta.get(TARGET_ARGS_KEY) or "{}")
+            self.async_migration_target_migrate(context, volume, {"host": dest, "capabilities": {}}, request)
+
     def async_migration_target_migrate(self, context: Any, volume: Any, host: dict[str, Any],
-                                       speed_bps: int | None = None, mode: str | None = None) -> None:  # fmt: skip
+                                       request: dict[str, Any]) -> None:  # fmt: skip
         """Blueprint step 2 on this (the TARGET) backend; ``volume`` is locked (``starting``) on its source.
 
-        ``host``: the destination pool as the scheduler describes it. The outcome goes to the volume's admin
-        metadata (``TARGET_STEP_KEY``, see the module's docstring); the lock stays whatever it is.
+        ``host``: the destination pool as the scheduler describes it; ``request``: ``speed_bps``, ``mode`` and
+        ``token``, as the API recorded them with ``running``. The outcome goes to the volume's admin metadata
+        (``TARGET_STEP_KEY``, see the module's docstring); the lock stays whatever it is. A request runs only while
+        it is the one recorded and ``running``, and once at a time in this service: a duplicate (a cast delivered
+        after this service ran the request again at its start, or one sent again) changes nothing.
         """
+        if volume.id in self._steps_running:  # this service runs the step already: a duplicate does nothing
+            LOG.info("async migration of volume %s: step 2 runs already in %s", volume.id, self.host)
+            return
+        self._steps_running.add(volume.id)
+        try:
+            self._target_migrate(context, volume, host, request)
+        finally:
+            self._steps_running.discard(volume.id)
+
+    @functools.cached_property
+    def _steps_running(self) -> set[str]:
+        """The volumes whose step 2 runs in this service now (one backend, one process)."""
+        return set()
+
+    def _target_migrate(self, context: Any, volume: Any, host: dict[str, Any], request: dict[str, Any]) -> None:
+        volume.refresh()
+        meta = db.volume_admin_metadata_get(context.elevated(), volume.id)
+        recorded = json.loads(meta.get(TARGET_ARGS_KEY) or "{}").get("token")
         step = functools.partial(self._record, context, volume, key=TARGET_STEP_KEY)
-        step(TargetStep.RUNNING)
+        if (meta.get(TARGET_STEP_KEY), recorded) == (TargetStep.RUNNING, request.get("token")) and (
+            volume.migration_status == "migrating_attachable" and volume_utils.extract_host(volume.host) == self.host
+        ):  # taken over, and this service stopped before it said so
+            step(TargetStep.ATTACHABLE)
+            return
+        if (volume.migration_status, meta.get(TARGET_STEP_KEY), recorded) != (
+            "starting", TargetStep.RUNNING, request.get("token")):  # fmt: skip
+            LOG.info("async migration of volume %s: %s, step 2 %s: request %s has nothing to do", volume.id,
+                     volume.migration_status, meta.get(TARGET_STEP_KEY), request.get("token"))  # fmt: skip
+            return
+        speed_bps, mode = request.get("speed_bps"), request.get("mode")
         if not isinstance(self.driver, AsyncMigrationTarget):
             LOG.info("async migration of volume %s: the driver of %s takes no volume over", volume.id, self.host)
             step(TargetStep.NOT_MOVED)
@@ -235,11 +296,21 @@ class AsyncMigrationManager(manager.VolumeManager):
                                               "cinder-volume")  # fmt: skip
         return {
             "host": host["host"],
-            "cluster_name": host.get("cluster_name"),
+            "cluster_name": service.cluster_name,
             "availability_zone": service.availability_zone,
             "service_uuid": service.uuid,
         }
 
     @staticmethod
     def _record(context: Any, volume: Any, outcome: str, key: str = SOURCE_STEP_KEY) -> None:
-        db.volume_admin_metadata_update(context.elevated(), volume.id, {key: outcome[:255]}, False)
+        """A step's outcome into the volume's admin metadata; through a database outage of up to a minute (an
+        outcome that is not recorded leaves the step ``running`` until this service starts again)."""
+        for attempt in range(RECORD_TRIES):
+            try:
+                db.volume_admin_metadata_update(context.elevated(), volume.id, {key: outcome[:255]}, False)
+                return
+            except db_exc.DBConnectionError:
+                if attempt == RECORD_TRIES - 1:
+                    raise
+                LOG.warning("async migration of volume %s: database unreachable, %s not recorded yet", volume.id, key)
+                time.sleep(RECORD_PAUSE_S)

@@ -21,6 +21,8 @@ SOURCE_KEY = "async_migration_source"
 SOURCE_STEP_KEY = "async_migration_source_step"
 # volume admin metadata: the outcome of blueprint step 2 (the target driver's migrate_volume_target) in cinder-volume
 TARGET_STEP_KEY = "async_migration_target_step"
+# volume admin metadata: step 2's arguments (JSON: speed_bps, mode), to ask it again after cinder-volume restarted
+TARGET_ARGS_KEY = "async_migration_target_args"
 # volume admin metadata: the source's provider_location while the volume is served by the target that took it over
 SOURCE_LOCATION_KEY = "async_migration_source_location"
 RESOURCE = "os-async-migration"  # GET /v3/{project_id}/os-async-migration/{volume_id}: a migration's state

@@ -25,12 +25,12 @@ class AsyncMigrationAPI(rpcapi.VolumeAPI):
                                                          host=dest)  # fmt: skip
 
     # ---- step 2: on the target backend (the volume's host once it took the volume over) -------------------
-    def target_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], speed_bps: int | None,
-                       mode: str | None) -> None:  # fmt: skip
-        """Blueprint step 2 in the service of ``dest["host"]``; returns at once (the outcome lands in the volume's
-        admin metadata, ``names.TARGET_STEP_KEY``)."""
+    def target_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], request: dict[str, Any]) -> None:
+        """Blueprint step 2 in the service of ``dest["host"]``; ``request``: ``speed_bps``, ``mode`` and the
+        ``token`` recorded with it. Returns at once (the outcome lands in the volume's admin metadata,
+        ``names.TARGET_STEP_KEY``)."""
         self._get_cctxt(dest["host"]).cast(ctxt, "async_migration_target_migrate", volume=volume, host=dest,
-                                           speed_bps=speed_bps, mode=mode)  # fmt: skip
+                                           request=request)  # fmt: skip
 
     def copy(self, ctxt: Any, volume: Any, control: str | None = None, speed_bps: int | None = None,
              timeout: float | None = None) -> dict[str, Any]:  # fmt: skip

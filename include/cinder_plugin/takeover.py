@@ -3,7 +3,7 @@
 Volume actions (``POST /v3/{project_id}/volumes/{id}/action``), admin-only by
 default (policy rules ``volume_extension:async_migration:<action>``):
 
-* ``os-async_migration_target_migrate`` ``{"owner"?, "speed_mib"?, "mode"?}``:
+* ``os-async_migration_target_migrate`` ``{"owner"?, "speed_mib"?, "mode"?, "again"?}``:
   blueprint step 2 for a volume locked (``starting``) on its source: the
   destination backend's cinder-volume has the source's cinder-volume open a
   connection for it and runs its driver's ``migrate_volume_target``
@@ -11,7 +11,11 @@ default (policy rules ``volume_extension:async_migration:<action>``):
   view); the outcome is the view's ``target_step``: ``running``, then
   ``attachable`` (the volume is ``migrating_attachable`` on its destination),
   ``moved``, ``not_moved`` or ``failed: <reason>``. Asked again while
-  ``running`` or after it took the volume over, it changes nothing. A
+  ``running`` or after it took the volume over, it changes nothing; with
+  ``"again": true`` while ``running``, the same request (its token) is sent
+  once more, for a caller that waited too long (a request lost with its
+  message, say): cinder-volume runs a request only while it is the one
+  recorded and ``running``, one at a time, so a duplicate does nothing. A
   destination whose driver takes nothing over answers ``not_moved``.
 * ``os-async_migration_copy`` ``{"control", "speed_mib"?}``: ``pause``,
   ``resume`` or ``speed`` (``speed_mib``, 0: unlimited) the background copy of
@@ -27,6 +31,8 @@ cinder-volume to end a takeover through ``finish_takeover`` and
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import webob
@@ -46,7 +52,7 @@ from include.cinder_plugin.common import (
     migration_view,
     refusal,
 )
-from include.cinder_plugin.names import COPY_CONTROLS, DEST_KEY, TARGET_STEP_KEY, TargetStep
+from include.cinder_plugin.names import COPY_CONTROLS, DEST_KEY, TARGET_ARGS_KEY, TARGET_STEP_KEY, TargetStep
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
@@ -111,15 +117,28 @@ class TakeoverController(Controller):
         if mode is not None and not isinstance(mode, str):
             raise webob.exc.HTTPBadRequest(explanation="'mode' must be a copy mode's name")
         meta = volume.admin_metadata or {}
-        if meta.get(TARGET_STEP_KEY) in (TargetStep.RUNNING, TargetStep.ATTACHABLE, TargetStep.MOVED):
+        step = meta.get(TARGET_STEP_KEY)
+        if step in (TargetStep.ATTACHABLE, TargetStep.MOVED) or (step == TargetStep.RUNNING and not args.get("again")):
             return webob.Response(status_int=202, json_body=migration_view(volume))  # a retry: it runs, or it ran
         dest = meta.get(DEST_KEY)
         if (volume.migration_status, volume.status) != (LOCKED["migration_status"], LOCKED["status"]) or not dest:
             raise webob.exc.HTTPConflict(explanation=refusal(volume, "target_migrate") + " (lock it first)")
         host = dest_pool(context, dest)
-        db.volume_admin_metadata_update(context.elevated(), volume.id, {TARGET_STEP_KEY: TargetStep.RUNNING}, False)
-        self.rpc.target_migrate(context, volume, host, None if speed_mib is None else speed_mib * MiB, mode)
-        LOG.info("async migration of volume %s: migrate_volume_target asked of %s", volume.id, dest)
+        if step == TargetStep.RUNNING:  # asked again: the same request (its token) once more, for a lost one
+            request = json.loads(meta.get(TARGET_ARGS_KEY) or "{}")
+        else:
+            speed_bps = None if speed_mib is None else speed_mib * MiB
+            request = {"speed_bps": speed_bps, "mode": mode, "token": uuid.uuid4().hex}
+            started = {TARGET_STEP_KEY: TargetStep.RUNNING, TARGET_ARGS_KEY: json.dumps(request)}
+            db.volume_admin_metadata_update(context.elevated(), volume.id, started, False)
+        try:
+            self.rpc.target_migrate(context, volume, host, request)
+        except Exception:
+            if step != TargetStep.RUNNING:  # not sent: nothing runs, so nothing may say it does
+                db.volume_admin_metadata_delete(context.elevated(), volume.id, TARGET_STEP_KEY)
+            raise
+        LOG.info("async migration of volume %s: migrate_volume_target asked of %s%s", volume.id, dest,
+                 " again" if step == TargetStep.RUNNING else "")  # fmt: skip
         volume.refresh()
         return webob.Response(status_int=202, json_body=migration_view(volume))
 

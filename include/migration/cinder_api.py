@@ -88,12 +88,13 @@ class CinderApi(abc.ABC):
         return (self.action(volume_id, "os-async_migration_source_migrate", args) or {}).get("async_migration") or {}
 
     def target_migrate(self, volume_id: str, owner: str | None = None, speed_mib: int | None = None,
-                       mode: str | None = None) -> dict[str, Any]:  # fmt: skip
+                       mode: str | None = None, again: bool = False) -> dict[str, Any]:  # fmt: skip
         """Blueprint step 2: the lock's destination backend's cinder-volume takes the volume over (its driver's
         ``migrate_volume_target``, the source's connection opened by the source's cinder-volume). Returns at once
         (the migration's view); its ``target_step`` says what became of it: ``attachable`` (the volume is
-        ``migrating_attachable`` on the destination), ``moved``, ``not_moved`` or ``failed: <reason>``."""
-        given = (("owner", owner), ("speed_mib", speed_mib), ("mode", mode))
+        ``migrating_attachable`` on the destination), ``moved``, ``not_moved`` or ``failed: <reason>``. ``again``
+        while it is ``running``: the same request is sent once more (cinder-volume runs a duplicate not twice)."""
+        given = (("owner", owner), ("speed_mib", speed_mib), ("mode", mode), ("again", again or None))
         args = {k: v for k, v in given if v is not None}
         return (self.action(volume_id, "os-async_migration_target_migrate", args) or {}).get("async_migration") or {}
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import time
 
 import pytest
 
@@ -22,7 +24,7 @@ from include.backends.features import Features
 from include.cinder_plugin.names import SourceStep, TargetStep
 from include.migration.errors import CinderError
 from lab import verify
-from lab.procutil import wait_until
+from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.ceph import POOLS
 from lab.services.cinder import CINDER_HOST
 
@@ -31,17 +33,26 @@ pytestmark = pytest.mark.integration
 OWNER = "test:cinder-volume-steps"
 
 
-def source_step(admin, vid, timeout=120):
-    """Ask for step 1, then wait until cinder-volume says what became of it; the migration's view then."""
-    assert admin.source_migrate(vid, OWNER)["source_step"] in (SourceStep.RUNNING, None)
+def ask_step(ask, admin, vid, key, timeout=120, **args):
+    """Ask for a driver step (``ask``: step 1's or step 2's action), then wait until cinder-volume says what became
+    of it (``key``: ``source_step`` or ``target_step``); the migration's view then."""
+    assert ask(vid, OWNER, **args)[key] in ("running", None)
     seen = {}
 
     def ended():
         seen.update(admin.migration(vid))
-        return seen["source_step"] != SourceStep.RUNNING
+        return seen[key] != "running"
 
     assert wait_until(ended, timeout, 0.5), seen
     return seen
+
+
+def source_step(admin, vid):
+    return ask_step(admin.source_migrate, admin, vid, "source_step")
+
+
+def target_step(admin, vid, **args):
+    return ask_step(admin.target_migrate, admin, vid, "target_step", **args)
 
 
 def test_each_backend_says_what_its_driver_offers(admin):
@@ -92,19 +103,6 @@ def test_the_lab_arrays_drivers_move_between_pools_or_say_they_cannot(lab, admin
     admin.fail_migration(kept["id"], "the source driver cannot move it", OWNER)
     assert admin.migration(kept["id"])["migration_status"] == "error"
     assert lab.backend("gamma").get_lun(f"volume-{kept['id']}")["pool"] == "pool1"
-
-
-def target_step(admin, vid, timeout=120, **args):
-    """Ask for step 2, then wait until cinder-volume says what became of it; the migration's view then."""
-    assert admin.target_migrate(vid, OWNER, **args)["target_step"] in (TargetStep.RUNNING, None)
-    seen = {}
-
-    def ended():
-        seen.update(admin.migration(vid))
-        return seen["target_step"] != TargetStep.RUNNING
-
-    assert wait_until(ended, timeout, 0.5), seen
-    return seen
 
 
 def lun_digest(array, name, size=GiB):
@@ -194,3 +192,43 @@ def test_a_target_that_cannot_open_the_source_answers_not_moved_and_changes_noth
     assert target_step(admin, to_ceph["id"])["target_step"] == TargetStep.NOT_MOVED
     admin.fail_migration(to_ceph["id"], "test: not moved", OWNER)
     assert not lab.backend("gamma").get_lun(f"volume-{to_ceph['id']}").get("takeover_export")
+
+
+def test_a_takeover_cut_short_by_a_killed_cinder_volume_is_run_again_when_it_starts(lab, admin, cinder, volume):
+    """alpha's cinder-volume dies inside step 2 (its call to alpha's frozen API); started again, it runs the step
+    again: one takeover, attachable, then finished with the data intact."""
+    beta, alpha = lab.backend("beta"), lab.backend("alpha")
+    vid = volume("beta")["id"]
+    name, dest = f"volume-{vid}", f"{CINDER_HOST}@alpha#pool1"
+    write_lun(beta, name, (0, GiB - MiB))
+    before = lun_digest(beta, name)
+    admin.begin_migration(vid, dest, OWNER)
+    alpha_api = lab.pid("alpha")
+    os.kill(alpha_api, signal.SIGSTOP)
+    try:
+        admin.target_migrate(vid, OWNER, speed_mib=64)
+        time.sleep(3)  # alpha's cinder-volume is inside its call to alpha by now
+        tree = process_tree(cinder.pid("cinder-volume"))
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not any(pid_alive(p) for p in tree), 20)
+        assert admin.migration(vid)["target_step"] == TargetStep.RUNNING
+    finally:
+        os.kill(alpha_api, signal.SIGCONT)
+    cinder.up()  # lab up: cinder-volume starts again, and asks step 2 again
+    seen = {}
+
+    def ended():
+        seen.update(admin.migration(vid))
+        return seen["target_step"] != TargetStep.RUNNING
+
+    assert wait_until(ended, 180, 1.0), seen
+    assert (seen["target_step"], seen["migration_status"], seen["host"]) == (
+        TargetStep.ATTACHABLE, "migrating_attachable", dest)  # fmt: skip
+    created = alpha.get_lun(name)["created"]
+    admin.copy_control(vid, "speed", 0)
+    assert wait_until(lambda: MigrationState(admin.migration(vid)["copy"]["state"]) is MigrationState.DONE, 120, 0.5)
+    admin.finish_migration(vid)
+    assert alpha.get_lun(name)["created"] == created  # one takeover, never redone
+    assert name not in {lun["name"] for lun in beta.list_luns()}
+    assert lun_digest(alpha, name) == before
