@@ -13,7 +13,7 @@
   Both copies read the sources as the fill left them (in the page cache as
   far as it holds them), and every target is checked against 16 sampled MiB
   of its source.
-* ``waits`` (``--waits M``): one takeover on alpha, paused; one run of the
+* ``waits`` (``--waits M``): one takeover beta -> alpha through Cinder, paused; one run of the
   lab's ``bench_waits`` DAG maps the project's ``TargetCopySensor`` M times
   on it. Once all M are deferred: the triggerer's RSS and CPU over 30 s,
   against the same triggerer idle before; then the copy is resumed and every
@@ -41,14 +41,14 @@ from typing import Any
 
 from bench.attachable import DEST, look_for_attachable, percentile, trigger_together, whole_lab
 from bench.measure import fill_random, log, mibs
-from include.backends.base import GiB, MiB, MigrationState, Volume
-from include.backends.errors import BackendError
+from include.backends.base import GiB, MiB, MigrationState
+from include.migration.errors import CinderError
 from include.migration.steps import MIGRATION_DAG
 from lab import verify
 from lab.dags.bench_waits import WAIT_TASK, WAITS_DAG
 from lab.fill import create_volumes, delete_volumes
 from lab.lab import Lab
-from lab.procutil import cpu_ticks, process_tree, tree_rss_kib
+from lab.procutil import cpu_ticks, process_tree, tree_rss_kib, wait_until
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bulk.json"
 QEMU_IMG_CONVERT = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw"]
@@ -156,18 +156,20 @@ def cpu_share(pid: int, seconds: float) -> float:
     return 100.0 * (ticks() - busy) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - started)
 
 
-def waits(lab: Lab, api: Any, count: int, triggerer: int, sample_s: float = 30.0) -> dict[str, Any]:
+def waits(lab: Lab, api: Any, cinder: Any, count: int, triggerer: int, sample_s: float = 30.0) -> dict[str, Any]:
     """``count`` deferred waits on one paused takeover: the triggerer's (PID ``triggerer``) memory, and its CPU
-    over ``sample_s`` seconds, against the same before."""
-    log(f"waits {count}: one paused takeover on alpha, {count} deferred waits on it")
-    beta, alpha = lab.backend("beta"), lab.backend("alpha")
-    name = f"bench-waits-{int(time.time())}"
-    beta.create_lun(name, GiB, "pool1")
-    vol = Volume(name, GiB)
-    alpha.migrate_volume_target(vol, beta, pool="pool1", speed_bps=MiB)
-    alpha.pause_migration(vol)
+    over ``sample_s`` seconds, against the same before. The takeover is made, paused and ended through Cinder
+    (``cinder``: an admin ``CinderApi``), as a migration's is; every wait reads the migration's view in Cinder."""
+    log(f"waits {count}: one paused takeover beta -> alpha, {count} deferred waits on it")
+    (volume,) = create_volumes(cinder, 1, "beta", 1, prefix="waits")
+    vid, owner = volume["id"], "bench:waits"
+    cinder.begin_migration(vid, DEST, owner)
+    cinder.target_migrate(vid, owner, speed_mib=1)
+    if not wait_until(lambda: cinder.migration(vid).get("target_step") != "running", 120, 0.5):
+        raise RuntimeError(f"volume {vid} was not taken over within 120 s")
+    cinder.copy_control(vid, "pause")
     idle_rss, idle_cpu = tree_rss_kib(triggerer), cpu_share(triggerer, sample_s / 3)
-    conf = {"backend": "alpha", "volume_name": name, "size": GiB, "count": count, "timeout_s": 3600}
+    conf = {"volume_id": vid, "backend": "alpha", "count": count, "timeout_s": 3600}
     started = time.monotonic()
     ((run_id, _),) = trigger_together(api, WAITS_DAG, [conf])
     deferred = 0
@@ -180,15 +182,14 @@ def waits(lab: Lab, api: Any, count: int, triggerer: int, sample_s: float = 30.0
     all_deferred_s = time.monotonic() - started
     rss, busy = tree_rss_kib(triggerer), cpu_share(triggerer, sample_s)
     log(f"waits {count}: {deferred} deferred after {all_deferred_s:.0f} s; resuming the copy")
-    alpha.resume_migration(vol)
-    alpha.set_migration_speed(vol, 0)
+    cinder.copy_control(vid, "resume")
+    cinder.copy_control(vid, "speed", 0)
     run = api.wait_run(WAITS_DAG, run_id, 600 + count, interval=5.0)
-    for step in (lambda: alpha.unexport_lun(name), lambda: alpha.delete_lun(name),
-                 lambda: beta.release_takeover(name), lambda: beta.delete_lun(name)):  # fmt: skip
-        try:
-            step()
-        except BackendError as exc:
-            log(f"waits cleanup: {exc}")
+    try:
+        cinder.finish_migration(vid)
+        delete_volumes(cinder, [vid])
+    except CinderError as exc:
+        log(f"waits cleanup: {exc}")
     return {
         "waits": count,
         "deferred": deferred,
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             for runs in (int(n) for n in args.runs.split(",") if n):
                 results["bulk"].append(bulk(lab, airflow.api, cinder, runs, triggerer))
             if args.waits:
-                results["waits"] = waits(lab, airflow.api, args.waits, triggerer)
+                results["waits"] = waits(lab, airflow.api, cinder, args.waits, triggerer)
             print(table(results), flush=True)
     finally:
         RESULTS.parent.mkdir(exist_ok=True)

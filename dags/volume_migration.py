@@ -15,9 +15,11 @@ Three tasks run before a volume is attachable, each a branch of the blueprint.
 
 Trigger it from the UI (a validated form), ``POST /api/v2/dags/volume_migration/dagRuns``
 with ``conf``, or another DAG. Connections: ``cinder_default`` (Keystone,
-admin), and ``storage_array_<backend>`` for the arrays whose takeover and host
-copy still run from here; step 1 runs in the source's cinder-volume, so a
-backend without one (Ceph behind Cinder's RBD driver) moves by its own driver.
+admin), and ``storage_array_<backend>`` for the arrays the host copy still
+reads and writes from here. The driver steps run in the backends'
+cinder-volume services, asked through Cinder: step 1 in the source's, the
+takeover and its background copy in the destination's, so any backend
+behind a Cinder driver takes part without Airflow knowing its array.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def volume_migration() -> None:
     @task.branch(task_id=Step.TARGET_TAKEOVER)
     def target_takeover(**context: Any) -> str:
         with rt.run_step(context):
-            result = rt.keep_result(context, flow.target_takeover(rt.plan(context), rt.arrays, rt.cinder()))
+            result = rt.keep_result(context, flow.target_takeover(rt.plan(context), rt.cinder()))
         return after_target_driver(result["moved"], result["async"])
 
     @task(task_id=Step.HOST_COPY, trigger_rule="none_failed_min_one_success")
@@ -97,11 +99,9 @@ def volume_migration() -> None:
     takeover = target_takeover()
     wait = TargetCopySensor(
         task_id=Step.WAIT_FOR_COPY,
-        backend=f"{{{{ {PLAN}['dest_backend'] }}}}",
-        volume_name=f"{{{{ {PLAN}['lun'] }}}}",
-        size=f"{{{{ {PLAN}['size'] }}}}",
-        copy_timeout_s=f"{{{{ {PLAN}['copy_timeout_s'] }}}}",
         volume_id=f"{{{{ {PLAN}['volume_id'] }}}}",
+        backend=f"{{{{ {PLAN}['dest_backend'] }}}}",
+        copy_timeout_s=f"{{{{ {PLAN}['copy_timeout_s'] }}}}",
         lock_owner=f"{{{{ {PLAN}['owner'] }}}}",
         poll_interval=5.0,
         pre_execute=None,

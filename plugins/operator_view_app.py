@@ -6,7 +6,8 @@ Mounted by the api-server under ``/volume-migration`` (``plugins/operator_view.p
   ``GET /`` the page (``operator_view.html``), ``GET /api/migrations`` the
   rows as JSON (``include/migration/operator_rows.py``), and
   ``POST /api/migrations/<run_id>/{pause,resume,speed}`` on a takeover's
-  background copy, which the destination array runs, and ``abandon`` for
+  background copy, through Cinder (``os-async_migration_copy``: the
+  destination's cinder-volume asks its driver), and ``abandon`` for
   a mirror-mode copy before its switch-over (``flow.abandon``; the run is
   then marked failed with a note saying who and what was done);
 * the page is an entry "Volume migrations" of the UI's Browse menu.
@@ -19,9 +20,10 @@ request without a valid login is refused with 401 (the page redirects to the
 login page instead), one without the permission with 403. A POST must carry
 a JSON body, which a form on another site cannot send.
 
-Progress comes from where the copy runs: the destination array for a
-takeover's copy (asked at each refresh), Cinder's volume metadata for a host
-copy (reported by the task, ``include/migration/cinder_progress.py``).
+Progress comes from Cinder: the migration's view for a takeover's copy (its
+destination's cinder-volume asked at each refresh), the volume's metadata for
+a host copy (reported by the task, ``include/migration/cinder_progress.py``).
+Airflow holds no array credentials for either.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from include.backends.base import MiB, MigrationProgress
-from include.backends.errors import BackendError
+from include.backends.base import MigrationProgress
+from include.backends.features import Features
 from include.cinder_plugin.names import PROGRESS_KEY
+from include.migration.copy_watch import judge_copy
 from include.migration.errors import CinderError, MigrationRefused
 from include.migration.operator_rows import (
     RUNNING_RUN_STATES,
@@ -51,7 +54,6 @@ from include.migration.operator_rows import (
     RunFacts,
     array_copy_running,
     controls_for,
-    copied_volume,
     host_copy_running,
     migration_row,
 )
@@ -166,12 +168,6 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
 
 
 # ---- where the copies are ----------------------------------------------------------------------
-def array_of(backend: str) -> Any:
-    from plugins.migration_runtime import arrays
-
-    return arrays(backend)
-
-
 @functools.cache
 def _cinder() -> Any:
     """One Cinder hook for the view's reads (its Keystone token is reused, renewed when it expires)."""
@@ -181,21 +177,39 @@ def _cinder() -> Any:
 
 
 def progress_of(facts: RunFacts) -> MigrationProgress | None:
-    """The copy's progress now: the array's for a takeover copy, the host copy's last report in Cinder."""
+    """The copy's progress now: a takeover's as its destination's cinder-volume says (the migration's view in
+    Cinder, ``copy_watch.judge_copy``), the host copy's last report in Cinder."""
     plan = facts.plan
     try:
         if plan and array_copy_running(facts):
-            return array_of(plan["dest_backend"]).complete_migration_target(copied_volume(plan))
+            return judge_copy(_cinder().migration(plan["volume_id"])).progress
         if plan and host_copy_running(facts):
             line = (_cinder().get_volume(plan["volume_id"]).get("metadata") or {}).get(PROGRESS_KEY)
             return MigrationProgress.parse(line) if line else None
-    except (BackendError, CinderError, LookupError, ValueError) as exc:
+    except (CinderError, ValueError) as exc:
         log.warning("progress of run %s unavailable: %s", facts.run_id, exc)
     return None
 
 
+def features_of(facts: RunFacts, known: dict[str, Features | None]) -> Features | None:
+    """What the driver of a running takeover's destination offers (asked of Cinder once per backend and
+    request, in ``known``); None when there is no such copy or Cinder cannot say now."""
+    if not (facts.plan and array_copy_running(facts)):
+        return None
+    backend = facts.plan["dest_host"].split("#", 1)[0]
+    if backend not in known:
+        try:
+            known[backend] = Features.from_json(_cinder().backend_features(backend))
+        except CinderError as exc:
+            log.warning("what the driver of %s offers is unknown now: %s", backend, exc)
+            known[backend] = None
+    return known[backend]
+
+
 def migration_rows(session: Any, limit: int = RECENT_RUNS) -> list[MigrationRow]:
-    return [migration_row(f, progress_of(f)) for f in run_facts(session, read_runs(session, MIGRATION_DAG, limit))]
+    known: dict[str, Features | None] = {}
+    facts = run_facts(session, read_runs(session, MIGRATION_DAG, limit))
+    return [migration_row(f, progress_of(f), features_of(f, known)) for f in facts]
 
 
 def rebalance_rows(session: Any, limit: int = RECENT_REBALANCES) -> list[RebalanceRow]:
@@ -265,7 +279,7 @@ def control_copy(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {MIGRATION_DAG} run {run_id}")
     run = facts[0]
     progress = progress_of(run)
-    allowed = controls_for(run, progress)
+    allowed = controls_for(run, progress, features_of(run, {}))
     if control not in allowed:
         now = f"the copy is {progress.state.value}" if progress else "no array copy of this run is running"
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot {control} run {run_id}: {now}")
@@ -274,19 +288,18 @@ def control_copy(
     assert run.plan is not None  # array_copy_running
     if control is Control.ABANDON:
         return abandon_run(session, run, user)
-    array, volume = array_of(run.plan["dest_backend"]), copied_volume(run.plan)
+    from plugins import migration_runtime as rt
+
+    volume_id, speed = run.plan["volume_id"], body.speed_mib if control is Control.SPEED else None
     try:
-        if control is Control.PAUSE:
-            after = array.pause_migration(volume)
-        elif control is Control.RESUME:
-            after = array.resume_migration(volume)
-        else:
-            after = array.set_migration_speed(volume, int(body.speed_mib or 0) * MiB)
-    except BackendError as exc:
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"array {array.name} refused {control}: {exc}") from None
+        after = rt.cinder().copy_control(volume_id, control.value, speed)
+    except CinderError as exc:
+        code = status.HTTP_409_CONFLICT if exc.status in (400, 409) else status.HTTP_502_BAD_GATEWAY
+        raise HTTPException(code, f"{run.plan['dest_backend']} refused {control}: {exc}") from None
     what = f" to {body.speed_mib} MiB/s" if control is Control.SPEED else ""
-    log.warning("%s: %s%s of run %s (volume %s on %s)", user.get_name(), control, what, run_id, volume.name, array.name)
-    return {"run_id": run_id, "control": control.value, "progress": after.to_json(), "by": user.get_name()}
+    log.warning("%s: %s%s of run %s (volume %s on %s)", user.get_name(), control, what, run_id, volume_id,
+                run.plan["dest_backend"])  # fmt: skip
+    return {"run_id": run_id, "control": control.value, "progress": after, "by": user.get_name()}
 
 
 def abandon_run(session: Any, run: RunFacts, user: Any) -> dict[str, Any]:
@@ -297,10 +310,10 @@ def abandon_run(session: Any, run: RunFacts, user: Any) -> dict[str, Any]:
     assert run.plan is not None
     reason = f"abandoned by {user.get_name()} in the operator view, before the switch-over"
     try:
-        done = flow.abandon(flow.Plan.from_json(run.plan), rt.cinder(), rt.arrays, reason)
+        done = flow.abandon(flow.Plan.from_json(run.plan), rt.cinder(), reason)
     except MigrationRefused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot abandon run {run.run_id}: {exc}") from None
-    except (BackendError, CinderError) as exc:  # the retry of the same action finishes a partial abandon
+    except CinderError as exc:  # the retry of the same action finishes a partial abandon
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"abandon of run {run.run_id} stopped: {exc}") from None
     end_run(session, run.run_id, f"{reason}: {done}", user)
     log.warning("%s: run %s %s", user.get_name(), run.run_id, done)

@@ -9,12 +9,14 @@ again after a retry or a dead worker:
   again and no other run can);
 * ``source_driver_migrate``: blueprint step 1, run by the source backend's
   cinder-volume (its driver's own ``migrate_volume``), asked through Cinder;
-* ``target_takeover``: blueprint step 2 on the arrays, idempotent; a takeover
-  that answers async marks the volume attachable (``mark_attachable``): the
-  target serves it while it copies;
+* ``target_takeover``: blueprint step 2, run by the destination backend's
+  cinder-volume (its driver's ``migrate_volume_target``), asked through
+  Cinder; a takeover that answers async leaves the volume attachable on the
+  destination while it copies;
 * ``host_copy``: the generic path, resumable from its checkpoint;
 * ``commit``: check the target is complete, only then delete the source LUN,
-  and mark ``success``;
+  and mark ``success`` (for a takeover, Cinder's finish does both through the
+  destination's and the source's cinder-volume);
 * ``rollback``: before the volume was attachable, remove what the run made on
   the target and mark ``error`` with the reason; after it, never delete data.
 
@@ -33,9 +35,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from include.backends.base import BackendDriver, Destination, MiB, MigrationProgress, MigrationState, Volume
-from include.backends.errors import BackendError, Conflict, NotFound
-from include.cinder_plugin.names import SourceStep
+from include.backends.base import BackendDriver, Destination, MiB, MigrationProgress, Volume
+from include.backends.errors import BackendError, NotFound
+from include.cinder_plugin.names import SourceStep, TargetStep
 from include.host_copy import host_copy as copy_through_host
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationFailed, MigrationRefused
@@ -48,6 +50,8 @@ MIGRATING_ATTACHABLE = "migrating_attachable"
 LOCK_STATUSES = frozenset({"starting", MIGRATING_ATTACHABLE})
 # step 1's outcome is read after 0.05 s, then twice as long each time up to 0.2 s: most drivers answer at once
 SOURCE_STEP_FIRST_POLL_S, SOURCE_STEP_POLL_S = 0.05, 0.2
+# a driver step still running after this long is asked again (a request lost with its message, say)
+STEP_REASK_S = 60.0
 
 
 Arrays = Callable[[str], BackendDriver]
@@ -152,15 +156,8 @@ def source_driver_migrate(
         log.info("volume %s is attachable on %s already (a cleared run): its source driver had not moved it",
                  plan.volume_id, plan.dest_host)  # fmt: skip
         return {"moved": False, "model_update": None}
-    view = cinder.source_migrate(plan.volume_id, plan.owner)
-    deadline, pause = clock() + plan.copy_timeout_s, min(SOURCE_STEP_FIRST_POLL_S, poll_s)
-    while view.get("source_step") == SourceStep.RUNNING:
-        if clock() >= deadline:
-            raise MigrationFailed(f"the source driver of {plan.source_backend} has not answered within "
-                                  f"copy_timeout_s={plan.copy_timeout_s}")  # fmt: skip
-        sleep(pause)
-        pause = min(pause * 2, poll_s)
-        view = cinder.migration(plan.volume_id)
+    view = _outcome(plan, cinder, "source_step", cinder.source_migrate(plan.volume_id, plan.owner), poll_s, clock,
+                    sleep)  # fmt: skip
     outcome = view.get("source_step") or "no outcome recorded"
     log.info("source driver of %s, asked to move %s to %s: %s", plan.source_backend, plan.volume_id, plan.dest_host,
              outcome)  # fmt: skip
@@ -169,42 +166,58 @@ def source_driver_migrate(
     raise MigrationFailed(f"the source driver of {plan.source_backend} did not move the volume: {outcome}")
 
 
-def target_takeover(plan: Plan, arrays: Arrays, cinder: CinderApi) -> dict[str, Any]:
-    """Blueprint step 2: ``migrate_volume_target`` on the target. Returns ``{"moved", "async", "model_update"}``.
+def _outcome(plan: Plan, cinder: CinderApi, step: str, view: dict[str, Any], poll_s: float,
+             clock: Callable[[], float], sleep: Callable[[float], None],
+             again: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The migration's view once its driver ``step`` (``source_step``, ``target_step``) is no longer running: a
+    look after 0.05 s, then ever less often, every ``poll_s`` at most; MigrationFailed after
+    ``plan.copy_timeout_s``. ``again`` asks for the step once more every ``STEP_REASK_S`` while it runs (for a
+    request lost on its way: cinder-volume does nothing for a duplicate)."""
+    now = clock()
+    deadline, asked, pause = now + plan.copy_timeout_s, now, min(SOURCE_STEP_FIRST_POLL_S, poll_s)
+    while view.get(step) == SourceStep.RUNNING:
+        if clock() >= deadline:
+            raise MigrationFailed(f"{step.replace('_', ' ')} toward {plan.dest_host} has not answered within "
+                                  f"copy_timeout_s={plan.copy_timeout_s}")  # fmt: skip
+        sleep(pause)
+        pause = min(pause * 2, poll_s)
+        if again is not None and clock() - asked >= STEP_REASK_S:
+            log.warning("%s of volume %s still running after %.0f s: asked again", step, plan.volume_id,
+                        clock() - asked)  # fmt: skip
+            view, asked = again(), clock()
+        else:
+            view = cinder.migration(plan.volume_id)
+    return view
 
-    Moved asynchronously, the volume is then marked attachable on the target
-    (``mark_attachable``) before this returns: the caller waits for the copy
-    next. Idempotent, on the array (a retry after the takeover was made finds
-    it and answers the same without a second takeover) and in Cinder.
+
+def target_takeover(
+    plan: Plan, cinder: CinderApi, *, poll_s: float = SOURCE_STEP_POLL_S, clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:  # fmt: skip
+    """Blueprint step 2: the destination backend's cinder-volume runs its driver's ``migrate_volume_target``
+    (``os-async_migration_target_migrate``: the source's cinder-volume opens the source's connection for it) and
+    this waits for what it did. Returns ``{"moved", "async", "model_update"}``: moved async, the volume is
+    ``migrating_attachable`` on the destination already (Cinder put it there); moved sync, it is complete there
+    and locked until ``commit``; not moved, nothing changed (a driver that takes nothing over, or cannot open the
+    source's protocol): the host copy's turn.
+
+    Idempotent: asked again while the driver runs or after it took the volume over, Cinder starts nothing new and
+    this reads the same outcome; still running after ``STEP_REASK_S``, it is asked again (a lost request runs
+    then; one that runs is not run twice). MigrationFailed with the driver's reason when it failed (cinder-volume
+    aborted what it made and released the source: the source is intact).
     """
-    try:
-        source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    except LookupError as exc:  # a backend Airflow has no array for: no takeover between these two
-        log.info("target driver: not moved, %s", exc)
+    args = {"speed_mib": plan.speed_mib, "mode": plan.copy_mode}
+    view = _outcome(plan, cinder, "target_step", cinder.target_migrate(plan.volume_id, plan.owner, **args), poll_s,
+                    clock, sleep, lambda: cinder.target_migrate(plan.volume_id, plan.owner, again=True))  # fmt: skip
+    outcome = view.get("target_step") or "no outcome recorded"
+    log.info("target driver of %s, asked to take %s over: %s", plan.dest_backend, plan.volume_id, outcome)
+    if outcome == TargetStep.NOT_MOVED:
         return {"moved": False, "async": False, "model_update": None}
-    moved, is_async, update = dest.migrate_volume_target(
-        plan.volume, source, pool=plan.dest_pool, speed_bps=plan.speed_bps, mode=plan.copy_mode
-    )
-    log.info("target driver %s: moved=%s async=%s %s", dest.name, moved, is_async, update or "")
-    if moved and is_async:
-        mark_attachable(plan, cinder, update)
-    return {"moved": moved, "async": is_async, "model_update": update}
-
-
-def mark_attachable(plan: Plan, cinder: CinderApi, model_update: dict[str, Any] | None) -> None:
-    """The target serves the volume: Cinder's host := target, ``migrating_attachable`` (idempotent)."""
-    location = (model_update or {}).get("provider_location")
-    try:
-        cinder.mark_attachable(plan.volume_id, plan.dest_host, location)
-    except CinderError as exc:
-        volume = cinder.get_volume(plan.volume_id)
-        if (volume.get("migration_status"), volume.get("os-vol-host-attr:host")) != (
-            MIGRATING_ATTACHABLE,
-            plan.dest_host,
-        ):
-            raise
-        log.info("volume %s was already attachable on %s (%s)", plan.volume_id, plan.dest_host, exc)
-    log.info("volume %s is attachable on %s while its data is copied", plan.volume_id, plan.dest_host)
+    if outcome in (TargetStep.ATTACHABLE, TargetStep.MOVED):
+        if outcome == TargetStep.ATTACHABLE:
+            log.info("volume %s is attachable on %s while its data is copied", plan.volume_id, plan.dest_host)
+        return {"moved": True, "async": outcome == TargetStep.ATTACHABLE, "model_update": None}
+    raise MigrationFailed(f"the target driver of {plan.dest_backend} did not take the volume over: {outcome}")
 
 
 def checkpoint_path(state_dir: pathlib.Path, plan: Plan) -> pathlib.Path:
@@ -251,17 +264,11 @@ def host_copy(
 
 
 # ---- the end: commit or roll back -------------------------------------------------------------
-def _target_complete(plan: Plan, source: BackendDriver, dest: BackendDriver) -> str | None:
-    """Why the target is not complete yet, or None when it is."""
+def _target_complete(plan: Plan, dest: BackendDriver) -> str | None:
+    """Why the host copy's target LUN is not complete yet, or None when it is."""
     lun = dest.get_lun(plan.lun)
-    if source.name == dest.name:
-        if lun.get("move") or lun.get("pool") != plan.dest_pool:
-            return f"LUN {plan.lun} is in pool {lun.get('pool')} of {dest.name}, not yet {plan.dest_pool}"
-        return None
-    if lun.get("copy") or lun.get("taken_over_from"):
-        progress = dest.complete_migration_target(plan.volume)
-        if progress.state is not MigrationState.DONE:
-            return f"the copy on {dest.name} is {progress.describe()}"
+    if lun.get("pool") != plan.dest_pool:
+        return f"LUN {plan.lun} is in pool {lun.get('pool')} of {dest.name}, not {plan.dest_pool}"
     if lun.get("size") != plan.size:
         return f"LUN {plan.lun} on {dest.name} is {lun.get('size')} bytes, not {plan.size}"
     return None
@@ -275,27 +282,41 @@ def _has_array(arrays: Arrays, backend: str) -> bool:
     return True
 
 
-def _moved_by_source_driver(plan: Plan, cinder: CinderApi) -> bool:
-    """Cinder says step 1 moved the volume: the source driver put it on the destination, complete."""
-    return cinder.migration(plan.volume_id).get("source_step") == SourceStep.MOVED
+def _moved_by_a_driver(plan: Plan, cinder: CinderApi) -> str | None:
+    """Which of the blueprint's driver steps put the volume on its destination, as Cinder recorded it: "source"
+    (step 1 moved it, complete), "target" (step 2 took it over), or None (neither: the host copy's path)."""
+    view = cinder.migration(plan.volume_id)
+    if view.get("source_step") == SourceStep.MOVED:
+        return "source"
+    if view.get("target_step") in (TargetStep.ATTACHABLE, TargetStep.MOVED):
+        return "target"
+    return None
 
 
 def commit(plan: Plan, cinder: CinderApi, arrays: Arrays, model_update: dict[str, Any] | None = None) -> None:
-    """Check that the target is complete; only then delete the source LUN, and mark ``success``.
+    """Check that the target is complete; only then delete the source, and mark ``success``.
 
-    Idempotent: a source LUN already gone and a volume already ``success``
-    on the destination are what a retry expects.
+    A volume a driver moved is finished through Cinder: for a takeover, the destination's cinder-volume checks
+    its copy is complete and the source's own driver deletes the source (a copy not complete yet: MigrationFailed,
+    the source kept). A host copy's target LUN is checked here and the source LUN deleted on its array.
+    Idempotent: a source already gone and a volume already ``success`` on the destination are what a retry expects.
     """
     volume = cinder.get_volume(plan.volume_id)
     if volume.get("migration_status") == "success" and volume.get("os-vol-host-attr:host") == plan.dest_host:
         log.info("volume %s is already migrated to %s", plan.volume_id, plan.dest_host)
         return
-    if _moved_by_source_driver(plan, cinder):  # complete by the driver's contract; it removed its source itself
-        cinder.finish_migration(plan.volume_id, plan.dest_host, None, plan.volume_type_id)
-        log.info("volume %s migrated to %s by its source driver", plan.volume_id, plan.dest_host)
+    by = _moved_by_a_driver(plan, cinder)
+    if by is not None:
+        try:
+            cinder.finish_migration(plan.volume_id, plan.dest_host, None, plan.volume_type_id)
+        except CinderError as exc:
+            if exc.status != 409:
+                raise
+            raise MigrationFailed(f"not committed, the source is kept: {exc}") from None
+        log.info("volume %s migrated to %s by its %s driver", plan.volume_id, plan.dest_host, by)
         return
     source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    why = _target_complete(plan, source, dest)
+    why = _target_complete(plan, dest)
     if why:
         raise MigrationFailed(f"not committed, the source LUN is kept: {why}")
     if source.name != dest.name:
@@ -325,8 +346,9 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
         )
     if status != "starting":
         return f"nothing to undo: volume {plan.volume_id} has migration_status {status}"
-    if _moved_by_source_driver(plan, cinder):
-        return (f"not rolled back: the source driver moved volume {plan.volume_id} to {plan.dest_host}; clear the "
+    by = _moved_by_a_driver(plan, cinder)
+    if by is not None:
+        return (f"not rolled back: the {by} driver moved volume {plan.volume_id} to {plan.dest_host}; clear the "
                 "failed task to commit the migration")  # fmt: skip
     if not _has_array(arrays, plan.source_backend) and not _has_array(arrays, plan.dest_backend):
         # no step can make anything on an array here, and a driver leaves its source as it was when it fails
@@ -351,19 +373,15 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
     return "rolled back: " + ", ".join(done)
 
 
-def abandon(plan: Plan, cinder: CinderApi, arrays: Arrays, reason: str) -> str:
-    """An operator gives up a mirror-mode migration before its switch-over; returns what was done.
+def abandon(plan: Plan, cinder: CinderApi, reason: str) -> str:
+    """An operator gives up a takeover before its switch-over; returns what was done.
 
-    The source has every write until then (the mirror wrote each one to it),
-    so the volume goes back to it and nothing is lost. Refused with
-    MigrationRefused, nothing changed, unless the volume is attachable on its
-    destination and detached, its source LUN is there, and the destination's
-    copy is a mirror that has not switched over (the array checks that and
-    deletes its LUN in one step). Then the source's takeover export is
-    released and Cinder points the volume back at the source (``error``,
-    with ``reason``). In that order a failure never leaves Cinder pointing at
-    a source that lacks writes; a retry after a partial abandon finds the
-    target gone and the source intact, and does the rest.
+    Refused with MigrationRefused, nothing changed, unless the volume is attachable on its destination and
+    detached, and the destination's driver finds that the source still has every write (a mirror that has not
+    switched over: it checks that and drops its copy in one step). Cinder's abandon does it all through the
+    cinder-volumes: the destination gives its copy up, the source's connection is terminated, and the volume goes
+    back to its source (``error``, with ``reason``), so nothing is lost. A retry after a partial abandon finds the
+    copy gone and does the rest.
     """
     volume = cinder.get_volume(plan.volume_id)
     status, host = volume.get("migration_status"), volume.get("os-vol-host-attr:host")
@@ -377,22 +395,15 @@ def abandon(plan: Plan, cinder: CinderApi, arrays: Arrays, reason: str) -> str:
             f"volume {plan.volume_id} is {volume.get('status')}: detach it first (its clients use the export on "
             f"{plan.dest_backend}, which goes away)"
         )
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    source_lun = find_lun(source, plan.lun)
-    if source_lun is None:
-        raise MigrationRefused(f"the source LUN {plan.lun} is gone from {source.name}: there is nothing to go back to")
-    done = []
-    if find_lun(dest, plan.lun) is not None:
-        try:
-            dest.abandon_migration_target(plan.volume)
-        except Conflict as exc:
-            raise MigrationRefused(f"not abandoned, nothing changed: {exc}") from None
-        done.append(f"copy stopped and target LUN deleted on {dest.name}")
-    _release_source(source, plan.lun)
-    cinder.abandon_migration(plan.volume_id, reason, plan.owner, source_lun.get("location"))
-    done.append(f"volume back on {plan.source_host}")
-    log.warning("migration of volume %s abandoned: %s (%s)", plan.volume_id, ", ".join(done), reason)
-    return "abandoned: " + ", ".join(done)
+    try:
+        cinder.abandon_migration(plan.volume_id, reason, plan.owner)
+    except CinderError as exc:
+        if exc.status not in (400, 409):
+            raise
+        raise MigrationRefused(f"not abandoned, nothing changed: {exc}") from None
+    done = f"copy given up on {plan.dest_backend}, volume back on {plan.source_host}"
+    log.warning("migration of volume %s abandoned: %s (%s)", plan.volume_id, done, reason)
+    return f"abandoned: {done}"
 
 
 def _remove_target(plan: Plan, source: BackendDriver, dest: BackendDriver) -> list[str]:

@@ -1,13 +1,14 @@
 """What the operator view shows of the runs, and which controls a row offers: plain functions, no Airflow.
 
-The view (``plugins/operator_view.py``) reads Airflow's database and the
-arrays, and hands each ``volume_migration`` run to ``migration_row`` as
+The view (``plugins/operator_view.py``) reads Airflow's database and
+Cinder, and hands each ``volume_migration`` run to ``migration_row`` as
 ``RunFacts``: the run's state and conf, each task's state, the plan that
 ``validate_and_lock`` locked (its XCom), the failures the steps recorded,
 and the copy's progress when one is running. A row says: the volume, source
 -> destination, the path the run took, where it is, the progress (percent,
-rate, ETA) and the controls that apply now. Only a takeover's background
-copy on an array can be paused, resumed or re-paced (the array runs it); a
+rate, ETA) and the controls that apply now and the destination's driver
+offers. Only a takeover's background copy can be paused, resumed or re-paced
+(the destination's driver runs it, asked through Cinder); a
 host copy runs inside an Airflow task and is paced by the run's
 ``speed_mib``; a mirror-mode copy may also be abandoned before its
 switch-over.
@@ -20,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from include.backends.base import MigrationProgress, MigrationState, Volume
+from include.backends.base import MigrationProgress, MigrationState
+from include.backends.features import Features
 from include.migration.dispatch import rebalance_of
 from include.migration.steps import Step
 
@@ -111,11 +113,6 @@ def host_copy_running(facts: RunFacts) -> bool:
     return facts.state in RUNNING_RUN_STATES and facts.task_states.get(Step.HOST_COPY) in LIVE_TASK_STATES
 
 
-def copied_volume(plan: dict[str, Any]) -> Volume:
-    """The volume as the destination array knows it (its LUN's name and size)."""
-    return Volume(plan["lun"], int(plan["size"]))
-
-
 def current_step(facts: RunFacts) -> str:
     """The first task (in the blueprint's order) that is not done yet, else how the run ended."""
     if facts.state not in RUNNING_RUN_STATES:
@@ -127,22 +124,29 @@ def current_step(facts: RunFacts) -> str:
     return facts.state
 
 
-def controls_for(facts: RunFacts, progress: MigrationProgress | None) -> tuple[Control, ...]:
-    """Pause or resume (whichever applies) and speed for an array copy that runs, and abandon for a mirror
-    (the array refuses it once the mirror switched over); nothing otherwise."""
+def controls_for(
+    facts: RunFacts, progress: MigrationProgress | None, features: Features | None = None
+) -> tuple[Control, ...]:
+    """Pause or resume (whichever applies) and speed for a takeover's copy that runs, and abandon for a mirror
+    (the destination refuses it once the mirror switched over); nothing otherwise. With ``features`` (what the
+    destination's driver offers), only the controls it offers."""
     if not array_copy_running(facts) or progress is None or progress.state.terminal:
         return ()
     pace = (Control.RESUME if progress.state is MigrationState.PAUSED else Control.PAUSE, Control.SPEED)
     mirror = (facts.plan or {}).get("copy_mode") == "mirror"
-    return pace + ((Control.ABANDON,) if mirror else ())
+    offered = pace + ((Control.ABANDON,) if mirror else ())
+    return offered if features is None else tuple(c for c in offered if getattr(features, c.value))
 
 
 def _when(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def migration_row(facts: RunFacts, progress: MigrationProgress | None = None) -> MigrationRow:
-    """The row of one run; ``progress``: the copy's, when one runs (the array's, or the host copy's report)."""
+def migration_row(
+    facts: RunFacts, progress: MigrationProgress | None = None, features: Features | None = None
+) -> MigrationRow:
+    """The row of one run; ``progress``: the copy's, when one runs (the destination's, or the host copy's report);
+    ``features``: what the destination's driver offers (``controls_for``)."""
     plan, conf = facts.plan or {}, facts.conf or {}
     path = path_of(facts.task_states)
     if facts.state == "success" and path is not CopyPath.UNDECIDED:
@@ -166,7 +170,7 @@ def migration_row(facts: RunFacts, progress: MigrationProgress | None = None) ->
         percent=percent,
         rate_mib_s=round(progress.rate_bps / (1 << 20), 1) if live and progress else None,
         eta_s=progress.eta_seconds if live and progress else None,
-        controls=tuple(c.value for c in controls_for(facts, progress)),
+        controls=tuple(c.value for c in controls_for(facts, progress, features)),
         failure=facts.failures[0] if facts.failures else "",
         started=_when(facts.started),
         ended=_when(facts.ended),

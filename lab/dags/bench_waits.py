@@ -1,10 +1,11 @@
 """bench_waits: many deferred waits in one triggerer, for bench/bulk.py.
 
-One run maps the project's ``TargetCopySensor`` over ``count`` copies: each
-mapped task starts on a worker, defers, and its ``TargetCopyTrigger`` polls
-the array every ``poll_interval`` seconds in the triggerer, as a migration's
-``wait_for_copy`` does (without reports to Cinder: there is no volume). The
-bench points them all at one paused takeover, so they wait until it ends.
+One run maps the project's ``TargetCopySensor`` ``count`` times over one
+volume: each mapped task starts on a worker, defers, and its
+``TargetCopyTrigger`` reads the migration's view in Cinder every
+``poll_interval`` seconds in the triggerer, as a migration's ``wait_for_copy``
+does (without reports to Cinder: no owner). The bench points them all at one
+paused takeover, so they wait until it ends.
 
 Lab equipment: the lab's Airflow loads it from its own bundle (``lab``).
 """
@@ -27,9 +28,8 @@ WAIT_TASK = "wait"
     catchup=False,
     tags=["lab", "bench"],
     params={
+        "volume_id": Param("", type="string"),
         "backend": Param("alpha", type="string"),
-        "volume_name": Param("", type="string"),
-        "size": Param(0, type="integer", minimum=0),
         "count": Param(10, type="integer", minimum=1, maximum=5000),
         "timeout_s": Param(3600, type="integer", minimum=1),
     },
@@ -39,15 +39,14 @@ def bench_waits() -> None:
     @task
     def names(**context: object) -> list[str]:
         params = context["params"]  # type: ignore[index]
-        return [params["volume_name"]] * int(params["count"])  # type: ignore[index]
+        return [params["volume_id"]] * int(params["count"])  # type: ignore[index]
 
     TargetCopySensor.partial(
         task_id=WAIT_TASK,
         backend="{{ params.backend }}",
-        size="{{ params.size }}",
         copy_timeout_s="{{ params.timeout_s }}",
         poll_interval=5.0,
-    ).expand(volume_name=names())
+    ).expand(volume_id=names())
 
 
 bench_waits()

@@ -67,6 +67,6 @@ def test_attachable_and_bulk_benches_measure_on_the_session_lab(lab, airflow, ap
     moved = bulk.bulk(lab, api, admin, 1, triggerer)
     assert (moved["succeeded"], moved["data_verified"]) == (1, True), moved
     assert moved["copy_mibs"] > 0 and moved["qemu_img_convert_mibs"] > 0 and moved["triggerer_peak_rss_mib"] > 0
-    waited = bulk.waits(lab, api, 5, triggerer, sample_s=1.5)
+    waited = bulk.waits(lab, api, admin, 5, triggerer, sample_s=1.5)
     assert (waited["deferred"], waited["run_state"]) == (5, "success"), waited
     assert "5 deferred waits" in bulk.table({"bulk": [moved], "waits": waited})

@@ -352,14 +352,16 @@ def worker_of(ti):
 
 
 def test_run_completes_after_the_worker_and_the_triggerer_die(lab, admin, services, api, airflow, volume):
-    """SIGKILL the worker in the middle of target_takeover, then the triggerer during the wait."""
+    """SIGKILL the worker in the middle of target_takeover, then the triggerer during the wait. The takeover runs in
+    alpha's cinder-volume: it goes on without the worker, and the task's retry reads its outcome."""
     vol = volume("beta")
     vid, lun, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
     model = seed(lab, "beta", lun)
     alpha_api = lab.pid("alpha")
     run_id = api.trigger(DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 24})
 
-    # freeze alpha's management API once validation is over: the takeover task then hangs in its first call
+    # freeze alpha's management API once validation is over: alpha's cinder-volume then hangs in its first call,
+    # and the takeover task waits for its outcome
     assert wait_until(lambda: api.task_instances(DAG, run_id)["validate_and_lock"]["state"] == "success", 120, 0.1)
     os.kill(alpha_api, signal.SIGSTOP)
     try:
@@ -373,13 +375,13 @@ def test_run_completes_after_the_worker_and_the_triggerer_die(lab, admin, servic
         os.kill(alpha_api, signal.SIGCONT)
 
     assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 180, 1.0), state_of(admin, vid)
-    tis = api.task_instances(DAG, run_id)
-    assert tis["target_takeover"]["try_number"] >= 2
     taken_over = lab.backend("alpha").get_lun(lun)
     assert taken_over["copy"]
 
-    # the wait is deferred; kill the triggerer that runs it and start another
-    assert wait_until(lambda: api.task_instances(DAG, run_id)["wait_for_copy"]["state"] == "deferred", 60, 0.5)
+    # the task's retry (once the scheduler found it dead) reads the outcome; the wait is deferred: kill the
+    # triggerer that runs it and start another
+    assert wait_until(lambda: api.task_instances(DAG, run_id)["wait_for_copy"]["state"] == "deferred", 180, 0.5)
+    assert api.task_instances(DAG, run_id)["target_takeover"]["try_number"] >= 2
     handle = verify.connect(lab.backend("alpha").export_lun(lun).uri)
     stats = verify.random_io(handle, model, 100, random.Random(5), max_size=128 * 1024)
     handle.flush()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from include.backends.base import MigrationProgress, MigrationState
+from include.backends.features import Features
 from include.migration.dispatch import move_run_id, rebalance_of
 from include.migration.operator_rows import CopyPath, RunFacts, controls_for, migration_row, path_of
 from include.migration.steps import Step
@@ -74,6 +75,15 @@ def test_a_paused_copy_offers_resume_and_an_ended_one_nothing():
     assert controls_for(facts(TAKEOVER_WAITING), progress("done", GiB)) == ()
     assert controls_for(facts(TAKEOVER_WAITING), None) == ()  # the array did not answer
     assert controls_for(facts(TAKEOVER_WAITING, run_state="failed"), progress()) == ()
+
+
+def test_only_the_controls_the_destinations_driver_offers_are_shown():
+    every = Features("lab@alpha", "ReferenceArrayDriver", pause=True, resume=True, speed=True, abandon=True)
+    assert controls_for(facts(TAKEOVER_WAITING), progress(), every) == ("pause", "speed", "abandon")
+    no_pace = Features("lab@x", "SomeDriver", migrate_volume_target=True, complete_migration_target=True)
+    assert controls_for(facts(TAKEOVER_WAITING), progress(), no_pace) == ()
+    speed_only = Features("lab@y", "OtherDriver", speed=True)
+    assert migration_row(facts(TAKEOVER_WAITING), progress("paused"), speed_only).controls == ("speed",)
 
 
 def test_a_host_copy_shows_progress_but_offers_no_control():
