@@ -113,6 +113,9 @@ from include.cinder_plugin.takeover import TakeoverController, abandon_takeover,
 
 LOG = logging.getLogger(__name__)
 
+# admin metadata the blueprint's steps record during one migration
+STEP_KEYS = (SOURCE_STEP_KEY, TARGET_STEP_KEY, TARGET_ARGS_KEY, SOURCE_LOCATION_KEY)
+
 
 def _text(args: dict[str, Any], key: str, what: str) -> str:
     value = args.get(key)
@@ -155,8 +158,7 @@ class AsyncMigrationController(Controller):
 
     @staticmethod
     def _release(context: Any, volume: Any) -> None:
-        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, SOURCE_STEP_KEY, TARGET_STEP_KEY, TARGET_ARGS_KEY,
-                    SOURCE_LOCATION_KEY):  # fmt: skip
+        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, *STEP_KEYS):
             db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
         try:  # the copy's progress ends with the migration
             db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)
@@ -222,6 +224,8 @@ class AsyncMigrationController(Controller):
         updates = {**LOCKED, "previous_status": "available"}
         if not volume.conditional_update(updates, expected, [~db.volume_has_snapshots_filter()]):
             raise webob.exc.HTTPConflict(explanation=refusal(volume, "starting"))
+        for stale in STEP_KEYS:  # what the steps of an earlier migration recorded no longer applies
+            db.volume_admin_metadata_delete(context.elevated(), volume.id, stale)
         lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
         db.volume_admin_metadata_update(context.elevated(), volume.id, lock, False)
         for stale in (ERROR_KEY, PROGRESS_KEY):  # an earlier migration's reason or progress no longer applies
