@@ -45,9 +45,9 @@ operator's policy file may override):
 * ``os-async_migration_source_migrate`` ``{"owner"?}``: blueprint step 1,
   for a volume locked (``starting``): the source backend's cinder-volume
   runs its driver's own ``migrate_volume`` toward the lock's destination
-  (``manager.AsyncMigrationManager``). Answers at once (202, the
-  migration's view); the outcome, ``running`` then ``moved``, ``not_moved``
-  or ``failed: <reason>``, is the view's ``source_step``
+  (``manager.AsyncMigrationManager``). Answers once the driver ended, or
+  after 2 s (202, the migration's view); the outcome, ``running`` then
+  ``moved``, ``not_moved`` or ``failed: <reason>``, is the view's ``source_step``
   (``GET /v3/{project_id}/os-async-migration/{volume_id}``,
   ``resources.py``). Asked again while ``running`` or after ``moved``, it
   changes nothing.
@@ -109,7 +109,7 @@ from include.cinder_plugin.names import (
     SourceStep,
 )
 from include.cinder_plugin.resources import BackendsController, MigrationsController
-from include.cinder_plugin.takeover import TakeoverController, abandon_takeover, finish_takeover
+from include.cinder_plugin.takeover import STEP_WAIT_S, TakeoverController, abandon_takeover, finish_takeover
 
 LOG = logging.getLogger(__name__)
 
@@ -351,7 +351,11 @@ class AsyncMigrationController(Controller):
             return webob.Response(status_int=202, json_body=migration_view(volume))
         host = dest_pool(context, dest)
         db.volume_admin_metadata_update(context.elevated(), volume.id, {SOURCE_STEP_KEY: SourceStep.RUNNING}, False)
-        self.rpc.source_migrate(context, volume, host)
+        try:
+            self.rpc.source_migrate(context, volume, host, STEP_WAIT_S)
+        except Exception:  # not sent: nothing runs, so nothing may say it does
+            db.volume_admin_metadata_delete(context.elevated(), volume.id, SOURCE_STEP_KEY)
+            raise
         LOG.info("async migration of volume %s to %s: migrate_volume asked of %s", volume.id, dest, volume.host)
         volume.refresh()
         return webob.Response(status_int=202, json_body=migration_view(volume))

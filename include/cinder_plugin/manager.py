@@ -12,7 +12,7 @@ so a step runs where the backend's driver and its credentials already are:
 
 * ``async_migration_features`` (call): what the backend's driver offers of the
   blueprint (``Features``);
-* ``async_migration_source_migrate`` (cast): blueprint step 1 on the SOURCE
+* ``async_migration_source_migrate`` (call, waited for 2 s at most): blueprint step 1 on the SOURCE
   backend, the driver's own ``migrate_volume`` (a stock driver's move within
   its array: Cinder's RBD driver moves a volume between pools of one cluster).
   Its outcome is recorded in the volume's admin metadata (``SOURCE_STEP_KEY``):
@@ -21,7 +21,7 @@ so a step runs where the backend's driver and its credentials already are:
   ``not_moved`` (nothing changed: the caller asks the target next), or
   ``failed: <reason>`` (the driver raised: the source is as the driver left
   it, and the lock stays for the caller to roll back).
-* ``async_migration_target_migrate`` (cast): blueprint step 2 on the TARGET
+* ``async_migration_target_migrate`` (call, waited for 2 s at most): blueprint step 2 on the TARGET
   backend, for a driver that is an ``AsyncMigrationTarget``
   (``include/backends/target_driver.py``): the source's own cinder-volume
   opens a connection for the target's ``takeover_connector()`` (Cinder's
@@ -103,8 +103,15 @@ class AsyncMigrationManager(manager.VolumeManager):
         ``host``: the destination pool as Cinder's scheduler describes it (``host``,
         ``cluster_name``, ``capabilities``). The volume is locked for the move by
         the caller (``starting``) and stays locked whatever the outcome, which is
-        recorded in its admin metadata (see the module's docstring).
+        recorded in its admin metadata (see the module's docstring). Never raises (the API may wait for it): what
+        went wrong beyond the driver is logged, and the step says ``running`` until it is asked again.
         """
+        try:
+            self._source_migrate(context, volume, host)
+        except Exception:
+            LOG.exception("async migration of volume %s: step 1 on %s stopped", volume.id, self.host)
+
+    def _source_migrate(self, context: Any, volume: Any, host: dict[str, Any]) -> None:
         self._record(context, volume, SourceStep.RUNNING)
         try:
             volume_utils.require_driver_initialized(self.driver)
@@ -151,7 +158,7 @@ class AsyncMigrationManager(manager.VolumeManager):
         ``host``: the destination pool as the scheduler describes it; ``request``: ``speed_bps``, ``mode`` and
         ``token``, as the API recorded them with ``running``. The outcome goes to the volume's admin metadata
         (``TARGET_STEP_KEY``, see the module's docstring); the lock stays whatever it is. A request runs only while
-        it is the one recorded and ``running``, and once at a time in this service: a duplicate (a cast delivered
+        it is the one recorded and ``running``, and once at a time in this service: a duplicate (a request delivered
         after this service ran the request again at its start, or one sent again) changes nothing.
         """
         if volume.id in self._steps_running:  # this service runs the step already: a duplicate does nothing
@@ -160,6 +167,8 @@ class AsyncMigrationManager(manager.VolumeManager):
         self._steps_running.add(volume.id)
         try:
             self._target_migrate(context, volume, host, request)
+        except Exception:  # never raised to the caller (the API may wait for it): the step stays running, asked again
+            LOG.exception("async migration of volume %s: step 2 on %s stopped", volume.id, self.host)
         finally:
             self._steps_running.discard(volume.id)
 

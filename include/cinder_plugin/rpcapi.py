@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import oslo_messaging
 from cinder.volume import rpcapi
 
 
@@ -17,20 +18,31 @@ class AsyncMigrationAPI(rpcapi.VolumeAPI):
         """What the driver of ``backend`` (``host@backend``) offers (``Features.to_json()``); waits for it."""
         return self._get_cctxt(backend).call(ctxt, "async_migration_features")
 
-    def source_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any]) -> None:
+    def source_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], wait_s: float) -> None:
         """Blueprint step 1 in the volume's own (source) service; ``dest``: ``host``, ``cluster_name``,
-        ``capabilities`` of the destination pool. Returns at once: the outcome lands in the volume's admin
-        metadata (``names.SOURCE_STEP_KEY``)."""
-        self._get_cctxt(volume.service_topic_queue).cast(ctxt, "async_migration_source_migrate", volume=volume,
-                                                         host=dest)  # fmt: skip
+        ``capabilities`` of the destination pool. Waits for it to end at most ``wait_s``: after that it goes on
+        there, and its outcome lands in the volume's admin metadata (``names.SOURCE_STEP_KEY``) all the same."""
+        self._ask(self._get_cctxt(volume.service_topic_queue, timeout=wait_s), ctxt, "async_migration_source_migrate",
+                  volume=volume, host=dest)  # fmt: skip
 
     # ---- step 2: on the target backend (the volume's host once it took the volume over) -------------------
-    def target_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], request: dict[str, Any]) -> None:
+    def target_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], request: dict[str, Any],
+                       wait_s: float) -> None:  # fmt: skip
         """Blueprint step 2 in the service of ``dest["host"]``; ``request``: ``speed_bps``, ``mode`` and the
-        ``token`` recorded with it. Returns at once (the outcome lands in the volume's admin metadata,
+        ``token`` recorded with it. Waits for it at most ``wait_s``, like ``source_migrate`` (the outcome lands in
         ``names.TARGET_STEP_KEY``)."""
-        self._get_cctxt(dest["host"]).cast(ctxt, "async_migration_target_migrate", volume=volume, host=dest,
-                                           request=request)  # fmt: skip
+        self._ask(self._get_cctxt(dest["host"], timeout=wait_s), ctxt, "async_migration_target_migrate",
+                  volume=volume, host=dest, request=request)  # fmt: skip
+
+    @staticmethod
+    def _ask(cctxt: Any, ctxt: Any, method: str, **kwargs: Any) -> None:
+        """Send a step's request and wait for its end until the client's timeout; a step still running then goes
+        on in its service (the steps never raise there: what they did is recorded). Anything else raised here is
+        a request that was not sent."""
+        try:
+            cctxt.call(ctxt, method, **kwargs)
+        except oslo_messaging.MessagingTimeout:
+            pass
 
     def copy(self, ctxt: Any, volume: Any, control: str | None = None, speed_bps: int | None = None,
              timeout: float | None = None) -> dict[str, Any]:  # fmt: skip

@@ -7,8 +7,8 @@ default (policy rules ``volume_extension:async_migration:<action>``):
   blueprint step 2 for a volume locked (``starting``) on its source: the
   destination backend's cinder-volume has the source's cinder-volume open a
   connection for it and runs its driver's ``migrate_volume_target``
-  (``manager.AsyncMigrationManager``). Answers at once (202, the migration's
-  view); the outcome is the view's ``target_step``: ``running``, then
+  (``manager.AsyncMigrationManager``). Answers once it ended, or after 2 s
+  (202, the migration's view); the outcome is the view's ``target_step``: ``running``, then
   ``attachable`` (the volume is ``migrating_attachable`` on its destination),
   ``moved``, ``not_moved`` or ``failed: <reason>``. Asked again while
   ``running`` or after it took the volume over, it changes nothing; with
@@ -57,7 +57,9 @@ from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
 
-COPY_LOOK_TIMEOUT_S = 10.0  # a migration's view waits this long for the copy's progress, then says it has none
+COPY_LOOK_TIMEOUT_S = 10.0
+# a step's action waits this long for the step to end (most do within a second), then answers "running"
+STEP_WAIT_S = 2.0  # a migration's view waits this long for the copy's progress, then says it has none
 
 
 def _speed_mib(args: dict[str, Any], *, required: bool = False) -> int | None:
@@ -132,7 +134,7 @@ class TakeoverController(Controller):
             started = {TARGET_STEP_KEY: TargetStep.RUNNING, TARGET_ARGS_KEY: json.dumps(request)}
             db.volume_admin_metadata_update(context.elevated(), volume.id, started, False)
         try:
-            self.rpc.target_migrate(context, volume, host, request)
+            self.rpc.target_migrate(context, volume, host, request, STEP_WAIT_S)
         except Exception:
             if step != TargetStep.RUNNING:  # not sent: nothing runs, so nothing may say it does
                 db.volume_admin_metadata_delete(context.elevated(), volume.id, TARGET_STEP_KEY)

@@ -36,8 +36,7 @@ OWNER = "test:cinder-volume-steps"
 def ask_step(ask, admin, vid, key, timeout=120, **args):
     """Ask for a driver step (``ask``: step 1's or step 2's action), then wait until cinder-volume says what became
     of it (``key``: ``source_step`` or ``target_step``); the migration's view then."""
-    assert ask(vid, OWNER, **args)[key] in ("running", None)
-    seen = {}
+    seen = ask(vid, OWNER, **args)  # the outcome, when the driver ended within the action's wait
 
     def ended():
         seen.update(admin.migration(vid))
