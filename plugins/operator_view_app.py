@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -191,15 +192,24 @@ def progress_of(facts: RunFacts) -> MigrationProgress | None:
     return None
 
 
+FEATURES_TTL_S = 60.0  # what a backend's driver offers is asked of Cinder again after this long
+_features: dict[str, tuple[float, Features]] = {}
+
+
 def features_of(facts: RunFacts, known: dict[str, Features | None]) -> Features | None:
-    """What the driver of a running takeover's destination offers (asked of Cinder once per backend and
-    request, in ``known``); None when there is no such copy or Cinder cannot say now."""
+    """What the driver of a running takeover's destination offers: asked of Cinder at most once a minute per
+    backend (and once per request, in ``known``, when it cannot say); None when there is no such copy or Cinder
+    cannot say now."""
     if not (facts.plan and array_copy_running(facts)):
         return None
     backend = facts.plan["dest_host"].split("#", 1)[0]
+    cached = _features.get(backend)
+    if cached and time.monotonic() - cached[0] < FEATURES_TTL_S:
+        return cached[1]
     if backend not in known:
         try:
             known[backend] = Features.from_json(_cinder().backend_features(backend))
+            _features[backend] = (time.monotonic(), known[backend])
         except CinderError as exc:
             log.warning("what the driver of %s offers is unknown now: %s", backend, exc)
             known[backend] = None
