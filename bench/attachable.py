@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import log
-from include.migration.flow import MIGRATING_ATTACHABLE
+from include.cinder_plugin.names import MIGRATING_ATTACHABLE
 from include.migration.steps import MIGRATION_DAG, Step
 from lab.cli import airflow_of, down_all, services_of, up_all
 from lab.dags.migration_floor import FLOOR_DAG

@@ -34,7 +34,6 @@ from include.cinder_plugin.names import (
 )
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
-MIGRATING_ATTACHABLE = "migrating_attachable"
 NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
 LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
 ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress", "source_migrate", "target_migrate", "copy")

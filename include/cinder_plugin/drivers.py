@@ -89,16 +89,23 @@ class LabArrayDriver(driver.VolumeDriver):
             raise exception.VolumeBackendAPIException(data="driver not set up")
         return self.array
 
-    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, func: Any, *args: Any, absent: str | None = None, **kwargs: Any) -> Any:
         """Call the array; a conflict becomes InvalidVolume (nothing changed), any other refusal
-        VolumeBackendAPIException, each with the array's message."""
+        VolumeBackendAPIException, each with the array's message. With ``absent``, a LUN the array does not have
+        is what the caller expects: ``absent`` is logged and None returned."""
         try:
             return func(*args, **kwargs)
+        except NotFound as exc:
+            if absent is not None:
+                LOG.info("array %s: %s", self._array.name, absent)
+                return None
+            error: BackendError = exc
         except Conflict as exc:
             raise exception.InvalidVolume(reason=f"{what}: {exc}") from exc
         except BackendError as exc:
-            LOG.error("array %s could not %s: %s", self.configuration.lab_array_name, what, exc)
-            raise exception.VolumeBackendAPIException(data=f"{what}: {exc}") from exc
+            error = exc
+        LOG.error("array %s could not %s: %s", self.configuration.lab_array_name, what, error)
+        raise exception.VolumeBackendAPIException(data=f"{what}: {error}") from error
 
     # ---- LUN lifecycle -------------------------------------------------------------
     def create_volume(self, volume: Any) -> dict[str, Any]:
@@ -273,12 +280,8 @@ class ReferenceArrayDriver(LabArrayDriver, AsyncMigrationTarget):
             raise exception.VolumeBackendAPIException(data=f"abort the takeover: {exc}") from exc
 
     def abandon_migration_target(self, context: Any, volume: Any) -> None:
-        try:
-            self._call("abandon the takeover", self._reference.abandon_migration_target, self._lun(volume))
-        except exception.VolumeBackendAPIException as exc:
-            if not isinstance(exc.__cause__, NotFound):
-                raise
-            LOG.info("no LUN %s on array %s: the takeover was given up already", volume.name, self._array.name)
+        self._call("abandon the takeover", self._reference.abandon_migration_target, self._lun(volume),
+                   absent=f"no LUN {volume.name}: the takeover was given up already")  # fmt: skip
 
 
 class PlainArrayDriver(LabArrayDriver):

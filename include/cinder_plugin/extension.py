@@ -80,7 +80,6 @@ from oslo_log import log as logging
 from include.cinder_plugin.common import (
     DEST_KEY,
     LOCKED,
-    MIGRATING_ATTACHABLE,
     NOT_MIGRATING,
     OWNER_KEY,
     SOURCE_KEY,
@@ -100,6 +99,7 @@ from include.cinder_plugin.names import (
     BACKENDS_RESOURCE,
     ERROR_KEY,
     LOCK_VIEW_KEY,
+    MIGRATING_ATTACHABLE,
     PROGRESS_KEY,
     RESOURCE,
     SOURCE_LOCATION_KEY,

@@ -12,6 +12,8 @@ PROGRESS_KEY = "async_migration_progress"  # volume metadata: the copy's progres
 LOCK_VIEW_KEY = "os-async-migration:lock"  # volume views: {source_host, host, owner} of a migration in flight
 # migration_status of a volume that no migration holds (Cinder's AVAILABLE_MIGRATION_STATUS)
 SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")
+# migration_status of a volume served by its destination while its data is copied (the blueprint's)
+MIGRATING_ATTACHABLE = "migrating_attachable"
 ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)
 # volume admin metadata: the lock of a migration in flight (its destination pool, its holder, where it started)
 DEST_KEY = "async_migration_dest"

@@ -44,7 +44,6 @@ from oslo_log import log as logging
 from include.backends.base import MiB
 from include.cinder_plugin.common import (
     LOCKED,
-    MIGRATING_ATTACHABLE,
     Controller,
     action_args,
     check_holder,
@@ -52,7 +51,14 @@ from include.cinder_plugin.common import (
     migration_view,
     refusal,
 )
-from include.cinder_plugin.names import COPY_CONTROLS, DEST_KEY, TARGET_ARGS_KEY, TARGET_STEP_KEY, TargetStep
+from include.cinder_plugin.names import (
+    COPY_CONTROLS,
+    DEST_KEY,
+    MIGRATING_ATTACHABLE,
+    TARGET_ARGS_KEY,
+    TARGET_STEP_KEY,
+    TargetStep,
+)
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)

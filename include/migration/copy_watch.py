@@ -13,16 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from include.backends.base import MigrationProgress, MigrationState
-
-MIGRATING_ATTACHABLE = "migrating_attachable"
+from include.cinder_plugin.names import MIGRATING_ATTACHABLE
 
 
 class CopyOutcome(str, enum.Enum):
     DONE = "done"  # the target is complete: commit next
     FAILED = "failed"  # the copy cannot go on, or the migration is no longer attachable
-
-
-TERMINAL_OUTCOMES = frozenset(CopyOutcome)
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,13 @@ from typing import Any
 
 from include.backends.base import BackendDriver, Destination, MiB, MigrationProgress, Volume
 from include.backends.errors import BackendError, NotFound
-from include.cinder_plugin.names import SourceStep, TargetStep
+from include.cinder_plugin.names import MIGRATING_ATTACHABLE, SourceStep, TargetStep
 from include.host_copy import host_copy as copy_through_host
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationFailed, MigrationRefused
 
 log = logging.getLogger(__name__)
 
-MIGRATING_ATTACHABLE = "migrating_attachable"
 # migration_status while a run's lock holds; the volume may be on its destination already (attachable there, or
 # moved by its source driver and not committed yet)
 LOCK_STATUSES = frozenset({"starting", MIGRATING_ATTACHABLE})
