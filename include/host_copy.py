@@ -1,18 +1,17 @@
-"""The generic host copy: the blueprint's fallback when no array can take a LUN over.
+"""The generic host copy: the blueprint's fallback when no driver can move or take a volume over.
 
-``host_copy`` reads one NBD export and writes another through this host with
-libnbd. It is sparse-aware (holes and zero runs are not written and stay
-unallocated on the target), can be throttled, reports progress and can resume
-from a checkpoint file after an interruption.
+``host_copy`` reads one opened volume and writes another through this host
+(``include.block_devices``: NBD through libnbd, RBD through librbd, a device
+node or file). It is sparse-aware (what the source says holds no data, and
+zero runs, are not written and stay unallocated on the target), can be
+throttled, reports progress and can resume from a checkpoint file after an
+interruption.
 
-Nothing here knows about Airflow; only the standard library and libnbd's
-Python binding (which imports only with Debian's /usr/bin/python3, see
-lab/verify.py) are used.
+Nothing here knows about Airflow or Cinder.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pathlib
@@ -22,14 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import nbd
-
 from include.backends.base import MiB, MigrationProgress, MigrationState
 from include.backends.errors import BackendError
 from include.backends.progress import RateMeter
+from include.block_devices import MAX_REQUEST, BlockDevice, DeviceError, NbdDevice
 
 ZERO_GRANULARITY = 64 * 1024  # zero runs are found in blocks of this size (a qcow2 cluster)
-MAX_REQUEST = 1024 * MiB  # largest block-status / write-zeroes request sent at once
 READ_AHEAD = 4  # chunks the reader thread may hold ahead of the writer
 
 
@@ -45,24 +42,6 @@ class HostCopyResult:
 
 
 # ---- pure helpers -------------------------------------------------------------------------
-
-
-def parse_extents(entries: list[int], offset: int, end: int) -> list[tuple[int, int, int]]:
-    """Turn a block-status reply ``[length, flags, length, flags, ...]`` into ``(start, length, flags)``.
-
-    The extents start at ``offset`` and are clipped to ``end`` (a server may
-    describe more than was asked for). Extents of length 0 are dropped.
-    """
-    out = []
-    pos = offset
-    for i in range(0, len(entries) - 1, 2):
-        if pos >= end:
-            break
-        length, flags = min(entries[i], end - pos), entries[i + 1]
-        if length > 0:
-            out.append((pos, length, flags))
-            pos += length
-    return out
 
 
 def zero_runs(data: bytes, granularity: int = ZERO_GRANULARITY) -> list[tuple[int, int, bool]]:
@@ -119,7 +98,7 @@ class Pacer:
 # ---- checkpoint file -------------------------------------------------------------------------
 
 
-def _load_checkpoint(path: pathlib.Path, source_uri: str, target_uri: str, size: int) -> int:
+def _load_checkpoint(path: pathlib.Path, source: str, target: str, size: int) -> int:
     """Offset to resume from: 0 without a checkpoint; ValueError if it is for another copy."""
     try:
         raw = path.read_text()
@@ -127,24 +106,24 @@ def _load_checkpoint(path: pathlib.Path, source_uri: str, target_uri: str, size:
         return 0
     try:
         data = json.loads(raw)
-        saved = (data["source_uri"], data["target_uri"], int(data["size"]))
+        saved = (data["source"], data["target"], int(data["size"]))
         offset = int(data["offset"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"checkpoint {path} is unreadable ({exc}); remove it to start the copy over") from None
-    if saved != (source_uri, target_uri, size):
+    if saved != (source, target, size):
         raise ValueError(
             f"checkpoint {path} belongs to another copy ({saved[0]} -> {saved[1]}, {saved[2]} bytes), "
-            f"not {source_uri} -> {target_uri} ({size} bytes); remove it to start over"
+            f"not {source} -> {target} ({size} bytes); remove it to start over"
         )
     if not 0 <= offset <= size:
         raise ValueError(f"checkpoint {path} holds offset {offset} outside 0..{size}")
     return offset
 
 
-def _save_checkpoint(path: pathlib.Path, source_uri: str, target_uri: str, size: int, offset: int) -> None:
+def _save_checkpoint(path: pathlib.Path, source: str, target: str, size: int, offset: int) -> None:
     """Replace the checkpoint atomically: write a temporary file, fsync it, rename it, fsync the folder."""
     tmp = path.with_name(path.name + ".tmp")
-    body = {"source_uri": source_uri, "target_uri": target_uri, "size": size, "offset": offset}
+    body = {"source": source, "target": target, "size": size, "offset": offset}
     with open(tmp, "w") as f:
         json.dump(body, f)
         f.flush()
@@ -164,40 +143,6 @@ def _fsync_dir(path: pathlib.Path) -> None:
 # ---- the copy ----------------------------------------------------------------------------
 
 
-def _connect(uri: str, role: str) -> nbd.NBD:
-    handle = nbd.NBD()
-    handle.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    try:
-        handle.connect_uri(uri)
-    except nbd.Error as exc:
-        raise BackendError(f"host copy cannot connect to the {role} {uri}: {exc}") from exc
-    return handle
-
-
-def _close(handle: nbd.NBD | None) -> None:
-    if handle is None:
-        return
-    try:
-        handle.shutdown()
-    except nbd.Error:  # the connection is already gone
-        pass
-
-
-def _block_status(handle: nbd.NBD, offset: int, end: int) -> list[tuple[int, int, int]]:
-    """One block-status call from ``offset``: ``(start, length, flags)`` extents, at least one, all before ``end``."""
-    got: list[tuple[int, int, int]] = []
-
-    def callback(metacontext: str, start: int, entries: list[int], err: int) -> int:
-        if metacontext == nbd.CONTEXT_BASE_ALLOCATION:
-            got.extend(parse_extents(entries, start, end))
-        return 0
-
-    handle.block_status(min(end - offset, MAX_REQUEST), offset, callback)
-    if not got or got[0][0] != offset:
-        raise nbd.Error(f"the server's block status at offset {offset} described nothing", errno.EPROTO)
-    return got
-
-
 @dataclass(frozen=True)
 class _Failure:
     where: str
@@ -208,21 +153,21 @@ class _Reader(threading.Thread):
     """Walks the source from ``offset`` and reads its data ahead of the writer.
 
     Yields ``(offset, length, data)`` in order, with ``data`` None for a
-    range the source reports as zero. libnbd releases the GIL while it waits,
-    so reading the next chunk overlaps writing the previous one.
+    range the source reports as zero. libnbd and librbd release the GIL while
+    they wait, so reading the next chunk overlaps writing the previous one.
     """
 
-    def __init__(self, src: nbd.NBD, size: int, offset: int, chunk: int) -> None:
+    def __init__(self, src: BlockDevice, offset: int, chunk: int) -> None:
         super().__init__(name="host-copy-reader", daemon=True)
         self.src = src
-        self.size = size
+        self.size = src.size
         self.offset = offset
         self.chunk = chunk
         self.queue: queue.Queue[tuple[int, int, bytes | None] | _Failure | None] = queue.Queue(READ_AHEAD)
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        where = f"reading the block status of the source at offset {self.offset}"
+        where = f"reading the allocation of the source at offset {self.offset}"
         try:
             for start, length, is_zero in self._extents():
                 pos, end = start, start + length
@@ -233,7 +178,7 @@ class _Reader(threading.Thread):
                     else:
                         n = min(end - pos, self.chunk)
                         where = f"reading the source at offset {pos}"
-                        item = (pos, n, self.src.pread(n, pos))
+                        item = (pos, n, self.src.read(pos, n))
                     if not self._put(item):
                         return
                     pos += n
@@ -242,13 +187,14 @@ class _Reader(threading.Thread):
             self._put(_Failure(where, exc))
 
     def _extents(self) -> Iterator[tuple[int, int, bool]]:
-        if not self.src.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION):
-            yield self.offset, self.size - self.offset, False
-            return
         offset = self.offset
         while offset < self.size:
-            for start, length, flags in _block_status(self.src, offset, self.size):
-                yield start, length, bool(flags & nbd.STATE_ZERO)
+            extents = self.src.extents(offset, self.size)
+            if extents is None:  # the source cannot say: everything is data (zero runs are still found)
+                yield offset, self.size - offset, False
+                return
+            for start, length, is_zero in extents:
+                yield start, length, is_zero
                 offset = start + length
 
     def _put(self, item: tuple[int, int, bytes | None] | _Failure | None) -> bool:
@@ -273,13 +219,11 @@ class _Reader(threading.Thread):
 class _Writer:
     """The target side of one copy: writes data, zeroes skipped ranges, counts."""
 
-    def __init__(self, dst: nbd.NBD) -> None:
+    def __init__(self, dst: BlockDevice) -> None:
         self.dst = dst
-        self.has_status = dst.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-        self.can_zero, self.can_flush = dst.can_zero(), dst.can_flush()  # fixed for the connection
         self.written = 0
         self.skipped = 0
-        self.where = "checking the exports"  # what the copy was doing, for error messages
+        self.where = "opening the volumes"  # what the copy was doing, for error messages
 
     def write(self, offset: int, data: bytes, pacer: Pacer) -> None:
         """Write the non-zero runs of ``data`` at ``offset``; skip the zero runs."""
@@ -289,7 +233,7 @@ class _Writer:
             else:
                 pacer.take(run)
                 self.where = f"writing the target at offset {offset + start}"
-                self.dst.pwrite(data[start : start + run], offset + start)
+                self.dst.write(offset + start, data[start : start + run])
                 self.written += run
 
     def skip(self, offset: int, length: int) -> None:
@@ -297,32 +241,17 @@ class _Writer:
         self.skipped += length
         end = offset + length
         while offset < end:
-            if self.has_status:
-                self.where = f"reading the block status of the target at offset {offset}"
-                extents = _block_status(self.dst, offset, end)
-            else:
-                extents = [(offset, end - offset, 0)]
-            for start, ext_len, flags in extents:
-                if not flags & nbd.STATE_ZERO:
-                    self.zero(start, ext_len)
+            self.where = f"reading the allocation of the target at offset {offset}"
+            extents = self.dst.extents(offset, end) or [(offset, end - offset, False)]
+            for start, ext_len, is_zero in extents:
+                if not is_zero:
+                    self.where = f"zeroing the target at offset {start}"
+                    self.dst.zero(start, ext_len)
                 offset = start + ext_len
-
-    def zero(self, offset: int, length: int) -> None:
-        self.where = f"zeroing the target at offset {offset}"
-        end = offset + length
-        while offset < end:
-            if self.can_zero:
-                n = min(end - offset, MAX_REQUEST)
-                self.dst.zero(n, offset)  # no CMD_FLAG_NO_HOLE: the server may deallocate
-            else:
-                n = min(end - offset, 4 * MiB)
-                self.dst.pwrite(bytes(n), offset)
-            offset += n
 
     def flush(self) -> None:
         self.where = "flushing the target"
-        if self.can_flush:
-            self.dst.flush()
+        self.dst.flush()
 
 
 def _progress(
@@ -332,8 +261,8 @@ def _progress(
 
 
 def host_copy(
-    source_uri: str,
-    target_uri: str,
+    source: BlockDevice | str,
+    target: BlockDevice | str,
     *,
     checkpoint: pathlib.Path | None = None,
     speed_bps: int = 0,
@@ -342,37 +271,38 @@ def host_copy(
     progress_interval: float = 2.0,
     checkpoint_every: int = 64 * 1024 * 1024,
 ) -> HostCopyResult:
-    """Copy the NBD export ``source_uri`` to the NBD export ``target_uri`` through this host.
+    """Copy the opened volume ``source`` to the opened volume ``target`` through this host.
 
     Contract:
 
+    * ``source`` and ``target`` are ``BlockDevice``s the caller opened (and
+      closes), or NBD URIs this opens and closes itself.
     * The source is only read (never written, zeroed or trimmed). Both
-      exports must have the same size: a smaller or a larger target is
-      refused with ValueError before anything is written.
-    * Sparse: extents the source reports as zero (``base:allocation``) are
+      volumes must have the same size: a smaller or a larger target is
+      refused with ValueError before anything is written; so is a read-only one.
+    * Sparse: ranges the source reports as holding no data (``extents``) are
       not read, and data that reads back as zero (in 64 KiB blocks) is not
-      written. Such skipped ranges end up zero and, where the target server
-      can, unallocated: the target's block status is checked there and
-      whatever is not already zero is zeroed with may-trim semantics.
+      written. Such skipped ranges end up zero and, where the target can,
+      unallocated: the target's allocation is checked there and whatever is
+      not already zero is zeroed with may-trim semantics.
     * ``speed_bps`` > 0 caps the data bytes written per second (sleep-based
       pacing); skipped ranges are not throttled. 0 means unlimited.
     * ``progress`` is called with a MigrationProgress (``copying``, then
-      ``done``) once at the start (with
-      the offset a checkpoint resumes from), then at most every
-      ``progress_interval`` seconds, and once at the end. An exception raised
-      by it stops the copy and propagates unchanged.
-    * With ``checkpoint``, a JSON file ``{source_uri, target_uri, size,
-      offset}`` is replaced atomically every ``checkpoint_every`` bytes,
+      ``done``) once at the start (with the offset a checkpoint resumes
+      from), then at most every ``progress_interval`` seconds, and once at the
+      end. An exception raised by it stops the copy and propagates unchanged.
+    * With ``checkpoint``, a JSON file ``{source, target, size, offset}`` (the
+      volumes' names) is replaced atomically every ``checkpoint_every`` bytes,
       always after a completed flush of the target, so everything before
       ``offset`` is durable there. A later call with the same checkpoint,
-      source, target and size resumes at ``offset`` (``resumed_from``); a
+      volume names and size resumes at ``offset`` (``resumed_from``); a
       checkpoint for another copy (or an unreadable one) is refused with
       ValueError (remove the file to start over). On success the target is
       flushed and the checkpoint deleted. Without ``checkpoint`` the target
       is flushed only at the end.
-    * libnbd failures are raised as ``BackendError`` naming source, target
-      and what the copy was doing at which offset; the ``nbd.Error`` is
-      chained as ``__cause__``.
+    * A failed read, write or flush is raised as ``BackendError`` naming both
+      volumes and what the copy was doing at which offset; the device's error
+      is chained as ``__cause__``.
 
     ``chunk`` is the largest read and write request (at most 64 MiB). One
     thread reads up to a few chunks ahead while the calling thread writes.
@@ -383,31 +313,31 @@ def host_copy(
         raise ValueError(f"checkpoint_every must be > 0, got {checkpoint_every}")
     pacer = Pacer(speed_bps)
     began = time.monotonic()
-    src = dst = None
+    opened: list[BlockDevice] = []
     reader: _Reader | None = None
     writer: _Writer | None = None
+    names = f"{getattr(source, 'name', source)} -> {getattr(target, 'name', target)}"
     try:
-        src = _connect(source_uri, "source")
-        dst = _connect(target_uri, "target")
+        src, dst = (_opened(end, role, opened) for end, role in ((source, "source"), (target, "target")))
         writer = _Writer(dst)
-        size, target_size = src.get_size(), dst.get_size()
+        size, target_size = src.size, dst.size
         if target_size < size:
-            raise ValueError(f"target {target_uri} has {target_size} bytes, smaller than the source's {size}")
+            raise ValueError(f"target {dst.name} has {target_size} bytes, smaller than the source's {size}")
         if target_size > size:
             raise ValueError(
-                f"target {target_uri} has {target_size} bytes, larger than the source's {size}; "
+                f"target {dst.name} has {target_size} bytes, larger than the source's {size}; "
                 "refusing: the sizes must match"
             )
-        if dst.is_read_only():
-            raise ValueError(f"target {target_uri} is read-only")
-        resumed_from = offset = _load_checkpoint(checkpoint, source_uri, target_uri, size) if checkpoint else 0
+        if dst.read_only:
+            raise ValueError(f"target {dst.name} is read-only")
+        resumed_from = offset = _load_checkpoint(checkpoint, src.name, dst.name, size) if checkpoint else 0
         meter = RateMeter(size)
         meter.add(time.monotonic(), offset)
         saved, last_report = offset, time.monotonic()
         if progress is not None:
             progress(_progress(offset, size, 0, meter))
 
-        reader = _Reader(src, size, offset, chunk)
+        reader = _Reader(src, offset, chunk)
         reader.start()
         for item in reader.items():
             if isinstance(item, _Failure):
@@ -421,7 +351,7 @@ def host_copy(
             offset = start + n
             if checkpoint is not None and offset - saved >= checkpoint_every and offset < size:
                 writer.flush()
-                _save_checkpoint(checkpoint, source_uri, target_uri, size, offset)
+                _save_checkpoint(checkpoint, src.name, dst.name, size, offset)
                 saved = offset
             now = time.monotonic()
             if now - last_report >= progress_interval:
@@ -443,14 +373,26 @@ def host_copy(
             seconds=time.monotonic() - began,
             resumed_from=resumed_from,
         )
-    except nbd.Error as exc:
-        doing = writer.where if writer is not None else "checking the exports"
-        raise BackendError(f"host copy {source_uri} -> {target_uri} failed {doing}: {exc}") from exc
+    except DeviceError as exc:
+        doing = writer.where if writer is not None else "opening the volumes"
+        raise BackendError(f"host copy {names} failed {doing}: {exc}") from exc
     finally:
         if reader is not None:
             reader.stop()
-        _close(src)
-        _close(dst)
+        for device in opened:
+            device.close()
+
+
+def _opened(end: BlockDevice | str, role: str, opened: list[BlockDevice]) -> BlockDevice:
+    """``end`` itself, or the NBD export its URI names, opened here (and added to ``opened``, closed at the end)."""
+    if not isinstance(end, str):
+        return end
+    try:
+        device = NbdDevice(end)
+    except DeviceError as exc:
+        raise DeviceError(f"cannot open the {role}: {exc}") from exc
+    opened.append(device)
+    return device
 
 
 __all__ = ["HostCopyResult", "host_copy"]

@@ -8,15 +8,16 @@ import pytest
 
 from include import host_copy as hc
 from include.backends.progress import RateMeter
+from include.block_devices import parse_extents
 
 K = 64 * 1024
 
 
 def test_parse_extents_clips_to_end_and_drops_empty():
-    assert hc.parse_extents([100, 0, 200, 3, 50, 0], 1000, 1250) == [(1000, 100, 0), (1100, 150, 3)]
-    assert hc.parse_extents([0, 0, 10, 1], 0, 100) == [(0, 10, 1)]
-    assert hc.parse_extents([4096, 3], 0, 100) == [(0, 100, 3)]
-    assert hc.parse_extents([], 0, 100) == []
+    assert parse_extents([100, 0, 200, 3, 50, 0], 1000, 1250) == [(1000, 100, 0), (1100, 150, 3)]
+    assert parse_extents([0, 0, 10, 1], 0, 100) == [(0, 10, 1)]
+    assert parse_extents([4096, 3], 0, 100) == [(0, 100, 3)]
+    assert parse_extents([], 0, 100) == []
 
 
 def test_zero_runs_merge_neighbours_and_cover_everything():
@@ -92,8 +93,8 @@ def test_checkpoint_round_trip(tmp_path):
     assert hc._load_checkpoint(path, "nbd://a/x", "nbd://b/y", 100) == 0
     hc._save_checkpoint(path, "nbd://a/x", "nbd://b/y", 100, 40)
     assert json.loads(path.read_text()) == {
-        "source_uri": "nbd://a/x",
-        "target_uri": "nbd://b/y",
+        "source": "nbd://a/x",
+        "target": "nbd://b/y",
         "size": 100,
         "offset": 40,
     }
@@ -112,7 +113,7 @@ def test_checkpoint_of_another_copy_is_refused(tmp_path, source, target, size):
         hc._load_checkpoint(path, source, target, size)
 
 
-@pytest.mark.parametrize("body", ["not json", "{}", '{"source_uri": "s", "target_uri": "t", "size": 10, "offset": 11}'])
+@pytest.mark.parametrize("body", ["not json", "{}", '{"source": "s", "target": "t", "size": 10, "offset": 11}'])
 def test_broken_checkpoint_is_refused(tmp_path, body):
     path = tmp_path / "cp.json"
     path.write_text(body)
