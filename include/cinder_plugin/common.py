@@ -24,19 +24,41 @@ from oslo_policy import policy as oslo_policy
 
 from include.cinder_plugin.names import (
     BACKENDS_RESOURCE,
+    COPIED_KEY,
+    COPY_CONNECTOR_KEY,
+    COPY_TARGET_KEY,
     DEST_KEY,
     OWNER_KEY,
     RESOURCE,
     SETTLED_MIGRATION_STATUSES,
     SOURCE_KEY,
+    SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
+    TARGET_ARGS_KEY,
     TARGET_STEP_KEY,
 )
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
+# admin metadata the blueprint's steps and a host copy record during one migration (cleared at begin and release)
+STEP_KEYS = (SOURCE_STEP_KEY, TARGET_STEP_KEY, TARGET_ARGS_KEY, SOURCE_LOCATION_KEY, COPY_TARGET_KEY,
+             COPY_CONNECTOR_KEY, COPIED_KEY)  # fmt: skip
+ADMIN_KEYS = (DEST_KEY, OWNER_KEY, SOURCE_KEY, *STEP_KEYS)  # every admin metadata key of ours
 LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
-ACTIONS = ("begin", "attachable", "finish", "fail", "abandon", "progress", "source_migrate", "target_migrate", "copy")
+ACTIONS = (
+    "begin",
+    "attachable",
+    "finish",
+    "fail",
+    "abandon",
+    "progress",
+    "source_migrate",
+    "target_migrate",
+    "copy",
+    "copy_target",
+    "copy_connect",
+    "copy_disconnect",
+)
 # resource -> (policy rule, route)
 READS = {"show": f"/{RESOURCE}/{{volume_id}}", "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}"}
 
@@ -184,5 +206,7 @@ def migration_view(volume: Any) -> dict[str, Any]:
             "owner": meta.get(OWNER_KEY),
             "source_step": meta.get(SOURCE_STEP_KEY),
             "target_step": meta.get(TARGET_STEP_KEY),
+            "copy_target": meta.get(COPY_TARGET_KEY),
+            "copied": bool(meta.get(COPY_TARGET_KEY)) and meta.get(COPIED_KEY) == meta.get(COPY_TARGET_KEY),
         }
     }

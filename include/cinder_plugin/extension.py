@@ -78,11 +78,13 @@ from cinder.volume import volume_utils
 from oslo_log import log as logging
 
 from include.cinder_plugin.common import (
+    ADMIN_KEYS,
     DEST_KEY,
     LOCKED,
     NOT_MIGRATING,
     OWNER_KEY,
     SOURCE_KEY,
+    STEP_KEYS,
     Controller,
     action_args,
     backend_service,
@@ -94,6 +96,7 @@ from include.cinder_plugin.common import (
     refusal,
     volume_or_404,
 )
+from include.cinder_plugin.host_copy import HostCopyController, copy_target, drop_host_copy, finish_host_copy
 from include.cinder_plugin.names import (
     ALIAS,
     BACKENDS_RESOURCE,
@@ -102,19 +105,15 @@ from include.cinder_plugin.names import (
     MIGRATING_ATTACHABLE,
     PROGRESS_KEY,
     RESOURCE,
-    SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
-    TARGET_ARGS_KEY,
     TARGET_STEP_KEY,
     SourceStep,
+    TargetStep,
 )
 from include.cinder_plugin.resources import BackendsController, MigrationsController
 from include.cinder_plugin.takeover import STEP_WAIT_S, TakeoverController, abandon_takeover, finish_takeover
 
 LOG = logging.getLogger(__name__)
-
-# admin metadata the blueprint's steps record during one migration
-STEP_KEYS = (SOURCE_STEP_KEY, TARGET_STEP_KEY, TARGET_ARGS_KEY, SOURCE_LOCATION_KEY)
 
 
 def _text(args: dict[str, Any], key: str, what: str) -> str:
@@ -158,7 +157,7 @@ class AsyncMigrationController(Controller):
 
     @staticmethod
     def _release(context: Any, volume: Any) -> None:
-        for key in (DEST_KEY, OWNER_KEY, SOURCE_KEY, *STEP_KEYS):
+        for key in ADMIN_KEYS:
             db.volume_admin_metadata_delete(context.elevated(), volume.id, key)
         try:  # the copy's progress ends with the migration
             db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)
@@ -269,12 +268,26 @@ class AsyncMigrationController(Controller):
     @wsgi.action("os-async_migration_finish")
     def _finish(self, req: Any, id: str, body: dict[str, Any]) -> Any:
         context, args, volume = action_args(req, id, body, "finish")
+        if volume.migration_status == LOCKED["migration_status"] and copy_target(context, volume) is not None:
+            dest = (volume.admin_metadata or {}).get(DEST_KEY)
+            if args.get("host") is not None and _host(args) != dest:
+                raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is migrating to {dest}, not {args['host']}")
+            finish_host_copy(self.rpc, context, volume)  # Cinder's completion: swapped, the source deleted
+            self._release(context, volume)
+            LOG.info("async migration of volume %s finished on %s by a host copy", volume.id, dest)
+            return webob.Response(status_int=202)
         if volume.migration_status == MIGRATING_ATTACHABLE:
             updates: dict[str, Any] = {"migration_status": "success"}
             if args.get("host") is not None and _host(args) != volume.host:
                 raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is on {volume.host}, not {args['host']}")
             expected: dict[str, Any] = {"migration_status": MIGRATING_ATTACHABLE}
-        else:  # a synchronous path (source driver, host copy) ends here straight from starting
+        else:  # a driver that moved it synchronously (step 1, or step 2 answering moved) ends here from starting
+            meta = volume.admin_metadata or {}
+            if meta.get(SOURCE_STEP_KEY) != SourceStep.MOVED and meta.get(TARGET_STEP_KEY) != TargetStep.MOVED:
+                raise webob.exc.HTTPConflict(
+                    explanation=f"volume {id}: no driver moved it and no host copy completed; the source is kept "
+                    f"(migration_status {volume.migration_status})"
+                )
             updates = self._arrival(context, volume, _host(args), args, "success")
             expected = LOCKED
         if args.get("volume_type_id") is not None:
@@ -298,6 +311,7 @@ class AsyncMigrationController(Controller):
                 + " (only a migration that is not attachable yet can fail; an attachable one is retried)"
             )
         db.volume_metadata_update(context, volume.id, {ERROR_KEY: reason[:255]}, False)
+        drop_host_copy(self.rpc, context, volume)  # a host copy's destination volume goes; the source is intact
         self._release(context, volume)
         LOG.warning("async migration of volume %s failed: %s", volume.id, reason)
         return webob.Response(status_int=202)
@@ -413,5 +427,6 @@ class Async_migration(extensions.ExtensionDescriptor):
         return [
             extensions.ControllerExtension(self, "volumes", AsyncMigrationController()),
             extensions.ControllerExtension(self, "volumes", TakeoverController()),
+            extensions.ControllerExtension(self, "volumes", HostCopyController()),
             extensions.ControllerExtension(self, "attachments", AttachmentsDuringMigrationController()),
         ]

@@ -27,6 +27,11 @@ TARGET_STEP_KEY = "async_migration_target_step"
 TARGET_ARGS_KEY = "async_migration_target_args"
 # volume admin metadata: the source's provider_location while the volume is served by the target that took it over
 SOURCE_LOCATION_KEY = "async_migration_source_location"
+# volume admin metadata of a host copy: the destination volume Cinder made for it (migration_status target:<id>),
+# the connector the copying host used (JSON), and the destination volume once the copy was flushed to it
+COPY_TARGET_KEY = "async_migration_copy_target"
+COPY_CONNECTOR_KEY = "async_migration_copy_connector"
+COPIED_KEY = "async_migration_copied"
 RESOURCE = "os-async-migration"  # GET /v3/{project_id}/os-async-migration/{volume_id}: a migration's state
 BACKENDS_RESOURCE = "os-async-migration-backends"  # GET .../os-async-migration-backends/{host@backend}: Features
 
