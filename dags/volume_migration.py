@@ -14,12 +14,13 @@ between backends" (see README.md):
 Three tasks run before a volume is attachable, each a branch of the blueprint.
 
 Trigger it from the UI (a validated form), ``POST /api/v2/dags/volume_migration/dagRuns``
-with ``conf``, or another DAG. Connections: ``cinder_default`` (Keystone,
-admin), and ``storage_array_<backend>`` for the arrays the host copy still
-reads and writes from here. The driver steps run in the backends'
-cinder-volume services, asked through Cinder: step 1 in the source's, the
-takeover and its background copy in the destination's, so any backend
-behind a Cinder driver takes part without Airflow knowing its array.
+with ``conf``, or another DAG. One Connection: ``cinder_default`` (Keystone,
+admin). The driver steps run in the backends' cinder-volume services, asked
+through Cinder: step 1 in the source's, the takeover and its background copy
+in the destination's. The host copy runs on the worker, over connections
+that each volume's cinder-volume opens for it (os-brick's connectors, or
+libnbd), so any backend behind a Cinder driver takes part without Airflow
+knowing its array.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from airflow.sdk import Param, dag, task
 from include.migration import flow, validation
 from include.migration.branches import after_source_driver, after_target_driver, choose_path
 from include.migration.request import PARAMS_SCHEMA
-from include.migration.steps import BEFORE_ATTACHABLE, DRIVER_STEPS, MIGRATION_DAG, Step
+from include.migration.steps import BEFORE_ATTACHABLE, MIGRATION_DAG, Step
 from plugins import migration_runtime as rt
 from plugins.sensors.target_copy import TargetCopySensor
 
@@ -60,7 +61,7 @@ def volume_migration() -> None:
     def validate_and_lock(**context: Any) -> str:
         with rt.run_step(context):
             plan = rt.keep_plan(context, validation.validate_and_lock(dict(context["params"]), rt.owner(context),
-                                                                      rt.cinder(), rt.arrays))  # fmt: skip
+                                                                      rt.cinder()))  # fmt: skip
         return choose_path(plan.path)
 
     @task.branch(task_id=Step.SOURCE_DRIVER)
@@ -79,18 +80,15 @@ def volume_migration() -> None:
     def host_copy(**context: Any) -> dict[str, Any]:
         with rt.run_step(context):
             plan = rt.plan(context)
-            return flow.host_copy(plan, rt.arrays, rt.state_dir(), rt.host_copy_progress(context, plan))
+            return flow.host_copy(plan, rt.cinder(), rt.state_dir(), rt.host_copy_progress(context, plan))
 
     @task(task_id=Step.COMMIT, trigger_rule="none_failed_min_one_success")
     def commit(**context: Any) -> None:
-        results = [rt.driver_result(context, step) for step in DRIVER_STEPS]
-        results.append({"model_update": context["ti"].xcom_pull(task_ids=Step.HOST_COPY)})
-        update = next((r["model_update"] for r in results if r and r.get("model_update")), None)
-        flow.commit(rt.plan(context), rt.cinder(), rt.arrays, update)
+        flow.commit(rt.plan(context), rt.cinder())
 
     @task(task_id=Step.ROLLBACK, trigger_rule="one_failed", retries=5)
     def rollback(**context: Any) -> str:
-        done = flow.rollback(rt.plan(context), rt.cinder(), rt.arrays, rt.failure_reason(context, BEFORE_ATTACHABLE))
+        done = flow.rollback(rt.plan(context), rt.cinder(), rt.failure_reason(context, BEFORE_ATTACHABLE))
         rt.log.warning("%s", done)
         return done
 

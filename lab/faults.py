@@ -268,10 +268,17 @@ class Matrix:
             handle.shutdown()
             array.unexport_lun(lun)
         outcome.lost += len(model.crash_violations(content))
-        if where[2] == dest and plan.source != plan.dest:
-            with contextlib.suppress(NotFound):
-                self.lab.backend(plan.source).get_lun(lun)
-                outcome.notes.append(f"the source LUN {lun} is still on {plan.source} (the audit counts it)")
+        source_lun = f"volume-{volume_id}"  # a host copy's volume ends on the destination volume's LUN (name id)
+        moved = where[2] == dest and plan.source != plan.dest  # Cinder's completion deletes the source, not waiting
+        if moved and not wait_until(lambda: not self._has_lun(plan.source, source_lun), 60, 0.5):
+            outcome.notes.append(f"the source LUN {source_lun} is still on {plan.source} (the audit counts it)")
+
+    def _has_lun(self, array: str, lun: str) -> bool:
+        try:
+            self.lab.backend(array).get_lun(lun)
+        except NotFound:
+            return False
+        return True
 
     def _delete(self, volume_id: str) -> None:
         delete_volumes(self.cinder, [volume_id])

@@ -12,6 +12,7 @@ failed, with each finding's action in its log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,9 +21,11 @@ from include.backends.errors import BackendError, NotFound
 from include.migration.audit import Finding, Repair, Snapshot, find, format_findings, owning_runs
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, InconsistenciesLeft
-from include.migration.flow import Arrays, backend_of
+from include.migration.flow import backend_of
 
 log = logging.getLogger(__name__)
+
+Arrays = Callable[[str], BackendDriver]  # a Cinder backend's array adapter (LookupError: none; read through Cinder)
 
 
 class Runs(Protocol):

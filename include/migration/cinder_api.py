@@ -104,6 +104,30 @@ class CinderApi(abc.ABC):
         args = {"control": control, **({"speed_mib": speed_mib} if speed_mib is not None else {})}
         return self.action(volume_id, "os-async_migration_copy", args)["copy"]
 
+    # ---- the host copy (include/cinder_plugin/host_copy.py) ------------------------------------
+    def copy_target(self, volume_id: str, owner: str | None = None,
+                    volume_type_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """The destination volume of a host copy, made once by Cinder on the lock's destination pool:
+        ``volume_id``, ``status`` (wait for ``available``), ``host``. 409 unless the volume is locked and no driver
+        step moved it."""
+        given = (("owner", owner), ("volume_type_id", volume_type_id))
+        args = {k: v for k, v in given if v is not None}
+        return self.action(volume_id, "os-async_migration_copy_target", args)["copy_target"]
+
+    def copy_connect(self, volume_id: str, which: str, connector: dict[str, Any],
+                     owner: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """A connection to the ``source`` or the ``target`` volume of a host copy for ``connector`` (os-brick's
+        connector properties of this host), opened by the cinder-volume that owns it: Cinder's connection info
+        (``driver_volume_type``, ``data``)."""
+        args = {"volume": which, "connector": connector, **({"owner": owner} if owner else {})}
+        return self.action(volume_id, "os-async_migration_copy_connect", args)["connection_info"]
+
+    def copy_disconnect(self, volume_id: str, owner: str | None = None, copied: bool = False) -> None:
+        """Close both connections of a host copy; ``copied``: first record that the destination holds the whole
+        copy (``finish`` requires it before Cinder's completion deletes the source)."""
+        args = {"copied": copied, **({"owner": owner} if owner else {})}
+        self.action(volume_id, "os-async_migration_copy_disconnect", args)
+
     def backend_features(self, backend: str) -> dict[str, Any]:
         """What the driver of ``backend`` (``host@backend``) offers of the blueprint (``Features.to_json()``),
         asked of its cinder-volume; 400 when its service is not enabled and up."""

@@ -13,20 +13,27 @@ again after a retry or a dead worker:
   cinder-volume (its driver's ``migrate_volume_target``), asked through
   Cinder; a takeover that answers async leaves the volume attachable on the
   destination while it copies;
-* ``host_copy``: the generic path, resumable from its checkpoint;
-* ``commit``: check the target is complete, only then delete the source LUN,
-  and mark ``success`` (for a takeover, Cinder's finish does both through the
-  destination's and the source's cinder-volume);
-* ``rollback``: before the volume was attachable, remove what the run made on
-  the target and mark ``error`` with the reason; after it, never delete data.
+* ``host_copy``: the generic path, through Cinder as its own generic
+  migration: a destination volume made by Cinder, both volumes opened on
+  this host from the connections their cinder-volumes give (os-brick, or
+  libnbd for NBD), copied, resumable from a checkpoint tied to the
+  destination volume;
+* ``commit``: Cinder's finish, which refuses unless the target is complete:
+  for a takeover the destination's cinder-volume checks its copy, for a host
+  copy Cinder's own migration completion swaps the volumes; only then is the
+  source deleted, by its own driver, and the volume ``success``;
+* ``rollback``: before the volume was attachable, mark ``error`` with the
+  reason (Cinder deletes a host copy's destination volume; a driver step that
+  failed left its source as it was); after it, never delete data.
 
 The callers pass ``cinder`` (a ``CinderApi``: ``plugins.hooks.cinder.CinderHook``
-or any object with its methods) and ``arrays``: a function from a Cinder backend name to the
-``BackendDriver`` that serves it.
+or any object with its methods): every call that touches a backend goes
+through Cinder to the cinder-volume that owns it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import pathlib
@@ -35,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from include.backends.base import BackendDriver, Destination, MiB, MigrationProgress, Volume
-from include.backends.errors import BackendError, NotFound
+from include.backends.base import MiB, MigrationProgress, Volume
+from include.backends.errors import BackendError
 from include.cinder_plugin.names import MIGRATING_ATTACHABLE, SourceStep, TargetStep
+from include.connectors import connection_type, open_volume, unattachable, worker_connector
 from include.host_copy import host_copy as copy_through_host
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationFailed, MigrationRefused
@@ -51,9 +59,8 @@ LOCK_STATUSES = frozenset({"starting", MIGRATING_ATTACHABLE})
 SOURCE_STEP_FIRST_POLL_S, SOURCE_STEP_POLL_S = 0.05, 0.2
 # a driver step still running after this long is asked again (a request lost with its message, say)
 STEP_REASK_S = 60.0
-
-
-Arrays = Callable[[str], BackendDriver]
+# a host copy's destination volume must be available within this long (Cinder's own migration waits as long)
+TARGET_CREATE_TIMEOUT_S = 300.0
 
 
 def backend_of(host: str) -> str:
@@ -116,23 +123,6 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-def find_lun(array: BackendDriver, name: str) -> dict[str, Any] | None:
-    try:
-        return array.get_lun(name)
-    except NotFound:
-        return None
-
-
-def _release_source(source: BackendDriver, name: str, *, delete: bool = False) -> None:
-    """Drop the source LUN's takeover and server exports (and the LUN itself with ``delete``); idempotent."""
-    steps = (source.release_takeover, source.unexport_lun) + ((source.delete_lun,) if delete else ())
-    for step in steps:
-        try:
-            step(name)
-        except NotFound:
-            pass
 
 
 # ---- the data paths ---------------------------------------------------------------------------
@@ -219,68 +209,98 @@ def target_takeover(
     raise MigrationFailed(f"the target driver of {plan.dest_backend} did not take the volume over: {outcome}")
 
 
-def checkpoint_path(state_dir: pathlib.Path, plan: Plan) -> pathlib.Path:
-    digest = hashlib.sha256(f"{plan.owner}|{plan.source_host}|{plan.dest_host}".encode()).hexdigest()[:16]
-    return pathlib.Path(state_dir) / f"{plan.lun}.{digest}.checkpoint"
+def checkpoint_path(state_dir: pathlib.Path, plan: Plan, target_id: str) -> pathlib.Path:
+    """Where the host copy into the destination volume ``target_id`` keeps its checkpoint (one per destination
+    volume: a destination made again starts from 0)."""
+    digest = hashlib.sha256(f"{plan.owner}|{plan.source_host}|{plan.dest_host}|{target_id}".encode()).hexdigest()
+    return pathlib.Path(state_dir) / f"{plan.lun}.{digest[:16]}.checkpoint"
+
+
+def attach_problems(source_protocol: str, dest_protocol: str) -> list[str]:
+    """Why this host cannot open the volumes of a host copy between pools reporting these ``storage_protocol``s."""
+    problems = []
+    for role, protocol in (("source", source_protocol), ("destination", dest_protocol)):
+        why = unattachable(connection_type(protocol))
+        if why:
+            problems.append(f"the {role} pool's protocol {protocol or '(none reported)'} cannot be opened here: {why}")
+    return problems
+
+
+def pool_protocols(plan: Plan, cinder: CinderApi) -> tuple[str, str]:
+    """The ``storage_protocol`` the scheduler reports for the plan's source and destination pools."""
+    caps = {pool["name"]: pool.get("capabilities") or {} for pool in cinder.pool_details()}
+    return tuple(str(caps.get(host, {}).get("storage_protocol") or "") for host in (plan.source_host, plan.dest_host))
 
 
 def host_copy(
-    plan: Plan, arrays: Arrays, state_dir: pathlib.Path, progress: Callable[[MigrationProgress], None] | None = None
-) -> dict[str, Any]:
-    """The generic path: create the target LUN (once) and copy through this host, resuming a checkpoint.
+    plan: Plan, cinder: CinderApi, state_dir: pathlib.Path,
+    progress: Callable[[MigrationProgress], None] | None = None, *, connector: dict[str, Any] | None = None,
+    poll_s: float = 1.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:  # fmt: skip
+    """The generic path, as Cinder's own generic migration makes it, with the copy on this host.
 
-    A checkpoint counts only for the target LUN it was written for: when the
-    target has to be made (a rollback deleted the one an earlier try copied
-    into), the copy starts over from 0. ``progress`` receives a
-    ``MigrationProgress`` every few seconds. MigrationRefused (nothing done)
-    when a backend has no array: the copy reads and writes through the
-    arrays' NBD exports.
+    Cinder makes the destination volume on the destination pool (once: a retry finds it; one in error is made
+    again), the cinder-volume of each volume opens a connection for this host's ``connector``, this opens both
+    (``include.connectors``) and copies (sparse, throttled by ``plan.speed_mib``, resuming the checkpoint of the
+    same destination volume; ``progress`` every few seconds), then records with Cinder that the destination
+    holds the whole copy and closes both connections. ``commit`` then has Cinder complete the migration.
+
+    MigrationRefused, nothing made, when this host cannot open a pool's protocol; MigrationFailed when Cinder
+    could not make the destination volume; BackendError when a read or write failed (the connections are closed:
+    a retry resumes from the checkpoint). Returns ``{"bytes_copied", "copy_target"}``.
     """
-    try:
-        source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    except LookupError as exc:
-        raise MigrationRefused(f"no host copy of volume {plan.volume_id} from {plan.source_host} to {plan.dest_host}: "
-                               f"{exc}; the host copy reads and writes through both arrays") from None  # fmt: skip
-    checkpoint = checkpoint_path(state_dir, plan)
+    problems = attach_problems(*pool_protocols(plan, cinder))
+    if problems:
+        raise MigrationRefused(f"no host copy of volume {plan.volume_id}: {'; '.join(problems)}")
+    target_id = _copy_target(plan, cinder, poll_s, clock, sleep)
+    checkpoint = checkpoint_path(state_dir, plan, target_id)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    target = find_lun(dest, plan.lun)
-    if target is None:
-        if checkpoint.exists():
-            log.warning("target LUN %s is new on %s: its earlier checkpoint is dropped", plan.lun, dest.name)
-            checkpoint.unlink()
-        target = dest.create_lun(plan.lun, plan.size, plan.dest_pool)
-    result = copy_through_host(
-        source.export_lun(plan.lun).uri,
-        dest.export_lun(plan.lun).uri,
-        checkpoint=checkpoint,
-        speed_bps=plan.speed_bps or 0,
-        progress=progress,
-    )
-    for array in (source, dest):
-        array.unexport_lun(plan.lun)
-    log.info("host copy of %s: %s", plan.lun, result)
-    return {"bytes_copied": result.bytes_written, "provider_location": target.get("location")}
+    for stale in checkpoint.parent.glob(f"{plan.lun}.*.checkpoint"):
+        if stale != checkpoint:  # an earlier destination volume's: it is gone
+            stale.unlink(missing_ok=True)
+    connector = connector or worker_connector()
+    try:
+        source_info = cinder.copy_connect(plan.volume_id, "source", connector, plan.owner)
+        target_info = cinder.copy_connect(plan.volume_id, "target", connector, plan.owner)
+        with (
+            open_volume(source_info, f"volume {plan.volume_id} on {plan.source_host}", writable=False) as source,
+            open_volume(target_info, f"volume {target_id} on {plan.dest_host}") as target,
+        ):
+            result = copy_through_host(source, target, checkpoint=checkpoint, speed_bps=plan.speed_bps or 0,
+                                       progress=progress)  # fmt: skip
+    except BaseException:
+        with contextlib.suppress(CinderError):  # closed by Cinder at the end anyway; the copy's error matters
+            cinder.copy_disconnect(plan.volume_id, plan.owner)
+        raise
+    cinder.copy_disconnect(plan.volume_id, plan.owner, copied=True)
+    log.info("host copy of volume %s into volume %s: %s", plan.volume_id, target_id, result)
+    return {"bytes_copied": result.bytes_written, "copy_target": target_id}
+
+
+def _copy_target(plan: Plan, cinder: CinderApi, poll_s: float, clock: Callable[[], float],
+                 sleep: Callable[[float], None]) -> str:  # fmt: skip
+    """The id of the host copy's destination volume, once Cinder made it ``available``."""
+    try:
+        target = cinder.copy_target(plan.volume_id, plan.owner, plan.volume_type_id)
+    except CinderError as exc:
+        if exc.status not in (400, 409):
+            raise
+        raise MigrationFailed(f"Cinder made no destination volume on {plan.dest_host}: {exc}") from None
+    target_id, status = target["volume_id"], target["status"]
+    deadline = clock() + TARGET_CREATE_TIMEOUT_S
+    while status != "available":
+        if status == "error":
+            raise MigrationFailed(f"Cinder could not create the destination volume {target_id} on {plan.dest_host} "
+                                  "(see its cinder-volume's log); a retry makes it again")  # fmt: skip
+        if clock() >= deadline:
+            raise MigrationFailed(f"the destination volume {target_id} on {plan.dest_host} is still {status} after "
+                                  f"{TARGET_CREATE_TIMEOUT_S:.0f} s")  # fmt: skip
+        sleep(poll_s)
+        status = cinder.get_volume(target_id)["status"]
+    return target_id
 
 
 # ---- the end: commit or roll back -------------------------------------------------------------
-def _target_complete(plan: Plan, dest: BackendDriver) -> str | None:
-    """Why the host copy's target LUN is not complete yet, or None when it is."""
-    lun = dest.get_lun(plan.lun)
-    if lun.get("pool") != plan.dest_pool:
-        return f"LUN {plan.lun} is in pool {lun.get('pool')} of {dest.name}, not {plan.dest_pool}"
-    if lun.get("size") != plan.size:
-        return f"LUN {plan.lun} on {dest.name} is {lun.get('size')} bytes, not {plan.size}"
-    return None
-
-
-def _has_array(arrays: Arrays, backend: str) -> bool:
-    try:
-        arrays(backend)
-    except LookupError:
-        return False
-    return True
-
-
 def _moved_by_a_driver(plan: Plan, cinder: CinderApi) -> str | None:
     """Which of the blueprint's driver steps put the volume on its destination, as Cinder recorded it: "source"
     (step 1 moved it, complete), "target" (step 2 took it over), or None (neither: the host copy's path)."""
@@ -292,47 +312,36 @@ def _moved_by_a_driver(plan: Plan, cinder: CinderApi) -> str | None:
     return None
 
 
-def commit(plan: Plan, cinder: CinderApi, arrays: Arrays, model_update: dict[str, Any] | None = None) -> None:
-    """Check that the target is complete; only then delete the source, and mark ``success``.
+def commit(plan: Plan, cinder: CinderApi) -> None:
+    """Have Cinder finish the migration: it checks the target is complete and only then deletes the source.
 
-    A volume a driver moved is finished through Cinder: for a takeover, the destination's cinder-volume checks
-    its copy is complete and the source's own driver deletes the source (a copy not complete yet: MigrationFailed,
-    the source kept). A host copy's target LUN is checked here and the source LUN deleted on its array.
-    Idempotent: a source already gone and a volume already ``success`` on the destination are what a retry expects.
+    For a takeover, the destination's cinder-volume checks its copy is complete and the source's own driver
+    deletes the source; for a host copy, Cinder's migration completion swaps the volumes (the volume keeps its
+    id; the destination driver sets its own metadata) and deletes the source through its driver; a volume the
+    source driver moved is complete already. Refused (MigrationFailed, the source kept) while the target is not
+    complete. Idempotent: a volume already ``success`` on the destination is what a retry expects.
     """
     volume = cinder.get_volume(plan.volume_id)
     if volume.get("migration_status") == "success" and volume.get("os-vol-host-attr:host") == plan.dest_host:
         log.info("volume %s is already migrated to %s", plan.volume_id, plan.dest_host)
         return
-    by = _moved_by_a_driver(plan, cinder)
-    if by is not None:
-        try:
-            cinder.finish_migration(plan.volume_id, plan.dest_host, None, plan.volume_type_id)
-        except CinderError as exc:
-            if exc.status != 409:
-                raise
-            raise MigrationFailed(f"not committed, the source is kept: {exc}") from None
-        log.info("volume %s migrated to %s by its %s driver", plan.volume_id, plan.dest_host, by)
-        return
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)
-    why = _target_complete(plan, dest)
-    if why:
-        raise MigrationFailed(f"not committed, the source LUN is kept: {why}")
-    if source.name != dest.name:
-        _release_source(source, plan.lun, delete=True)
-        log.info("source LUN %s deleted from %s", plan.lun, source.name)
-    location = (model_update or {}).get("provider_location") or dest.get_lun(plan.lun).get("location")
-    cinder.finish_migration(plan.volume_id, plan.dest_host, location, plan.volume_type_id)
-    log.info("volume %s migrated to %s", plan.volume_id, plan.dest_host)
+    by = _moved_by_a_driver(plan, cinder) or "host copy"
+    try:
+        cinder.finish_migration(plan.volume_id, plan.dest_host, None, plan.volume_type_id)
+    except CinderError as exc:
+        if exc.status != 409:
+            raise
+        raise MigrationFailed(f"not committed, the source is kept: {exc}") from None
+    log.info("volume %s migrated to %s (%s)", plan.volume_id, plan.dest_host, by)
 
 
-def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) -> str:
+def rollback(plan: Plan | None, cinder: CinderApi, reason: str) -> str:
     """Undo a migration that failed before the volume became attachable; returns what was done.
 
-    Nothing is deleted once the volume is attachable (clients may have
-    written to the target only): the run is then resumed, not rolled back.
-    Nothing is touched when ``plan`` is None (validation failed: no lock).
-    The target is only removed while the source LUN is intact.
+    Nothing is deleted once the volume is attachable (clients may have written to the target only) or once a
+    driver moved it: the run is then resumed, not rolled back. Nothing is touched when ``plan`` is None
+    (validation failed: no lock). Otherwise Cinder marks the volume ``error`` with ``reason`` and deletes a host
+    copy's destination volume; the source was never changed.
     """
     if plan is None:
         return "nothing to undo: the volume was never locked"
@@ -349,27 +358,27 @@ def rollback(plan: Plan | None, cinder: CinderApi, arrays: Arrays, reason: str) 
     if by is not None:
         return (f"not rolled back: the {by} driver moved volume {plan.volume_id} to {plan.dest_host}; clear the "
                 "failed task to commit the migration")  # fmt: skip
-    if not _has_array(arrays, plan.source_backend) and not _has_array(arrays, plan.dest_backend):
-        # no step can make anything on an array here, and a driver leaves its source as it was when it fails
-        cinder.fail_migration(plan.volume_id, reason, plan.owner)
-        return "rolled back: migration_status error (neither backend has an array in Airflow: nothing to remove)"
-    source, dest = arrays(plan.source_backend), arrays(plan.dest_backend)  # LookupError: kept locked, says why
-    lun = find_lun(source, plan.lun)
-    if lun is None:
-        raise MigrationFailed(
-            f"rollback refused: the source LUN {plan.lun} is gone from {source.name}; the target on "
-            f"{dest.name} is the only copy and is kept (commit the run instead)"
-        )
-    done = []
-    if source.name == dest.name:
-        if lun.get("pool") != plan.source_pool:
-            source.migrate_volume(plan.volume, Destination(source.name, plan.source_pool))
-            done.append(f"LUN moved back to pool {plan.source_pool}")
-    else:
-        done += _remove_target(plan, source, dest)
+    target = cinder.migration(plan.volume_id).get("copy_target")
     cinder.fail_migration(plan.volume_id, reason, plan.owner)
-    done.append("migration_status error")
+    done = ["migration_status error"]
+    if target:
+        done.append(_fate_of_target(cinder, target))
     return "rolled back: " + ", ".join(done)
+
+
+def _fate_of_target(cinder: CinderApi, target: str) -> str:
+    """What became of a host copy's destination volume after the migration failed (Cinder deletes it unless it
+    was still being created)."""
+    try:
+        status = cinder.get_volume(target)["status"]
+    except CinderError as exc:
+        if exc.status != 404:
+            raise
+        status = "deleted"
+    if status in ("deleted", "deleting"):
+        return f"the host copy's destination volume {target} deleted by Cinder"
+    return (f"the host copy's destination volume {target} is {status}, not deleted: delete it once it settles "
+            "(the audit names it)")  # fmt: skip
 
 
 def abandon(plan: Plan, cinder: CinderApi, reason: str) -> str:
@@ -403,21 +412,6 @@ def abandon(plan: Plan, cinder: CinderApi, reason: str) -> str:
     done = f"copy given up on {plan.dest_backend}, volume back on {plan.source_host}"
     log.warning("migration of volume %s abandoned: %s (%s)", plan.volume_id, done, reason)
     return f"abandoned: {done}"
-
-
-def _remove_target(plan: Plan, source: BackendDriver, dest: BackendDriver) -> list[str]:
-    done = []
-    target = find_lun(dest, plan.lun)
-    if target is not None:
-        if target.get("copy"):  # only an array that takes LUNs over has a copy running
-            dest.abort_migration_target(plan.volume)
-            done.append(f"takeover on {dest.name} aborted")
-        else:
-            dest.unexport_lun(plan.lun)
-            dest.delete_lun(plan.lun)
-            done.append(f"target LUN deleted from {dest.name}")
-    _release_source(source, plan.lun)
-    return done
 
 
 def describe_failure(task_id: str, exc: BaseException) -> str:

@@ -11,12 +11,13 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from include.backends.base import BackendDriver, GiB, MiB
-from include.backends.errors import ArrayUnavailable
+from include.backends.base import GiB
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
+from include.connectors import connection_type
 from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationRefused
-from include.migration.flow import LOCK_STATUSES, Arrays, Plan, find_lun, lun_of
+from include.migration.flow import LOCK_STATUSES, Plan, attach_problems, lun_of
 from include.migration.request import MigrationRequest, parse_request
 from include.migration.steps import Step
 
@@ -53,11 +54,11 @@ def _check_service(cinder: CinderApi, dest_host: str) -> None:
         )
 
 
-def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, arrays: Arrays) -> Plan:
+def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Plan:
     """Check everything a migration needs, then lock the volume for ``owner``.
 
     Raises InvalidParams (bad parameters) or MigrationRefused (the volume,
-    the destination or an array is not fit) with one message that names every
+    the destination pool or this host is not fit) with one message that names every
     problem found, before any change. The same ``owner`` may run it again
     (a retry, a cleared run): while its lock holds, it answers the same plan,
     even once the volume is attachable on the destination.
@@ -73,14 +74,14 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi, array
     if current_host == request.dest_host:
         raise MigrationRefused(f"volume {request.volume_id} is already on {request.dest_host}")
     _check_service(cinder, request.dest_host)
-    pools = cinder.get_pools()
+    pools = {pool["name"]: pool.get("capabilities") or {} for pool in cinder.pool_details()}
     if request.dest_host not in pools:
         raise MigrationRefused(f"destination {request.dest_host} is not a pool Cinder knows ({', '.join(pools)})")
     plan = _plan(request, volume, current_host, owner, cinder)
     resumed = volume.get("migration_status") == "starting"
     if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
         _lock(cinder, request, owner)
-    problems = _array_problems(plan, arrays, resumed=resumed)
+    problems = _pool_problems(plan, pools.get(current_host) or {}, pools[request.dest_host], resumed=resumed)
     if problems:
         raise MigrationRefused(f"volume {plan.volume_id} cannot be migrated to {plan.dest_host}: {'; '.join(problems)}")
     if not resumed:
@@ -114,53 +115,24 @@ def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, o
     )
 
 
-def _array_problems(plan: Plan, arrays: Arrays, *, resumed: bool) -> list[str]:
-    """What the arrays say against the move: reachability, pool, space, the LUNs on both sides.
+def _pool_problems(plan: Plan, source: dict[str, Any], dest: dict[str, Any], *, resumed: bool) -> list[str]:
+    """What the pools' capabilities (as Cinder's scheduler reports them) say against the move.
 
-    Two backends that Airflow has no array for (no Connection: Ceph behind Cinder's RBD driver, any stock
-    driver) are left to the source's driver, which answers step 1 in cinder-volume: nothing is checked here then,
-    except that a forced host copy is refused. With one array and not the other, the move is refused: only the
-    takeover or the host copy could make it, and both read and write through the two arrays (a driver moves
-    within its own storage). An incomplete Connection is refused. ``resumed``: the run holds the lock already,
-    so a LUN of that name on the destination (and the space it takes) is its own work from before.
+    A host copy must be able to open both pools' protocols on this host: checked when the run asks for one
+    (``force_host_copy``, a new type), and when nothing else can move the volume: the pools speak different
+    protocols (no driver moves within one array then) and the destination's driver takes nothing over. Any
+    other run finds out at its host copy, if it comes to one, before anything of the copy is made. A destination
+    pool without the free space the volume needs (thick provisioning) is refused unless the run holds the lock
+    already (``resumed``: the space may be its own work).
     """
-    found: dict[str, BackendDriver] = {}
-    missing = []
-    for role, backend in (("source", plan.source_backend), ("destination", plan.dest_backend)):
-        try:
-            found[role] = arrays(backend)
-        except LookupError as exc:
-            missing.append(str(exc))
-        except ValueError as exc:
-            return [f"{role} backend {backend}: {exc}"]
-    if missing:
-        if len(missing) == 2 and plan.path != Step.HOST_COPY:
-            return []
-        return [f"a takeover or host copy reads and writes through both arrays: {'; '.join(missing)}"]
-    source, dest = found["source"], found["destination"]
     problems = []
-    caps = {}
-    for role, array in (("source", source), ("destination", dest)):
-        try:
-            caps[role] = array.capabilities()
-        except ArrayUnavailable as exc:
-            problems.append(f"{role} {exc}")
-    if problems:
-        return problems
-    pool = caps["destination"].pool(plan.dest_pool)
-    if pool is None:
-        problems.append(f"array {dest.name} has no pool {plan.dest_pool}")
-    if find_lun(source, plan.lun) is None:
-        problems.append(f"array {source.name} has no LUN {plan.lun}")
-    if source.name == dest.name:
-        if plan.path == Step.HOST_COPY.value:
-            problems.append(f"a host copy needs two arrays; {source.name} moves between its pools itself")
-        return problems
-    if resumed:
-        return problems
-    if pool is not None and pool.free_bytes < plan.size:
-        free, need = pool.free_bytes // MiB, plan.size // MiB
-        problems.append(f"pool {plan.dest_pool} of {dest.name} has {free} MiB free, the volume needs {need} MiB")
-    if find_lun(dest, plan.lun) is not None:
-        problems.append(f"array {dest.name} already holds a LUN named {plan.lun}")
+    source_protocol, dest_protocol = (str(c.get("storage_protocol") or "") for c in (source, dest))
+    only_host_copy = connection_type(source_protocol) != connection_type(dest_protocol) and not dest.get(
+        ASYNC_TARGET_CAPABILITY
+    )
+    if plan.path == Step.HOST_COPY or only_host_copy:
+        problems += attach_problems(source_protocol, dest_protocol)
+    free, thin = dest.get("free_capacity_gb"), dest.get("thin_provisioning_support")
+    if not resumed and isinstance(free, (int, float)) and not thin and free * GiB < plan.size:
+        problems.append(f"pool {plan.dest_host} has {free} GiB free, the volume needs {plan.size // GiB} GiB")
     return problems

@@ -131,7 +131,8 @@ class CinderLab(Daemons):
                 f"backend_availability_zone = {backend}",
                 f"rbd_pool = {pool}",
                 f"rbd_ceph_conf = {self.ceph.conf_path}",
-                "rbd_user = admin",  # the cluster has no authentication: any client name; no secret
+                # no rbd_user: the cluster has no authentication, so a host that opens a volume (os-brick's RBD
+                # connector, for the host copy) needs no keyring (with a user it reads /etc/ceph's keyring for it)
             ]
         write_private(self.conf_path, "\n".join(lines) + "\n")
 
