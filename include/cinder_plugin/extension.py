@@ -25,12 +25,17 @@ operator's policy file may override):
   ``migrating_attachable``, ``status`` back to ``available``.
 * ``os-async_migration_finish`` ``{"host"?, "provider_location"?,
   "volume_type_id"?}``: the copy is complete: ``migration_status`` :=
-  ``success`` (host set if the migration was synchronous and it was not set
-  yet; the volume type changed when a host copy was asked for a new one).
+  ``success``. After a takeover, the destination's cinder-volume checks its
+  copy first; after a host copy (``host_copy.py``), Cinder's own
+  ``migrate_volume_completion`` swaps the volumes and deletes the source;
+  after a driver moved the volume synchronously, the host is set. From
+  ``starting`` with none of these done it is refused (409): nothing may mark
+  a migration done that nothing copied.
 * ``os-async_migration_fail`` ``{"reason", "owner"?}``: before the volume was
   attachable only: ``migration_status`` := ``error``, host unchanged,
   ``status`` restored; the reason is kept in the volume's metadata
-  (``async_migration_error``), where ``cinder show`` shows it.
+  (``async_migration_error``), where ``cinder show`` shows it. A host copy's
+  destination volume is deleted.
 * ``os-async_migration_abandon`` ``{"reason", "owner"?, "provider_location"?}``:
   a migration given up while ``migrating_attachable``, before the target
   switched over (the caller has deleted the target; the source has every

@@ -28,6 +28,7 @@ from lab.dags.migration_floor import FLOOR_DAG
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.airflow import CELERY_WORKERS
 from lab.services.airflow_api import AirflowError
+from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import CINDER_HOST
 from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
@@ -43,15 +44,21 @@ def host_of(pool_host):
     return pool_host.split("@")[1].split("#")[0]
 
 
-def seed(lab, array, lun, size=GiB, seed=7):
-    """Random data in every 8th MiB of the LUN (the rest stays holes); returns the model of its content."""
+def seed(lab, array, lun, size=GiB, seed=7, ceph=None):
+    """Random data in every 8th MiB of the LUN (the rest stays holes); returns the model of its content. ``array``
+    may be a Ceph backend (``ceph``: the lab's cluster), whose LUN is an RBD image."""
     rng = random.Random(seed)
     content = bytearray(size)
+    blocks = {off: rng.randbytes(MiB) for off in range(0, size, 8 * MiB)}
+    for off, block in blocks.items():
+        content[off : off + MiB] = block
+    if array in CEPH_POOLS:
+        for off, block in blocks.items():
+            ceph.write_image(CEPH_POOLS[array], lun, block, off)
+        return verify.DataModel(size, bytes(content))
     backend = lab.backend(array)
     handle = verify.connect(backend.export_lun(lun).uri)
-    for off in range(0, size, 8 * MiB):
-        block = rng.randbytes(MiB)
-        content[off : off + MiB] = block
+    for off, block in blocks.items():
         handle.pwrite(block, off)
     handle.flush()
     handle.shutdown()
@@ -59,7 +66,9 @@ def seed(lab, array, lun, size=GiB, seed=7):
     return verify.DataModel(size, bytes(content))
 
 
-def content_on(lab, array, lun, size=GiB):
+def content_on(lab, array, lun, size=GiB, ceph=None):
+    if array in CEPH_POOLS:
+        return ceph.read_image(CEPH_POOLS[array], lun, 0, size)
     backend = lab.backend(array)
     handle = verify.connect(backend.export_lun(lun).uri)
     try:
@@ -107,7 +116,9 @@ def assert_progress_in_cinder(admin, services, vid):
     assert code == 0 and PROGRESS_KEY in out, out
 
 
-def has_lun(lab, array, lun):
+def has_lun(lab, array, lun, ceph=None):
+    if array in CEPH_POOLS:
+        return lun in ceph.images(CEPH_POOLS[array])
     try:
         lab.backend(array).get_lun(lun)
     except NotFound:
@@ -115,16 +126,16 @@ def has_lun(lab, array, lun):
     return True
 
 
-def assert_migrated(lab, admin, services, vid, dest, model, source_array):
+def assert_migrated(lab, admin, services, vid, dest, model, source_array, ceph=None):
     source_lun = f"volume-{vid}"
     lun = lun_of(admin.get_volume(vid))  # after a host copy: the destination volume's LUN (Cinder's name id)
     assert state_of(admin, vid) == ("available", "success", dest)
     code, out = cinder_cli(services, "admin", "show", vid)
     assert code == 0 and dest in out and "success" in out, out
     assert PROGRESS_KEY not in admin.get_volume(vid)["metadata"]  # the migration ended: its progress line too
-    assert model.mismatches(content_on(lab, host_of(dest), lun)) == []
+    assert model.mismatches(content_on(lab, host_of(dest), lun, ceph=ceph)) == []
     if source_array != host_of(dest):  # deleted by its driver (Cinder's completion asks for it without waiting)
-        assert wait_until(lambda: not has_lun(lab, source_array, source_lun), 60, 0.5), source_lun
+        assert wait_until(lambda: not has_lun(lab, source_array, source_lun, ceph), 60, 0.5), source_lun
     else:
         assert lab.backend(source_array).get_lun(lun)["pool"] == dest.split("#")[1]
 
@@ -215,20 +226,22 @@ def test_pool_move_by_the_source_driver(lab, admin, services, api, volume):
             "alpha", f"{CINDER_HOST}@gamma#pool1", {}, True, marks=pytest.mark.on_celery_in_ci
         ),
         ("beta", f"{CINDER_HOST}@alpha#pool2", {"force_host_copy": True}, False),
+        ("gamma", f"{CINDER_HOST}@ceph-hdd#ceph-hdd", {}, True),  # NBD to RBD: neither driver moves it
+        ("ceph-ssd", f"{CINDER_HOST}@alpha#pool1", {}, True),  # RBD to NBD: alpha cannot open an RBD source
     ],
-    ids=["alpha-to-gamma", "forced-beta-to-alpha"],
+    ids=["alpha-to-gamma", "forced-beta-to-alpha", "gamma-to-ceph", "ceph-to-alpha"],
 )
-def test_host_copy(lab, admin, services, api, volume, source, dest, extra, asked_target):
+def test_host_copy(lab, admin, services, api, ceph, volume, source, dest, extra, asked_target):
     vol = volume(source)
     vid, lun = vol["id"], f"volume-{vol['id']}"
-    model = seed(lab, source, lun)
+    model = seed(lab, source, lun, ceph=ceph)
     run_id, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": dest, **extra})
     assert state == "success", states(tis)
     assert states(tis)["host_copy"] == "success"
     assert states(tis)["target_takeover"] == ("success" if asked_target else "skipped")
     assert states(tis)["wait_for_copy"] == "skipped"
     assert "host copy" in logs_of(api, run_id, "host_copy", tis)
-    assert_migrated(lab, admin, services, vid, dest, model, source)
+    assert_migrated(lab, admin, services, vid, dest, model, source, ceph)
 
 
 # ---- refusals ---------------------------------------------------------------------------------------
