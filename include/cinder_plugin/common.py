@@ -60,32 +60,29 @@ ACTIONS = (
     "copy_disconnect",
 )
 # resource -> (policy rule, route)
-READS = {"show": f"/{RESOURCE}/{{volume_id}}", "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}"}
+READS = {"show": f"/{RESOURCE}/{{volume_id}}", "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}",
+         "inventory": f"/{BACKENDS_RESOURCE}/{{host@backend}}/inventory"}  # fmt: skip
+# the backends resource's own action (an audit's repair) -> its route
+BACKEND_ACTIONS = {"release": f"/{BACKENDS_RESOURCE}/{{host@backend}}/action (os-async_migration_release)"}
 
 
 def policy_name(action: str) -> str:
     return f"volume_extension:async_migration:{action}"
 
 
+def _rule(name: str, method: str, path: str) -> oslo_policy.DocumentedRuleDefault:
+    return oslo_policy.DocumentedRuleDefault(
+        name=policy_name(name),
+        check_str=policy_base.RULE_ADMIN_API,
+        description=f"Async volume migration: {name}.",
+        operations=[{"method": method, "path": path}],
+    )
+
+
 RULES = [
-    *(
-        oslo_policy.DocumentedRuleDefault(
-            name=policy_name(action),
-            check_str=policy_base.RULE_ADMIN_API,
-            description=f"Async volume migration: {action}.",
-            operations=[{"method": "POST", "path": f"/volumes/{{volume_id}}/action (os-async_migration_{action})"}],
-        )
-        for action in ACTIONS
-    ),
-    *(
-        oslo_policy.DocumentedRuleDefault(
-            name=policy_name(read),
-            check_str=policy_base.RULE_ADMIN_API,
-            description=f"Async volume migration: {read}.",
-            operations=[{"method": "GET", "path": path}],
-        )
-        for read, path in READS.items()
-    ),
+    *(_rule(action, "POST", f"/volumes/{{volume_id}}/action (os-async_migration_{action})") for action in ACTIONS),
+    *(_rule(read, "GET", path) for read, path in READS.items()),
+    *(_rule(action, "POST", path) for action, path in BACKEND_ACTIONS.items()),
 ]
 
 

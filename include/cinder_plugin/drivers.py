@@ -25,6 +25,7 @@ mirror), with progress, pause, resume, speed, abort and abandon.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from cinder import exception
@@ -35,6 +36,7 @@ from oslo_log import log as logging
 from include.backends.array_api import ArrayApiBackend, PlainArrayBackend, ReferenceArrayBackend
 from include.backends.base import ConnectionInfo, Destination, GiB, MiB, MigrationProgress, Volume
 from include.backends.errors import BackendError, Conflict, NotFound
+from include.backends.inventory import Cleanup, HeldVolume, InventoryDriver
 from include.backends.target_driver import NOT_MOVED, TAKEOVER_INITIATOR, AsyncMigrationTarget, TargetResult
 from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
 
@@ -51,8 +53,8 @@ CONF = cfg.CONF
 CONF.register_opts(lab_array_opts, group=configuration.SHARED_CONF_GROUP)
 
 
-class LabArrayDriver(driver.VolumeDriver):
-    """Common part of the lab drivers: the LUN lifecycle and NBD connections."""
+class LabArrayDriver(driver.VolumeDriver, InventoryDriver):
+    """Common part of the lab drivers: the LUN lifecycle, NBD connections, and the array's LUNs for an audit."""
 
     VERSION = "1.0.0"
     CI_WIKI_NAME = "none"
@@ -165,6 +167,36 @@ class LabArrayDriver(driver.VolumeDriver):
         if connector is not None and len(attachments) > 1:
             return  # another attachment still uses the export
         self._call("unexport the LUN", self._array.unexport_lun, volume.name)
+
+    # ---- what the array holds (InventoryDriver) ------------------------------------------
+    def held_volumes(self) -> list[HeldVolume]:
+        luns = self._call("list the LUNs", self._array.list_luns)
+        return [
+            HeldVolume(lun["name"], int(lun.get("size") or 0), exported=bool(lun.get("exported")),
+                       copying=bool(lun.get("copy")), lent_to=(lun.get("takeover_export") or {}).get("initiator"))
+            for lun in luns
+        ]  # fmt: skip
+
+    def release_held(self, name: str, cleanup: Cleanup) -> str:
+        array = self._array
+        try:
+            if cleanup is Cleanup.ABORT_TAKEOVER:
+                array.abort_migration_target(Volume(name, 0))  # type: ignore[attr-defined]  # reference arrays
+                return f"takeover of {name} aborted on {array.name}: copy stopped, LUN deleted"
+            if cleanup is Cleanup.RELEASE_EXPORT:
+                array.release_takeover(name)
+                return f"takeover export of {name} released on {array.name}"
+            for step in (array.release_takeover, array.unexport_lun):  # an orphan's exports go with it
+                with contextlib.suppress(NotFound):
+                    step(name)
+            array.delete_lun(name)
+            return f"LUN {name} deleted from {array.name}"
+        except NotFound:
+            return f"LUN {name} was gone from {array.name} already"
+        except AttributeError:
+            raise exception.InvalidInput(reason=f"array {array.name} runs no takeovers: nothing to abort") from None
+        except BackendError as exc:
+            raise exception.VolumeBackendAPIException(data=f"{cleanup} of {name}: {exc}") from exc
 
     # ---- stats ----------------------------------------------------------------------
     def _update_volume_stats(self) -> None:

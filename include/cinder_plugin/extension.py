@@ -425,7 +425,9 @@ class Async_migration(extensions.ExtensionDescriptor):
     def get_resources(self) -> list[Any]:
         return [
             extensions.ResourceExtension(RESOURCE, MigrationsController()),
-            extensions.ResourceExtension(BACKENDS_RESOURCE, BackendsController()),
+            extensions.ResourceExtension(
+                BACKENDS_RESOURCE, BackendsController(), member_actions={"inventory": "GET", "action": "POST"}
+            ),  # fmt: skip
         ]
 
     def get_controller_extensions(self) -> list[Any]:

@@ -12,6 +12,9 @@ so a step runs where the backend's driver and its credentials already are:
 
 * ``async_migration_features`` (call): what the backend's driver offers of the
   blueprint (``Features``);
+* ``async_migration_inventory`` and ``async_migration_release_held`` (call):
+  what the backend holds, for an audit, and the repair of a leftover no
+  volume accounts for (``include/backends/inventory.py``);
 * ``async_migration_source_migrate`` (call, waited for 2 s at most): blueprint step 1 on the SOURCE
   backend, the driver's own ``migrate_volume`` (a stock driver's move within
   its array: Cinder's RBD driver moves a volume between pools of one cluster).
@@ -70,8 +73,9 @@ from cinder.volume import manager, volume_utils
 from oslo_db import exception as db_exc
 from oslo_log import log as logging
 
-from include.backends.base import MigrationState
+from include.backends.base import GiB, MigrationState
 from include.backends.features import TARGET_METHODS, features_of
+from include.backends.inventory import Cleanup, HeldVolume, InventoryDriver
 from include.backends.target_driver import AsyncMigrationTarget, TargetResult
 from include.cinder_plugin.names import (
     DEST_KEY,
@@ -87,6 +91,7 @@ from include.cinder_plugin.rpcapi import AsyncMigrationAPI
 
 LOG = logging.getLogger(__name__)
 
+INVENTORY_LIMIT = 100_000  # volumes listed at most for an audit
 RECORD_TRIES, RECORD_PAUSE_S = 20, 3.0  # a step's outcome is recorded through a database outage of up to a minute
 
 
@@ -96,6 +101,30 @@ class AsyncMigrationManager(manager.VolumeManager):
     def async_migration_features(self, context: Any) -> dict[str, Any]:
         """What this backend's driver offers of the blueprint, as ``Features.to_json()``."""
         return features_of(self.driver, backend=self.host).to_json()
+
+    def async_migration_inventory(self, context: Any) -> dict[str, Any]:
+        """What this backend holds, for an audit: ``{"volumes": [HeldVolume JSON], "repairable"}``. A driver that
+        is an ``InventoryDriver`` lists everything and cleans up (``repairable``); any other is listed through its
+        manageable-volumes listing (names and sizes; ``NotImplementedError`` from a driver without one)."""
+        if isinstance(self.driver, InventoryDriver):
+            return {"volumes": [held.to_json() for held in self.driver.held_volumes()], "repairable": True}
+        entries = self.get_manageable_volumes(context, None, INVENTORY_LIMIT, 0, ["reference"], ["asc"])
+        held = []
+        for entry in entries:
+            reference = entry.get("reference") or {}
+            name = reference.get("source-name") or reference.get("source-id")
+            if name:
+                held.append(HeldVolume(str(name), int(entry.get("size") or 0) * GiB).to_json())
+        return {"volumes": held, "repairable": False}
+
+    def async_migration_release_held(self, context: Any, name: str, cleanup: str) -> str:
+        """An audit's repair of a volume no Cinder volume accounts for (``Cleanup``); ``InvalidInput`` when the
+        driver cleans nothing up."""
+        if not isinstance(self.driver, InventoryDriver):
+            raise exception.InvalidInput(reason=f"the driver of {self.host} cleans nothing up: left to an operator")
+        done = self.driver.release_held(name, Cleanup(cleanup))
+        LOG.warning("audit repair on %s: %s", self.host, done)
+        return done
 
     def async_migration_source_migrate(self, context: Any, volume: Any, host: dict[str, Any]) -> None:
         """Blueprint step 1 on this (the SOURCE) backend: ``driver.migrate_volume(context, volume, host)``.

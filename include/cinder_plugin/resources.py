@@ -5,18 +5,32 @@
   for a takeover attachable on its destination ``copy``: the copy's progress (``MigrationProgress``), asked of the
   destination's cinder-volume (``copy`` null and ``copy_error`` when it could not say within 10 s);
 * ``GET /v3/{project_id}/os-async-migration-backends/{host@backend}``: ``{"features": Features}``, asked of
-  that backend's cinder-volume (400 when its service is not enabled and up).
+  that backend's cinder-volume (400 when its service is not enabled and up);
+* ``GET /v3/{project_id}/os-async-migration-backends/{host@backend}/inventory``: ``{"volumes": [HeldVolume],
+  "repairable"}``, what the backend holds as its driver lists it (``include/backends/inventory.py``), for an
+  audit; 400 when the driver cannot list (nor has a manageable-volumes listing);
+* ``POST /v3/{project_id}/os-async-migration-backends/{host@backend}/action``
+  ``{"os-async_migration_release": {"name", "cleanup"}}``: an audit's repair of a leftover no volume accounts
+  for (``Cleanup``: ``abort_takeover``, ``release_export``, ``delete``), done by the backend's driver; 409 when
+  a Cinder volume on that backend names it (for ``release_export``: one that migrates), 400 when the driver
+  cleans nothing up. Answers ``{"done": "..."}``.
 
-Admin-only by default (policy rules ``volume_extension:async_migration:show`` and ``...:features``).
+Admin-only by default (policy rules ``volume_extension:async_migration:show``, ``...:features``,
+``...:inventory``, ``...:release``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import webob
+from cinder import exception, objects
+from cinder.api.openstack import wsgi
 from cinder.volume import volume_utils
 
+from include.backends.inventory import Cleanup
 from include.cinder_plugin.common import (
+    NOT_MIGRATING,
     Controller,
     backend_service,
     migration_view,
@@ -42,3 +56,36 @@ class BackendsController(Controller):
         context.authorize(policy_name("features"))
         backend_service(context, id)
         return {"features": self.rpc.features(context, volume_utils.extract_host(id, "backend"))}
+
+    def inventory(self, req: Any, id: str) -> dict[str, Any]:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("inventory"))
+        backend_service(context, id)
+        try:
+            return self.rpc.inventory(context, volume_utils.extract_host(id, "backend"))
+        except NotImplementedError as exc:  # a driver with no listing at all
+            raise webob.exc.HTTPBadRequest(explanation=f"the driver of {id} lists nothing: {exc}") from None
+
+    @wsgi.action("os-async_migration_release")
+    def _release(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("release"))
+        args = body.get("os-async_migration_release") or {}
+        name, cleanup = args.get("name"), args.get("cleanup")
+        if not isinstance(name, str) or not name or cleanup not in tuple(Cleanup):
+            raise webob.exc.HTTPBadRequest(
+                explanation=f"'name' must name a volume on the backend and 'cleanup' be one of {', '.join(Cleanup)}"
+            )
+        backend = volume_utils.extract_host(backend_service(context, id).host, "backend")
+        named = [v for v in objects.VolumeList.get_all_by_host(context.elevated(), backend) if v.name == name]
+        # never behind a volume's back: a volume's own LUN is never deleted here, and its takeover export is
+        # released only while it does not migrate
+        busy = [v for v in named if cleanup != Cleanup.RELEASE_EXPORT or v.migration_status not in NOT_MIGRATING]
+        if busy:
+            raise webob.exc.HTTPConflict(explanation=f"{name} on {backend} is volume {busy[0].id}'s "
+                                         f"(migration_status {busy[0].migration_status}): not released")  # fmt: skip
+        try:
+            done = self.rpc.release_held(context, backend, name, cleanup)
+        except exception.InvalidInput as exc:
+            raise webob.exc.HTTPBadRequest(explanation=exc.msg) from None
+        return webob.Response(status_int=200, json_body={"done": done})

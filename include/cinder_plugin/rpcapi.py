@@ -18,6 +18,14 @@ class AsyncMigrationAPI(rpcapi.VolumeAPI):
         """What the driver of ``backend`` (``host@backend``) offers (``Features.to_json()``); waits for it."""
         return self._get_cctxt(backend).call(ctxt, "async_migration_features")
 
+    def inventory(self, ctxt: Any, backend: str) -> dict[str, Any]:
+        """What ``backend`` (``host@backend``) holds, as its driver lists it; waits for it."""
+        return self._get_cctxt(backend).call(ctxt, "async_migration_inventory")
+
+    def release_held(self, ctxt: Any, backend: str, name: str, cleanup: str) -> str:
+        """An audit's repair of ``name`` on ``backend``; what was done."""
+        return self._get_cctxt(backend).call(ctxt, "async_migration_release_held", name=name, cleanup=cleanup)
+
     def source_migrate(self, ctxt: Any, volume: Any, dest: dict[str, Any], wait_s: float) -> None:
         """Blueprint step 1 in the volume's own (source) service; ``dest``: ``host``, ``cluster_name``,
         ``capabilities`` of the destination pool. Waits for it to end at most ``wait_s``: after that it goes on
