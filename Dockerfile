@@ -11,7 +11,7 @@
 ARG AIRFLOW_IMAGE_TAG=3.3.2-python3.11
 FROM apache/airflow:${AIRFLOW_IMAGE_TAG}
 
-# libnbd's Python binding (the host copy, include/host_copy.py, and every DAG file through it import `nbd`).
+# libnbd's Python binding (the host copy opens NBD volumes with it: include/block_devices.py).
 # It is not on PyPI (the PyPI package named "nbd" is an unrelated notebook-diff tool: never install it), so it
 # comes from Debian's python3-libnbd. Installing that package with apt would also install Debian's own Python
 # 3.11 interpreter and stdlib, which the official image deliberately keeps out (its Python is built from source

@@ -1,16 +1,18 @@
-"""volume_audit: reconcile Cinder, the storage arrays and the volume_migration runs; repair only when asked.
+"""volume_audit: reconcile Cinder, what its backends hold and the volume_migration runs; repair only when asked.
 
     find -> repair
 
-``find`` reads every array's LUNs, then Cinder's volumes, then the runs that
-hold migration locks, and logs a table of what disagrees, each line with the
+``find`` reads what every backend holds (asked of its own cinder-volume
+through Cinder), then Cinder's volumes, then the runs that hold migration
+locks, and logs a table of what disagrees, each line with the
 action that fixes it (``include/migration/audit.py``): volumes locked for a
 migration with no live run, LUNs that no volume owns, takeovers that no
 volume points to, volumes whose host does not hold their LUN, arrays it
 could not read. ``repair`` changes nothing unless the param ``repair`` is
 true; then it reads again and fixes the cases that are safe (resume the
 run that owns a stuck volume; abort an unowned takeover; release a stale
-takeover export; delete an orphan LUN whose data is nowhere needed). The run
+takeover export; delete an orphan LUN whose data is nowhere needed), each
+by the backend's own driver through Cinder. The run
 ends failed while anything is left for an operator.
 
 Schedule: ``VOLUME_AUDIT_SCHEDULE`` in the environment of the dag-processor
@@ -58,13 +60,13 @@ def volume_audit() -> None:
     @task(task_id=AuditStep.FIND)
     def find(**context: Any) -> list[dict[str, Any]]:
         with rt.run_step(context):
-            return [f.to_json() for f in flow.audit(rt.cinder(), rt.arrays, runs(context))]
+            return [f.to_json() for f in flow.audit(rt.cinder(), runs(context))]
 
     @task(task_id=AuditStep.REPAIR)
     def repair(found: list[dict[str, Any]], **context: Any) -> str:
         findings = [Finding.from_json(f) for f in found]
         with rt.run_step(context):
-            return flow.repair(findings, context["params"]["repair"], rt.cinder(), rt.arrays, runs(context))
+            return flow.repair(findings, context["params"]["repair"], rt.cinder(), runs(context))
 
     repair(find())
 

@@ -411,7 +411,7 @@ class Matrix:
         return any(r["state"] in ("queued", "running") for r in self.api.runs(MIGRATION_DAG, limit=20))
 
     def findings(self) -> list[Any]:
-        return find(read(self.cinder, self.lab.backend, _Runs(self.api)).snapshot)
+        return find(read(self.cinder, _Runs(self.api)).snapshot)
 
 
 class _Runs:

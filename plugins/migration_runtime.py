@@ -4,9 +4,6 @@ Kept apart from ``include/migration/flow.py`` (which knows nothing of
 Airflow) and from the DAG file (which only wires tasks).
 
 * ``cinder()``: the Cinder hook on the Connection ``cinder_default``;
-* ``arrays(backend)``: the array adapter of a Cinder backend, from the
-  Connection ``storage_array_<backend>``; a missing or incomplete Connection
-  is a LookupError/ValueError that says which one to add;
 * ``run_step(context)``: runs a task body; a refusal fails the task at once
   (no retry can fix bad input), and any failure is recorded as the XCom
   ``failure`` so that ``rollback`` can tell Cinder why;
@@ -30,14 +27,13 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowTaskTimeout
+from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
 
-from include.backends.base import BackendDriver, MigrationProgress
+from include.backends.base import MigrationProgress
 from include.migration.cinder_progress import ProgressToCinder
 from include.migration.errors import InconsistenciesLeft, InvalidParams, MigrationRefused
 from include.migration.flow import Plan, describe_failure
 from include.migration.steps import Step, run_owner
-from plugins.hooks.storage_array import StorageArrayHook, conn_id_for
 
 if TYPE_CHECKING:
     from plugins.hooks.cinder import CinderHook
@@ -62,16 +58,6 @@ def cinder() -> CinderHook:
     from plugins.hooks.cinder import CinderHook
 
     return CinderHook(CINDER_CONN_ID, token_cache=token_cache())
-
-
-def arrays(backend: str) -> BackendDriver:
-    """The adapter for a Cinder backend; LookupError names the Connection to add when there is none."""
-    try:
-        return StorageArrayHook.for_backend(backend).adapter
-    except AirflowNotFoundException:
-        raise LookupError(
-            f"no Airflow Connection {conn_id_for(backend)} (type storage_array) says which array serves it"
-        ) from None
 
 
 def owner(context: Any) -> str:

@@ -18,10 +18,7 @@ from typing import Any
 
 DISTRIBUTION = "cinder-async-migration"  # [project].name in pyproject.toml: Airflow requires them equal
 CINDER_CONN_TYPE = "openstack_cinder"
-STORAGE_ARRAY_CONN_TYPE = "storage_array"
 CINDER_HOOK_NAME = "OpenStack Cinder"
-STORAGE_ARRAY_HOOK_NAME = "Storage array (management API)"
-ARRAY_KINDS = ("reference", "plain")
 
 _TEXT = {"type": ["string", "null"]}
 
@@ -54,11 +51,6 @@ CINDER_FIELDS: dict[str, dict[str, Any]] = {
     ),  # fmt: skip
 }
 
-STORAGE_ARRAY_FIELDS: dict[str, dict[str, Any]] = {
-    "kind": _text("Array kind", "which management API the array speaks", enum=list(ARRAY_KINDS)),
-    "array": _text("Array name", "the array's name (empty: the Cinder backend of the connection id)"),
-}
-
 
 def get_provider_info() -> dict[str, Any]:
     """What Airflow's ProvidersManager reads (validated against its provider_info schema)."""
@@ -81,20 +73,6 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "conn-fields": CINDER_FIELDS,
-            },
-            {
-                "connection-type": STORAGE_ARRAY_CONN_TYPE,
-                "hook-class-name": "plugins.hooks.storage_array.StorageArrayHook",
-                "hook-name": STORAGE_ARRAY_HOOK_NAME,
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"host": "Management API URL", "password": "API token"},
-                    "placeholders": {
-                        "host": "http://array.example.com:18101",
-                        "password": "the array's management API token",
-                    },
-                },
-                "conn-fields": STORAGE_ARRAY_FIELDS,
             },
         ],
     }

@@ -20,15 +20,17 @@ operator, the ``Repair`` that ``volume_audit`` applies when asked:
 - a **host without its LUN**: a volume whose host's array does not hold its
   LUN; the finding says where the LUN is. Never repaired: which copy is
   right is an operator's call.
-- **not audited**: an array that did not answer, or a backend that neither
-  an array Connection nor Cinder's manageable-volumes listing could read;
-  nothing on it is judged.
+- **not audited**: a backend whose volume service did not list what it
+  holds (down, or its driver lists nothing); nothing on it is judged.
 
-A backend without an array Connection (Ceph behind Cinder's RBD driver, any
-stock driver) is read through Cinder: its driver's manageable-volumes
-listing names what it holds. Its findings are reported with their action
-but never repaired: the audit changes nothing behind a driver it does not
-drive.
+What each backend holds comes from its own cinder-volume, through Cinder
+(``GET /os-async-migration-backends/{host@backend}/inventory``): a driver
+that is an ``InventoryDriver`` (the lab arrays') lists everything, with the
+takeovers in flight, and cleans up the leftovers the audit repairs; any
+other (Ceph behind Cinder's RBD driver, any stock driver) is listed through
+its manageable-volumes listing, and its findings are reported with their
+action but never repaired: the audit changes nothing behind a driver that
+does not offer it.
 
 Reading LUNs before volumes keeps migrations in flight out of the findings:
 a migration locks its volume before it makes a LUN anywhere, so every LUN
@@ -101,12 +103,12 @@ class Finding:
 
 @dataclass(frozen=True)
 class Snapshot:
-    luns: Mapping[str, list[dict[str, Any]]]  # array name -> its LUNs
-    backends: Mapping[str, str]  # Cinder backend -> the name of the array that serves it (those read)
-    not_audited: Mapping[str, str]  # Cinder backend -> why its array was not read
+    luns: Mapping[str, list[dict[str, Any]]]  # backend -> what it holds (``HeldVolume`` JSON)
+    backends: Mapping[str, str]  # Cinder backend -> the name its volumes are listed under in ``luns`` (those read)
+    not_audited: Mapping[str, str]  # Cinder backend -> why it was not read
     volumes: list[dict[str, Any]]  # Cinder's volumes, as an admin lists them
     runs: Mapping[str, str | None]  # run id of a MIGRATION_DAG run that holds a lock -> its state (None: no such run)
-    listed_by_cinder: frozenset[str] = frozenset()  # arrays read through Cinder's listing: reported, never repaired
+    listed_by_cinder: frozenset[str] = frozenset()  # backends listed by manageable volumes: reported, never repaired
 
 
 def owning_runs(volumes: Iterable[dict[str, Any]]) -> list[str]:
@@ -176,7 +178,8 @@ def find(snapshot: Snapshot) -> list[Finding]:
 def _not_audited(snapshot: Snapshot) -> Iterable[Finding]:
     for backend, why in sorted(snapshot.not_audited.items()):
         yield Finding(Kind.NOT_AUDITED, backend, f"backend {backend} was not audited: {why}",
-                      "make its array answer (or add its Connection), then audit again")  # fmt: skip
+                      "make its volume service answer (its driver lists what the backend holds), then audit "
+                      "again")  # fmt: skip
 
 
 def _stuck(snapshot: Snapshot) -> Iterable[Finding]:
@@ -238,7 +241,7 @@ def _stray_luns(snapshot: Snapshot, places: _Places) -> Iterable[Finding]:
                 safe = places.safe_to_remove(name) and array not in snapshot.listed_by_cinder
                 volume = places.by_lun.get(name)
                 whose = f"volume {volume['id']} is on {_host(volume)}" if volume else "no volume has this LUN"
-                if lun.get("copy"):
+                if lun.get("copying"):
                     yield Finding(Kind.UNOWNED_TAKEOVER, subject,
                                   f"array {array} copies into LUN {name}, which no volume points to ({whose})",
                                   f"abort the takeover on {array} (its copy stops, the LUN is deleted)",
@@ -248,8 +251,8 @@ def _stray_luns(snapshot: Snapshot, places: _Places) -> Iterable[Finding]:
                     yield Finding(Kind.ORPHAN_LUN, subject, f"LUN {name} on {array} belongs to no volume here "
                                   f"({whose}){exported}", f"delete LUN {name} from {array}",
                                   Repair.DELETE_LUN if safe else None, array, name, size)  # fmt: skip
-            elif lun.get("takeover_export") and not _migrating(owner):
-                by = (lun["takeover_export"] or {}).get("initiator")
+            elif lun.get("lent_to") and not _migrating(owner):
+                by = lun["lent_to"]
                 yield Finding(Kind.UNOWNED_TAKEOVER, subject,
                               f"LUN {name} on {array} is exported for a takeover by {by}, but volume {owner['id']} "
                               f"is not migrating", f"release the takeover export of {name} on {array}",

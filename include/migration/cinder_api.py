@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from include.cinder_plugin.names import BACKENDS_RESOURCE, RESOURCE
 from include.migration.errors import CinderError
@@ -133,6 +133,18 @@ class CinderApi(abc.ABC):
         asked of its cinder-volume; 400 when its service is not enabled and up."""
         return self.request("GET", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}")["features"]
 
+    def backend_inventory(self, backend: str) -> dict[str, Any]:
+        """What ``backend`` (``host@backend``) holds, as its own driver lists it: ``volumes`` (``HeldVolume``'s
+        JSON), ``repairable`` (its driver cleans up leftovers: ``release_held``). 400 when its service is not
+        enabled and up or its driver lists nothing."""
+        return self.request("GET", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}/inventory")
+
+    def release_held(self, backend: str, name: str, cleanup: str) -> str:
+        """An audit's repair: ``backend``'s driver does ``cleanup`` (``inventory.Cleanup``) to ``name``, which no
+        volume accounts for (409 when a Cinder volume names it); what was done."""
+        body = {"os-async_migration_release": {"name": name, "cleanup": str(cleanup)}}
+        return self.request("POST", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}/action", body)["done"]
+
     # ---- what the scheduler and the services say --------------------------------------
     def get_pools(self) -> list[str]:
         """Names (host@backend#pool) of the pools the scheduler knows."""
@@ -152,19 +164,6 @@ class CinderApi(abc.ABC):
 
     def list_snapshots(self, page: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:
         return self._all("snapshots", page, max_pages)
-
-    def manageable_volumes(self, host: str, page: int = 1000, max_pages: int = 1000) -> list[dict[str, Any]]:
-        """What the backend ``host`` (``host@backend``) holds, as its own driver lists it: Cinder's manage API
-        (microversion 3.8), which stock drivers implement. Each entry: ``reference`` (``{"source-name": ...}``),
-        ``size`` (GiB), ``cinder_id`` (the volume it is, if any), ``safe_to_manage``, ``reason_not_safe``."""
-        found: list[dict[str, Any]] = []
-        for number in range(max_pages):
-            query = urlencode({"host": host, "limit": page, "offset": number * page})
-            batch = self.request("GET", f"/manageable_volumes/detail?{query}")["manageable-volumes"]
-            found += batch
-            if len(batch) < page:
-                return found
-        raise CinderError(f"more than {page * max_pages} volumes on {host}: listing stopped")
 
     def list_volume_types(self) -> list[dict[str, Any]]:
         """Every volume type with its extra specs (``volume_backend_name`` pins a backend)."""

@@ -5,9 +5,9 @@ database is ``airflow`` on the lab's PostgreSQL. Everything listens on
 127.0.0.1 only (the log servers of the scheduler and the triggerer, which
 would bind every interface, are not started: the api-server reads the task
 logs from ``root/logs`` itself). The DAGs are the project's ``dags/``, with
-the project root on ``PYTHONPATH``. ``up`` writes the Connections the DAGs
-use (``cinder_default`` with the lab's admin, ``storage_array_<array>`` per
-array) through the REST API. ``root/airflow.env`` holds the environment for
+the project root on ``PYTHONPATH``. ``up`` writes the one Connection the DAGs
+use (``cinder_default`` with the lab's admin) through the REST API; Airflow
+holds no array credentials. ``root/airflow.env`` holds the environment for
 the ``airflow`` CLI (``set -a; . root/airflow.env``).
 
 With ``executor="celery"`` (``lab up --executor celery``) the tasks run on
@@ -39,7 +39,6 @@ from lab.lab import Lab
 from lab.procutil import blocked_in_read, cmdline, process_tree, spawn_daemon, tree_rss_kib, wait_ready, write_private
 from lab.services.airflow_api import AirflowApi, AirflowError
 from lab.services.daemon import Daemons, run_cli
-from plugins.provider_info import STORAGE_ARRAY_CONN_TYPE
 
 VENV = PROJECT_ROOT / ".venv"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -342,19 +341,13 @@ class AirflowLab(Daemons):
         wait_ready(parsed, pids={}, timeout=timeout, what="DAGs", log=self.root / "logs", interval=1.0, seen=missing)
 
     def write_connections(self) -> None:
-        """``cinder_default`` (the lab's admin through Keystone) and ``storage_array_<array>`` for each array."""
+        """``cinder_default`` (the lab's admin through Keystone), and nothing else: any array Connection an older
+        lab wrote is deleted (everything reaches the arrays through Cinder)."""
         api = self.api
-        cinder = self.services.cinder_connection("admin")
-        api.set_connection("cinder_default", **cinder)
-        for name in self.lab.names():
-            config = self.lab.config(name)
-            api.set_connection(
-                f"storage_array_{name}",
-                STORAGE_ARRAY_CONN_TYPE,
-                host=config.url,
-                password=config.token,
-                extra={"kind": config.kind, "array": name},
-            )
+        api.set_connection("cinder_default", **self.services.cinder_connection("admin"))
+        for conn_id, conn_type in api.connections().items():
+            if conn_type == "storage_array":
+                api.delete_connection(conn_id)
 
     def down(self) -> dict[str, bool]:
         return {f"airflow {c}": stopped for c, stopped in self.stop_all().items()}

@@ -190,5 +190,10 @@ class AirflowApi:
         if answer and "connection_id" not in answer:  # 409: it exists
             self.request("PATCH", f"/connections/{self._q(conn_id)}", body)
 
+    def connections(self) -> dict[str, str]:
+        """Every Connection's id -> its type."""
+        answer = self.request("GET", "/connections?limit=1000")
+        return {c["connection_id"]: c["conn_type"] for c in answer["connections"]}
+
     def delete_connection(self, conn_id: str) -> None:
         self.request("DELETE", f"/connections/{self._q(conn_id)}", ok=(404,))

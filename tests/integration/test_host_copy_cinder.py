@@ -10,7 +10,6 @@ source as it was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 
@@ -20,10 +19,10 @@ from include.backends.base import GiB, MiB
 from include.migration import flow, validation
 from include.migration.errors import CinderError
 from include.migration.flow import lun_of
-from lab import verify
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS
 from lab.services.cinder import CINDER_HOST
+from tests.integration.test_cinder_volume_steps import lun_digest, write_lun
 
 pytestmark = pytest.mark.integration
 
@@ -33,26 +32,6 @@ SPREAD = tuple(i * 128 * MiB for i in range(8))  # 1 MiB of data at each: sparse
 
 class Interrupted(Exception):
     """Raised by a progress callback to stop a copy midway."""
-
-
-def lun_digest(array, name, size=GiB):
-    handle = verify.connect(array.export_lun(name).uri)
-    try:
-        return hashlib.sha256(verify.read_all(handle, size)).hexdigest()
-    finally:
-        handle.shutdown()
-        array.unexport_lun(name)
-
-
-def write_lun(array, name, offsets):
-    handle = verify.connect(array.export_lun(name).uri)
-    try:
-        for offset in offsets:
-            handle.pwrite(os.urandom(MiB), offset)
-        handle.flush()
-    finally:
-        handle.shutdown()
-        array.unexport_lun(name)
 
 
 def lock(admin, vid, dest, **conf):

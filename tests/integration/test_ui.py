@@ -23,7 +23,7 @@ from include.backends.base import GiB, MigrationState, Volume
 from include.migration.steps import MIGRATION_DAG
 from lab.procutil import wait_until
 from plugins.operator_view import OperatorViewPlugin
-from plugins.provider_info import CINDER_HOOK_NAME, STORAGE_ARRAY_HOOK_NAME, get_provider_info
+from plugins.provider_info import CINDER_HOOK_NAME, get_provider_info
 from tests.integration.test_operator_view import measured_rate, start_copy
 from tests.integration.test_volume_migration import RUN_TIMEOUT, assert_migrated
 
@@ -139,9 +139,7 @@ def test_operator_view_in_the_browser_during_a_throttled_copy(lab, admin, servic
 TYPES = {t["hook-name"]: t for t in get_provider_info()["connection-types"]}
 
 
-@pytest.mark.parametrize(
-    "hook_name", [CINDER_HOOK_NAME, STORAGE_ARRAY_HOOK_NAME], ids=["openstack_cinder", "storage_array"]
-)
+@pytest.mark.parametrize("hook_name", [CINDER_HOOK_NAME], ids=["openstack_cinder"])
 def test_the_connections_form_shows_the_providers_fields(airflow, page, tmp_path, hook_name):
     """Admin -> Connections -> Add: the type's standard fields relabelled with their placeholders, then its extra
     fields (folded at first), as plugins/provider_info.py declares them."""

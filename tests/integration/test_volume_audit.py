@@ -61,8 +61,9 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
     exported, lost = volume("beta"), volume("gamma")
     lab.backend("beta").export_for_takeover(f"volume-{exported['id']}", initiator="alpha")
     lab.backend("gamma").delete_lun(f"volume-{lost['id']}")
-    # Ceph has no array Connection: it is read through Cinder (its RBD driver's manageable-volumes listing); a
-    # volume of its own is no finding, an image of Cinder's name that no volume has is reported, never repaired
+    # Ceph's stock RBD driver is listed through its manageable-volumes listing (the lab arrays' drivers list
+    # everything themselves): a volume of its own is no finding, an image of Cinder's name that no volume has is
+    # reported, never repaired
     volume("ceph-hdd")
     rbd_orphan = f"volume-{uuid.uuid4()}"
     ceph.write_image(CEPH_POOLS["ceph-hdd"], rbd_orphan, b"mine", size=64 * MiB)

@@ -244,6 +244,11 @@ def test_host_copy(lab, admin, services, api, ceph, volume, source, dest, extra,
     assert_migrated(lab, admin, services, vid, dest, model, source, ceph)
 
 
+def test_airflow_holds_cinders_credentials_only(api):
+    """Every backend is reached through Cinder: the lab's Airflow has one Connection, Cinder's."""
+    assert api.connections() == {"cinder_default": "openstack_cinder"}
+
+
 # ---- refusals ---------------------------------------------------------------------------------------
 def test_bad_inputs_fail_clearly_and_change_nothing(lab, admin, api, volume):
     ok, in_use, broken, snapped = volume("gamma"), volume("gamma"), volume("gamma"), volume("gamma")

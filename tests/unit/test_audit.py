@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from include.backends.errors import BackendError
-from include.cinder_plugin.names import LOCK_VIEW_KEY
+from include.backends.inventory import HeldVolume
+from include.cinder_plugin.names import BACKENDS_RESOURCE, LOCK_VIEW_KEY
 from include.migration.audit import Finding, Kind, Repair, Snapshot, find, format_findings, owning_runs
-from include.migration.audit_flow import conclude, read
+from include.migration.audit_flow import conclude, read, repair
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, InconsistenciesLeft
 from include.migration.steps import run_owner
@@ -26,7 +26,7 @@ def volume(vid, host="lab@alpha#pool1", status="available", migration_status=Non
 
 
 def lun(vid, **extra):
-    return {"name": f"volume-{vid}", "pool": "pool1", "size": 1 << 30, "copy": False, "exported": False, **extra}
+    return HeldVolume(f"volume-{vid}", 1 << 30, **extra).to_json()
 
 
 def lock(run_id, source="lab@beta#pool1", dest="lab@alpha#pool1", owner=None):
@@ -39,7 +39,7 @@ def snapshot(luns, volumes, runs=None, not_audited=None):
 
 def test_a_consistent_cloud_gives_nothing():
     migrating = volume(B, "lab@alpha#pool1", "available", "migrating_attachable", lock("r1"))
-    snap = snapshot({"alpha": [lun(A), lun(B, copy=True)], "beta": [lun(B, takeover_export={"initiator": "alpha"})]},
+    snap = snapshot({"alpha": [lun(A), lun(B, copying=True)], "beta": [lun(B, lent_to="alpha")]},
                     [volume(A), migrating], {"r1": "running"})  # fmt: skip
     assert find(snap) == []
     assert "nothing to do" in format_findings([])
@@ -56,7 +56,7 @@ def test_other_luns_than_cinders_are_none_of_its_business():
 )
 def test_a_volume_locked_by_a_run_that_is_over_or_gone_is_stuck_and_resumed(state, words):
     stuck = volume(A, "lab@alpha#pool1", "available", "migrating_attachable", lock("r1"))
-    snap = snapshot({"alpha": [lun(A)], "beta": [lun(A, takeover_export={"initiator": "alpha"})]}, [stuck],
+    snap = snapshot({"alpha": [lun(A)], "beta": [lun(A, lent_to="alpha")]}, [stuck],
                     {"r1": state})  # fmt: skip
     [finding] = find(snap)
     assert (finding.kind, finding.subject, finding.repair, finding.run_id) == (Kind.STUCK_VOLUME, A,
@@ -103,7 +103,7 @@ def test_a_volume_whose_host_lacks_its_lun_is_reported_and_its_only_copy_is_kept
 
 
 def test_unowned_takeovers_are_aborted_and_stale_exports_released():
-    snap = snapshot({"alpha": [lun(GONE, copy=True)], "beta": [lun(A, takeover_export={"initiator": "alpha"})]},
+    snap = snapshot({"alpha": [lun(GONE, copying=True)], "beta": [lun(A, lent_to="alpha")]},
                     [volume(A, "lab@beta#pool1")])  # fmt: skip
     found = {f.subject: f for f in find(snap)}
     assert found[f"alpha/volume-{GONE}"].kind is Kind.UNOWNED_TAKEOVER
@@ -131,23 +131,25 @@ def test_what_is_left_fails_the_audit_with_each_action():
 
 
 class ListingCinder(CinderApi):
-    """Cinder at its request boundary: two volume services, one volume, and what ceph-hdd's driver lists."""
+    """Cinder at its request boundary: three volume services, one volume; what alpha's driver (an inventory
+    driver, repairable) and ceph-hdd's (a manageable-volumes listing) hold; gamma's service is down."""
 
-    def __init__(self, listing_fails=False):
-        self.listing_fails = listing_fails
+    def __init__(self):
         self.asked = []
 
     def request(self, method, path, body=None):
-        self.asked.append(path)
+        self.asked.append((method, path, body))
         if path.startswith("/os-services"):
-            return {"services": [{"host": "lab@alpha"}, {"host": "lab@ceph-hdd"}]}
-        if path.startswith("/manageable_volumes/detail?"):
-            if self.listing_fails:
-                raise CinderError("the driver does not list", 501)
-            return {"manageable-volumes": [
-                {"reference": {"source-name": f"volume-{A}"}, "size": 2, "cinder_id": A, "safe_to_manage": False},
-                {"reference": {"source-name": f"volume-{GONE}"}, "size": 1, "cinder_id": None, "safe_to_manage": True},
-            ]}  # fmt: skip
+            return {"services": [{"host": "lab@alpha"}, {"host": "lab@ceph-hdd"}, {"host": "lab@gamma"}]}
+        if path == f"/{BACKENDS_RESOURCE}/lab%40alpha/inventory":
+            return {"volumes": [HeldVolume(f"volume-{B}", 1 << 30, copying=True).to_json()], "repairable": True}
+        if path == f"/{BACKENDS_RESOURCE}/lab%40ceph-hdd/inventory":
+            held = [HeldVolume(f"volume-{A}", 2 << 30), HeldVolume(f"volume-{GONE}", 1 << 30)]
+            return {"volumes": [h.to_json() for h in held], "repairable": False}
+        if path == f"/{BACKENDS_RESOURCE}/lab%40gamma/inventory":
+            raise CinderError("HTTP 400: no enabled volume service is up for lab@gamma", 400)
+        if path == f"/{BACKENDS_RESOURCE}/lab%40alpha/action":
+            return {"done": f"takeover of {body['os-async_migration_release']['name']} aborted on alpha"}
         if path.startswith("/volumes/detail"):
             return {"volumes": [volume(A, "lab@ceph-hdd#ceph-hdd")]}
         raise AssertionError(path)
@@ -158,32 +160,28 @@ class NoRuns:
         raise AssertionError(run_id)
 
 
-def no_connection_for_ceph(backend):
-    if backend == "ceph-hdd":
-        raise LookupError(
-            "no Airflow Connection storage_array_ceph-hdd (type storage_array) says which array serves it"
-        )
-    raise BackendError(f"array {backend} did not answer")
-
-
-def test_a_backend_without_an_array_connection_is_read_through_cinders_listing_and_never_repaired():
+def test_each_backend_is_read_through_its_cinder_volume_and_only_an_inventory_driver_is_repaired():
     cinder = ListingCinder()
-    snap = read(cinder, no_connection_for_ceph, NoRuns()).snapshot
-    assert "/manageable_volumes/detail?host=lab%40ceph-hdd&limit=1000&offset=0" in cinder.asked
-    assert snap.luns["ceph-hdd"] == [
-        {"name": f"volume-{A}", "size": 2 << 30},
-        {"name": f"volume-{GONE}", "size": 1 << 30},
-    ]
-    assert (snap.backends, snap.listed_by_cinder) == ({"ceph-hdd": "ceph-hdd"}, frozenset({"ceph-hdd"}))
-    assert snap.not_audited == {"alpha": "array alpha did not answer"}
+    snap = read(cinder, NoRuns()).snapshot
+    assert snap.luns["ceph-hdd"] == [HeldVolume(f"volume-{A}", 2 << 30).to_json(),
+                                     HeldVolume(f"volume-{GONE}", 1 << 30).to_json()]  # fmt: skip
+    assert snap.backends == {"alpha": "alpha", "ceph-hdd": "ceph-hdd"}
+    assert snap.listed_by_cinder == frozenset({"ceph-hdd"})
+    assert "no enabled volume service is up for lab@gamma" in snap.not_audited["gamma"]
     found = {f.subject: f for f in find(snap)}
     orphan = found[f"ceph-hdd/volume-{GONE}"]
     assert (orphan.kind, orphan.repair) == (Kind.ORPHAN_LUN, None)  # reported for an operator, never deleted
-    assert set(found) == {"alpha", f"ceph-hdd/volume-{GONE}"}  # volume A is on ceph-hdd, which holds its LUN
+    takeover = found[f"alpha/volume-{B}"]
+    assert (takeover.kind, takeover.repair) == (Kind.UNOWNED_TAKEOVER, Repair.ABORT_TAKEOVER)
+    assert set(found) == {"gamma", f"ceph-hdd/volume-{GONE}", f"alpha/volume-{B}"}  # A's LUN is on its host
 
 
-def test_a_backend_that_neither_a_connection_nor_cinder_can_list_is_not_audited():
-    snap = read(ListingCinder(listing_fails=True), no_connection_for_ceph, NoRuns()).snapshot
-    assert "ceph-hdd" not in snap.luns
-    assert "no Airflow Connection storage_array_ceph-hdd" in snap.not_audited["ceph-hdd"]
-    assert "manageable-volumes listing failed: the driver does not list" in snap.not_audited["ceph-hdd"]
+def test_a_repair_is_the_backends_own_driver_asked_through_cinder():
+    cinder = ListingCinder()
+    findings = find(read(cinder, NoRuns()).snapshot)
+    with pytest.raises(InconsistenciesLeft) as left:
+        repair(findings, True, cinder, NoRuns())
+    release = [a for a in cinder.asked if a[0] == "POST"]
+    asked = {"os-async_migration_release": {"name": f"volume-{B}", "cleanup": "abort_takeover"}}
+    assert release == [("POST", f"/{BACKENDS_RESOURCE}/lab%40alpha/action", asked)]
+    assert "ceph-hdd" in str(left.value) and "gamma" in str(left.value)  # what no driver repairs is left

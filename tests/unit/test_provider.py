@@ -23,16 +23,7 @@ import airflow
 import jsonschema
 import pytest
 
-from plugins.hooks.storage_array import ADAPTERS
-from plugins.provider_info import (
-    ARRAY_KINDS,
-    CINDER_CONN_TYPE,
-    CINDER_FIELDS,
-    DISTRIBUTION,
-    STORAGE_ARRAY_CONN_TYPE,
-    STORAGE_ARRAY_FIELDS,
-    get_provider_info,
-)
+from plugins.provider_info import CINDER_CONN_TYPE, CINDER_FIELDS, DISTRIBUTION, get_provider_info
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,14 +43,14 @@ def test_the_installed_distribution_registers_the_entry_point():
     assert found[0].load() is get_provider_info
 
 
-def test_every_extra_the_hooks_read_is_a_field_of_their_form():
-    read = {
-        path: set(re.findall(r'extra(?:\.get\(|\[)"(\w+)"', (ROOT / "plugins" / "hooks" / path).read_text()))
-        for path in ("cinder.py", "storage_array.py")
-    }
-    assert read["cinder.py"] - {"auth_url"} == set(CINDER_FIELDS)  # auth_url: an old spelling of host
-    assert read["storage_array.py"] == set(STORAGE_ARRAY_FIELDS)
-    assert set(ADAPTERS) == set(ARRAY_KINDS)
+def test_every_extra_the_hook_reads_is_a_field_of_its_form():
+    read = set(re.findall(r'extra(?:\.get\(|\[)"(\w+)"', (ROOT / "plugins" / "hooks" / "cinder.py").read_text()))
+    assert read - {"auth_url"} == set(CINDER_FIELDS)  # auth_url: an old spelling of host
+
+
+def test_the_only_connection_type_is_cinders():
+    """Airflow holds Cinder's credentials only: every backend is reached through Cinder."""
+    assert [c["connection-type"] for c in get_provider_info()["connection-types"]] == [CINDER_CONN_TYPE]
 
 
 FORM = textwrap.dedent(
@@ -103,14 +94,6 @@ def test_the_cinder_connection_form_has_labelled_fields(form):
     assert extra["interface"]["schema"]["enum"] == ["public", "internal", "admin"]
     assert extra["insecure"]["value"] is False
     assert all(f["schema"]["title"] for f in extra.values()), "every field has a label"
-
-
-def test_the_storage_array_connection_form_has_labelled_fields(form):
-    array = form["forms"][STORAGE_ARRAY_CONN_TYPE]
-    std = array["standard_fields"]
-    assert std["host"]["title"] == "Management API URL" and std["password"]["title"] == "API token"
-    assert std["login"]["hidden"]
-    assert array["extra_fields"]["kind"]["schema"]["enum"] == list(ARRAY_KINDS)
 
 
 def test_the_wheel_holds_the_code_and_the_entry_point_not_the_lab(tmp_path):
