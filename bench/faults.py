@@ -41,7 +41,7 @@ from typing import Any
 from bench.attachable import whole_lab
 from bench.measure import log
 from include.migration.steps import AUDIT_DAG
-from lab.cli import cinder_of, services_of
+from lab.cli import ceph_of, cinder_of, services_of
 from lab.faults import COMPONENTS, Matrix, Outcome, Phase, plan_trials
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     started = time.monotonic()
     with whole_lab(args.root, "faults-lab-", "local", (AUDIT_DAG,), args.keep) as (lab, airflow, cinder):
-        matrix = Matrix(lab, services_of(lab), cinder_of(lab), airflow, cinder, log=log)
+        matrix = Matrix(lab, services_of(lab), cinder_of(lab), airflow, cinder, ceph_of(lab), log=log)
         for trial in trials:
             outcomes.append(matrix.run(trial))
             write(args, outcomes, started)

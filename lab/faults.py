@@ -25,7 +25,8 @@ The trial is judged as follows:
 
 Everything is bounded in time: a trial that overruns is reported as such.
 Lab equipment, never shipped: ``bench/faults.py`` is its command, and
-``tests/integration/test_faults.py`` runs one trial per phase.
+``tests/integration/test_faults.py`` runs one trial per phase and one that
+kills a Ceph daemon during a host copy into Ceph.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from lab.lab import Lab
 from lab.procutil import parent_pid, pid_alive, process_tree, wait_until
 from lab.services.airflow import AirflowLab
 from lab.services.airflow_api import AirflowError
+from lab.services.ceph import MGR, MON, OSD, CephLab
+from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import CINDER_HOST, CinderLab
 from lab.services.openstack import Services
 
@@ -71,6 +74,7 @@ class Phase(enum.StrEnum):
     ATTACHABLE_WAIT = "attachable_wait"
     COMMIT = "commit"
     HOST_COPY = "host_copy"
+    HOST_COPY_CEPH = "host_copy_ceph"
     ROLLBACK = "rollback"
 
 
@@ -81,6 +85,11 @@ class PhasePlan:
     dest: str
     conf: dict[str, Any]  # the run's params besides volume_id and dest_host
     window_s: float  # the kill comes at a random time in [0, window_s] after the task is seen running
+    dest_pool: str = "pool1"
+
+    @property
+    def dest_host(self) -> str:
+        return f"{CINDER_HOST}@{self.dest}#{self.dest_pool}"
 
 
 TAKEOVER_CONF = {"speed_mib": 64}  # a stream copy reads the whole 1 GiB: about 16 s
@@ -90,6 +99,8 @@ PHASES: dict[Phase, PhasePlan] = {
     Phase.ATTACHABLE_WAIT: PhasePlan(Step.WAIT_FOR_COPY, "beta", "alpha", TAKEOVER_CONF, 3.0),
     Phase.COMMIT: PhasePlan(Step.COMMIT, "beta", "alpha", TAKEOVER_CONF, 0.8),
     Phase.HOST_COPY: PhasePlan(Step.HOST_COPY, "alpha", "gamma", {"speed_mib": 8}, 3.0),
+    # a lab array's NBD volume into Ceph's RBD through Cinder and os-brick (neither driver moves it)
+    Phase.HOST_COPY_CEPH: PhasePlan(Step.HOST_COPY, "gamma", "ceph-hdd", {"speed_mib": 8}, 3.0, "ceph-hdd"),
     # the operator gives a slow host copy up (marks it failed): rollback runs, and the fault hits it
     Phase.ROLLBACK: PhasePlan(Step.ROLLBACK, "beta", "alpha", {"force_host_copy": True, "speed_mib": 1}, 0.8),
 }
@@ -98,7 +109,8 @@ AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "
 CINDER_COMPONENTS = ("cinder-api", "cinder-scheduler", "cinder-volume")
 SERVICE_COMPONENTS = ("keystone", "rabbitmq", "postgres")
 ARRAY_COMPONENTS = ("source-array", "target-array")
-COMPONENTS = (*AIRFLOW_COMPONENTS, *CINDER_COMPONENTS, *SERVICE_COMPONENTS, *ARRAY_COMPONENTS)
+CEPH_COMPONENTS = {"ceph-mon": MON, "ceph-mgr": MGR, "ceph-osd": OSD}  # -> the daemon's name in CephLab
+COMPONENTS = (*AIRFLOW_COMPONENTS, *CINDER_COMPONENTS, *SERVICE_COMPONENTS, *ARRAY_COMPONENTS, *CEPH_COMPONENTS)
 SIGNALS = ("KILL", "STOP")  # STOP: arrays only, frozen past the array client's timeout
 FREEZE_S = 40.0  # longer than include.backends.array_api.DEFAULT_TIMEOUT (30 s)
 
@@ -117,16 +129,29 @@ class Trial:
         return f"#{self.index} {self.component} {self.signal} in {self.phase}"
 
 
+def faults_of(phase: Phase, components: list[str] | None = None) -> list[tuple[str, str]]:
+    """The (component, signal) faults of a phase: SIGKILL for every component, SIGSTOP for the arrays; Ceph's
+    daemons only where the phase's volume goes to or comes from Ceph."""
+    plan = PHASES[phase]
+    with_ceph = plan.source in CEPH_POOLS or plan.dest in CEPH_POOLS
+    return [(c, s) for c in components or COMPONENTS for s in SIGNALS
+            if (s == "KILL" or c in ARRAY_COMPONENTS) and (with_ceph or c not in CEPH_COMPONENTS)]  # fmt: skip
+
+
 def plan_trials(seed: int, count: int | None = None, phases: list[Phase] | None = None,
                 components: list[str] | None = None) -> list[Trial]:  # fmt: skip
-    """The matrix in rounds: each round gives every phase another fault (a component and a signal), so that any
-    prefix spreads over the phases and the faults alike; after ``len(faults)`` rounds every cell came once.
-    ``count`` (default: every cell once) cycles on. The faults' order and the delays are drawn from ``seed``."""
+    """The matrix in rounds: each round gives every phase another of its faults (a component and a signal), so
+    that any prefix spreads over the phases and the faults alike; once every phase had all its faults, every cell
+    came once. ``count`` (default: every cell once) cycles on. The faults' order and the delays are drawn from
+    ``seed``."""
     rng = random.Random(seed)
     phases = phases or list(Phase)
-    faults = [(c, s) for c in components or COMPONENTS for s in SIGNALS if s == "KILL" or c in ARRAY_COMPONENTS]
-    rng.shuffle(faults)
-    cells = [(faults[(r + j) % len(faults)], phase) for r in range(len(faults)) for j, phase in enumerate(phases)]
+    faults = {phase: faults_of(phase, components) for phase in phases}
+    for phase in phases:
+        rng.shuffle(faults[phase])
+    rounds = max(len(f) for f in faults.values())
+    cells = [(faults[phase][(r + j) % len(faults[phase])], phase) for r in range(rounds)
+             for j, phase in enumerate(phases) if r < len(faults[phase])]  # fmt: skip
     trials = []
     for i in range(count or len(cells)):
         (component, sig), phase = cells[i % len(cells)]
@@ -178,9 +203,10 @@ class Matrix:
     """Runs trials on a lab that is up (arrays, services, Cinder, Airflow on the LocalExecutor)."""
 
     def __init__(self, lab: Lab, services: Services, cinder_lab: CinderLab, airflow: AirflowLab, cinder: Any,
-                 restart: Callable[[], None] | None = None, log: Callable[[str], None] = print) -> None:  # fmt: skip
+                 ceph: CephLab, restart: Callable[[], None] | None = None,
+                 log: Callable[[str], None] = print) -> None:  # fmt: skip
         """``restart``: start what is not running (default: ``lab up`` on ``lab.root``, in a process of its own)."""
-        self.lab, self.services, self.cinder_lab, self.airflow = lab, services, cinder_lab, airflow
+        self.lab, self.services, self.cinder_lab, self.airflow, self.ceph = lab, services, cinder_lab, airflow, ceph
         self.cinder, self.api, self.log = cinder, airflow.api, log
         self.restart = restart or self.lab_up
 
@@ -208,7 +234,7 @@ class Matrix:
         plan = PHASES[trial.phase]
         rng = random.Random(trial.seed)
         volume_id, model = self._volume(plan.source, rng)
-        dest = f"{CINDER_HOST}@{plan.dest}#pool1"
+        dest = plan.dest_host
         client = None if plan.step is Step.ROLLBACK else AttachedClient(self.cinder, volume_id, model, rng, RUN_TIMEOUT)
         run_id = self._call(lambda: self.api.trigger(MIGRATION_DAG, {"volume_id": volume_id, "dest_host": dest,
                                                                       **plan.conf}))  # fmt: skip
@@ -259,21 +285,28 @@ class Matrix:
         if outcome.run.endswith("success") and where != ("available", "success", dest):
             outcome.notes.append(f"run succeeded but the volume is {where}")
             outcome.stuck = True
-        array = self.lab.backend(plan.dest if where[2] == dest else plan.source)
-        lun = lun_of(volume)
-        handle = verify.connect(array.export_lun(lun).uri)
-        try:
-            content = verify.read_all(handle, GiB)
-        finally:
-            handle.shutdown()
-            array.unexport_lun(lun)
-        outcome.lost += len(model.crash_violations(content))
+        outcome.lost += len(model.crash_violations(self._content(plan.dest if where[2] == dest else plan.source,
+                                                                 lun_of(volume))))  # fmt: skip
         source_lun = f"volume-{volume_id}"  # a host copy's volume ends on the destination volume's LUN (name id)
         moved = where[2] == dest and plan.source != plan.dest  # Cinder's completion deletes the source, not waiting
         if moved and not wait_until(lambda: not self._has_lun(plan.source, source_lun), 60, 0.5):
             outcome.notes.append(f"the source LUN {source_lun} is still on {plan.source} (the audit counts it)")
 
+    def _content(self, backend: str, lun: str) -> bytes:
+        """The whole volume ``lun`` as ``backend`` holds it: an RBD image of the lab's Ceph, or a lab array's LUN."""
+        if backend in CEPH_POOLS:
+            return self.ceph.read_image(CEPH_POOLS[backend], lun, 0, GiB)
+        array = self.lab.backend(backend)
+        handle = verify.connect(array.export_lun(lun).uri)
+        try:
+            return verify.read_all(handle, GiB)
+        finally:
+            handle.shutdown()
+            array.unexport_lun(lun)
+
     def _has_lun(self, array: str, lun: str) -> bool:
+        if array in CEPH_POOLS:
+            return lun in self.ceph.images(CEPH_POOLS[array])
         try:
             self.lab.backend(array).get_lun(lun)
         except NotFound:
@@ -377,6 +410,8 @@ class Matrix:
             return self.services.rabbitmq.node_pid()
         if component == "postgres":
             return self.services.postgres.pid()
+        if component in CEPH_COMPONENTS:
+            return self.ceph.pid(CEPH_COMPONENTS[component])
         return self.lab.pid(plan.source if component == "source-array" else plan.dest)
 
     def _ensure_up(self, outcome: Outcome) -> None:

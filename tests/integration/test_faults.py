@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from include.migration.steps import AUDIT_DAG
-from lab.faults import Matrix, Phase, plan_trials
+from lab.faults import CEPH_COMPONENTS, Matrix, Phase, plan_trials
 
 pytestmark = pytest.mark.integration
 
@@ -13,25 +13,29 @@ SEED = 12  # the README's table of the whole matrix uses the same seed
 
 
 def sample() -> list:
-    """The first SIGKILL trial of each phase in the seed's order (the SIGSTOP ones take 40 s more each)."""
+    """The first SIGKILL trial of each phase in the seed's order (the SIGSTOP ones take 40 s more each), and the
+    first one that kills a Ceph daemon during a host copy into Ceph."""
     first = {}
-    for trial in plan_trials(SEED):
+    trials = plan_trials(SEED)
+    for trial in trials:
         if trial.signal == "KILL":
             first.setdefault(trial.phase, trial)
-    return [first[phase] for phase in Phase]
+    ceph = next(t for t in trials if t.phase is Phase.HOST_COPY_CEPH and t.component in CEPH_COMPONENTS)
+    return [first[phase] for phase in Phase] + [ceph]
 
 
 @pytest.fixture(scope="module")
-def matrix(lab, services, cinder, airflow, admin):
+def matrix(lab, services, ceph, cinder, airflow, admin):
     airflow.wait_dags((AUDIT_DAG,), 120)
 
     def restart():  # what lab up does, on the test session's lab
         lab.up()
         services.up()
+        ceph.up()
         cinder.up()
         airflow.up()
 
-    return Matrix(lab, services, cinder, airflow, admin, restart)
+    return Matrix(lab, services, cinder, airflow, admin, ceph, restart)
 
 
 @pytest.mark.executors("local")
