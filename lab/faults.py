@@ -25,8 +25,8 @@ The trial is judged as follows:
 
 Everything is bounded in time: a trial that overruns is reported as such.
 Lab equipment, never shipped: ``bench/faults.py`` is its command, and
-``tests/integration/test_faults.py`` runs one trial per phase and one that
-kills a Ceph daemon during a host copy into Ceph.
+``tests/integration/test_faults.py`` runs one trial per phase (for the host
+copy into Ceph, one that kills a Ceph daemon).
 """
 
 from __future__ import annotations
@@ -296,13 +296,7 @@ class Matrix:
         """The whole volume ``lun`` as ``backend`` holds it: an RBD image of the lab's Ceph, or a lab array's LUN."""
         if backend in CEPH_POOLS:
             return self.ceph.read_image(CEPH_POOLS[backend], lun, 0, GiB)
-        array = self.lab.backend(backend)
-        handle = verify.connect(array.export_lun(lun).uri)
-        try:
-            return verify.read_all(handle, GiB)
-        finally:
-            handle.shutdown()
-            array.unexport_lun(lun)
+        return verify.read_lun(self.lab.backend(backend), lun, GiB)
 
     def _has_lun(self, array: str, lun: str) -> bool:
         if array in CEPH_POOLS:

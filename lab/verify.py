@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import nbd
 
@@ -97,6 +98,16 @@ def connect(uri: str) -> nbd.NBD:
 
 def read_all(handle: nbd.NBD, size: int, chunk: int = 4 * MiB) -> bytes:
     return b"".join(handle.pread(min(chunk, size - off), off) for off in range(0, size, chunk))
+
+
+def read_lun(array: Any, name: str, size: int) -> bytes:
+    """The whole LUN ``name`` of a lab array (its adapter), read through an export made for it and removed after."""
+    handle = connect(array.export_lun(name).uri)
+    try:
+        return read_all(handle, size)
+    finally:
+        handle.shutdown()
+        array.unexport_lun(name)
 
 
 def write_all(handle: nbd.NBD, data: bytes, chunk: int = 4 * MiB) -> None:

@@ -105,12 +105,7 @@ def test_the_lab_arrays_drivers_move_between_pools_or_say_they_cannot(lab, admin
 
 
 def lun_digest(array, name, size=GiB):
-    handle = verify.connect(array.export_lun(name).uri)
-    try:
-        return hashlib.sha256(verify.read_all(handle, size)).hexdigest()
-    finally:
-        handle.shutdown()
-        array.unexport_lun(name)
+    return hashlib.sha256(verify.read_lun(array, name, size)).hexdigest()
 
 
 def write_lun(array, name, chunks):

@@ -1,26 +1,21 @@
-"""The generic host copy through Cinder (``flow.host_copy``), between a lab array and Ceph both ways.
+"""The generic host copy through Cinder (``flow.host_copy``), its faults: an interrupted copy resumes from its
+checkpoint, and a rollback deletes the destination volume and leaves the source as it was.
 
-Cinder makes the destination volume on the destination pool, each volume's own cinder-volume opens a connection
-for this host (NBD for the lab arrays, RBD for Cinder's RBD driver), the copy opens them with libnbd and with
-os-brick's RBD connector (librbd, no kernel module), and Cinder's migration completion swaps the volumes and
-deletes the source through its driver. Data written before is compared byte for byte after; the source is gone.
-An interrupted copy resumes from its checkpoint, and a rollback deletes the destination volume and leaves the
-source as it was.
+(The DAG's host copy between a lab array and Ceph both ways, data byte for byte and the source gone:
+test_volume_migration.py's test_host_copy.)
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
 
-from include.backends.base import GiB, MiB
+from include.backends.base import MiB
 from include.migration import flow, validation
 from include.migration.errors import CinderError
 from include.migration.flow import lun_of
 from lab.procutil import wait_until
-from lab.services.ceph import POOLS
 from lab.services.cinder import CINDER_HOST
 from tests.integration.test_cinder_volume_steps import lun_digest, write_lun
 
@@ -54,41 +49,6 @@ def moved(admin, vid, dest, target):
     assert (vol["status"], vol["migration_status"], vol["os-vol-host-attr:host"]) == ("available", "success", dest)
     assert wait_until(lambda: gone(admin, target), 60, 0.5), f"destination volume {target} still listed"
     return vol
-
-
-def test_a_lab_volume_is_copied_to_ceph_through_an_nbd_and_an_rbd_connection(tmp_path, lab, admin, ceph, volume):
-    gamma = lab.backend("gamma")
-    vid = volume("gamma")["id"]
-    write_lun(gamma, f"volume-{vid}", SPREAD)
-    before = lun_digest(gamma, f"volume-{vid}")
-    dest = f"{CINDER_HOST}@ceph-hdd#ceph-hdd"
-
-    plan = lock(admin, vid, dest)
-    result = flow.host_copy(plan, admin, tmp_path)
-    assert result["bytes_copied"] == len(SPREAD) * MiB  # sparse: only the data was written
-    assert admin.migration(vid)["copied"] is True
-    flow.commit(plan, admin)
-
-    vol = moved(admin, vid, dest, result["copy_target"])
-    assert ceph.image_digest(POOLS["ceph-hdd"], lun_of(vol)) == (GiB, before)
-    assert wait_until(lambda: f"volume-{vid}" not in {lun["name"] for lun in gamma.list_luns()}, 60, 0.5)
-
-
-def test_a_ceph_volume_is_copied_to_a_lab_array_and_the_rbd_image_goes(tmp_path, lab, admin, ceph, volume):
-    vid = volume("ceph-ssd")["id"]
-    pool, image = POOLS["ceph-ssd"], f"volume-{vid}"
-    for offset in SPREAD:
-        ceph.write_image(pool, image, os.urandom(MiB), offset)
-    before = ceph.image_digest(pool, image)[1]
-    dest = f"{CINDER_HOST}@alpha#pool1"
-
-    plan = lock(admin, vid, dest)
-    result = flow.host_copy(plan, admin, tmp_path)
-    flow.commit(plan, admin)
-
-    vol = moved(admin, vid, dest, result["copy_target"])
-    assert lun_digest(lab.backend("alpha"), lun_of(vol)) == before
-    assert wait_until(lambda: image not in ceph.images(pool), 60, 0.5)
 
 
 def interrupted_copy(admin, plan, state_dir: pathlib.Path):
