@@ -15,7 +15,7 @@ import abc
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from include.backends.base import MiB
@@ -35,6 +35,17 @@ class BlockDevice(abc.ABC):
     name: str
     size: int
     read_only: bool = False
+    errors: tuple[type[BaseException], ...] = (OSError,)  # what the device's library raises when it fails
+
+    @contextlib.contextmanager
+    def _doing(self, what: str) -> Iterator[None]:
+        """A failure of the device's library while doing ``what`` becomes a DeviceError naming the device."""
+        try:
+            yield
+        except DeviceError:
+            raise
+        except self.errors as exc:
+            raise _fail(self.name, what, exc) from exc
 
     @abc.abstractmethod
     def read(self, offset: int, length: int) -> bytes: ...
@@ -88,7 +99,7 @@ class NbdDevice(BlockDevice):
     def __init__(self, uri: str, name: str | None = None) -> None:
         import nbd  # Debian's python3-libnbd
 
-        self._nbd = nbd
+        self._nbd, self.errors = nbd, (nbd.Error,)
         self.name = name or uri
         self.handle = nbd.NBD()
         self.handle.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
@@ -98,13 +109,6 @@ class NbdDevice(BlockDevice):
             self.read_only = bool(self.handle.is_read_only())
             self.has_status = self.handle.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
             self.can_zero, self.can_flush = self.handle.can_zero(), self.handle.can_flush()
-
-    @contextlib.contextmanager
-    def _doing(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except self._nbd.Error as exc:
-            raise _fail(self.name, what, exc) from exc
 
     def read(self, offset: int, length: int) -> bytes:
         with self._doing(f"reading at offset {offset}"):
@@ -157,21 +161,13 @@ class RbdDevice(BlockDevice):
     """An RBD image opened through librbd (os-brick's RBD connector without a local attach gives one): its
     allocation comes from ``diff_iterate``, zeroing is ``write_zeroes``."""
 
-    def __init__(self, image: Any, name: str, on_close: Callable[[], None] | None = None) -> None:
+    errors = (Exception,)  # rbd.Error and its kinds (librbd's errno as the class), imported by whoever opened it
+
+    def __init__(self, image: Any, name: str) -> None:
         self.image = image
         self.name = name
-        self._on_close = on_close
         with self._doing("reading the size"):
             self.size = int(image.size())
-
-    @contextlib.contextmanager
-    def _doing(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except DeviceError:
-            raise
-        except Exception as exc:  # rbd.Error and its kinds (librbd's errno as the class)
-            raise _fail(self.name, what, exc) from exc
 
     def read(self, offset: int, length: int) -> bytes:
         with self._doing(f"reading at offset {offset}"):
@@ -219,10 +215,6 @@ class RbdDevice(BlockDevice):
             out.append((pos, stop - pos, True))
         return out
 
-    def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
-
 
 # ---- a file or a block device node (iSCSI, FC, NVMe attached by os-brick) ---------------------------------------
 class FileDevice(BlockDevice):
@@ -231,26 +223,20 @@ class FileDevice(BlockDevice):
     def __init__(self, path: str, name: str | None = None, *, writable: bool = True) -> None:
         self.name = name or path
         self.read_only = not writable
-        try:
+        with self._doing(f"opening {path}"):
             self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
-        except OSError as exc:
-            raise _fail(self.name, f"opening {path}", exc) from exc
 
     def read(self, offset: int, length: int) -> bytes:
-        try:
+        with self._doing(f"reading at offset {offset}"):
             return os.pread(self.fd, length, offset)
-        except OSError as exc:
-            raise _fail(self.name, f"reading at offset {offset}", exc) from exc
 
     def write(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
-        try:
+        with self._doing(f"writing at offset {offset}"):
             while view:
                 n = os.pwrite(self.fd, view, offset)
                 view, offset = view[n:], offset + n
-        except OSError as exc:
-            raise _fail(self.name, f"writing at offset {offset}", exc) from exc
 
     def zero(self, offset: int, length: int) -> None:
         end = offset + length
@@ -260,10 +246,8 @@ class FileDevice(BlockDevice):
             offset += n
 
     def flush(self) -> None:
-        try:
+        with self._doing("flushing"):
             os.fsync(self.fd)
-        except OSError as exc:
-            raise _fail(self.name, "flushing", exc) from exc
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -160,6 +160,21 @@ def volume_or_404(context: Any, volume_id: str) -> Any:
         raise webob.exc.HTTPNotFound(explanation=exc.msg) from exc
 
 
+def volume_type_or_400(context: Any, type_id: Any) -> Any:
+    """The volume type named or identified by ``type_id``; 400 when there is none."""
+    try:
+        return objects.VolumeType.get_by_name_or_id(context, str(type_id))
+    except exception.VolumeTypeNotFound as exc:
+        raise webob.exc.HTTPBadRequest(explanation=exc.msg) from exc
+
+
+def check_dest(volume: Any, host: str) -> None:
+    """400 when the volume's lock is for another destination than ``host``."""
+    dest = (volume.admin_metadata or {}).get(DEST_KEY)
+    if dest and dest != host:
+        raise webob.exc.HTTPBadRequest(explanation=f"volume {volume.id} is migrating to {dest}, not {host}")
+
+
 def backend_service(context: Any, host: str) -> Any:
     """The enabled, up volume service of ``host``'s backend (``host@backend``, a pool may follow); 400 if none."""
     backend = volume_utils.extract_host(host, "backend")

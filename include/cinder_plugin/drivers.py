@@ -179,9 +179,11 @@ class LabArrayDriver(driver.VolumeDriver, InventoryDriver):
 
     def release_held(self, name: str, cleanup: Cleanup) -> str:
         array = self._array
+        if cleanup is Cleanup.ABORT_TAKEOVER and not isinstance(array, ReferenceArrayBackend):
+            raise exception.InvalidInput(reason=f"array {array.name} runs no takeovers: nothing to abort")
         try:
             if cleanup is Cleanup.ABORT_TAKEOVER:
-                array.abort_migration_target(Volume(name, 0))  # type: ignore[attr-defined]  # reference arrays
+                array.abort_migration_target(Volume(name, 0))  # type: ignore[attr-defined]  # checked above
                 return f"takeover of {name} aborted on {array.name}: copy stopped, LUN deleted"
             if cleanup is Cleanup.RELEASE_EXPORT:
                 array.release_takeover(name)
@@ -193,8 +195,6 @@ class LabArrayDriver(driver.VolumeDriver, InventoryDriver):
             return f"LUN {name} deleted from {array.name}"
         except NotFound:
             return f"LUN {name} was gone from {array.name} already"
-        except AttributeError:
-            raise exception.InvalidInput(reason=f"array {array.name} runs no takeovers: nothing to abort") from None
         except BackendError as exc:
             raise exception.VolumeBackendAPIException(data=f"{cleanup} of {name}: {exc}") from exc
 

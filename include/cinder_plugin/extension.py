@@ -93,6 +93,7 @@ from include.cinder_plugin.common import (
     Controller,
     action_args,
     backend_service,
+    check_dest,
     check_holder,
     dest_pool,
     migration_view,
@@ -100,6 +101,7 @@ from include.cinder_plugin.common import (
     policy_name,
     refusal,
     volume_or_404,
+    volume_type_or_400,
 )
 from include.cinder_plugin.host_copy import HostCopyController, copy_target, drop_host_copy, finish_host_copy
 from include.cinder_plugin.names import (
@@ -169,13 +171,6 @@ class AsyncMigrationController(Controller):
         except exception.VolumeMetadataNotFound:
             pass
 
-    @staticmethod
-    def _volume_type(context: Any, type_id: Any) -> Any:
-        try:
-            return objects.VolumeType.get_by_name_or_id(context, str(type_id))
-        except exception.VolumeTypeNotFound as exc:
-            raise webob.exc.HTTPBadRequest(explanation=exc.msg) from exc
-
     # ---- views ---------------------------------------------------------------------
     @staticmethod
     def _add_lock(req: Any, view: dict[str, Any]) -> None:
@@ -240,9 +235,7 @@ class AsyncMigrationController(Controller):
 
     def _arrival(self, context: Any, volume: Any, host: str, args: dict[str, Any], status: str) -> dict[str, Any]:
         """The updates that put a locked volume on ``host`` (its service and zone) with ``migration_status``."""
-        dest = volume.admin_metadata.get(DEST_KEY)
-        if dest and dest != host:
-            raise webob.exc.HTTPBadRequest(explanation=f"volume {volume.id} is migrating to {dest}, not {host}")
+        check_dest(volume, host)
         return self._on_host(context, host, args, status)
 
     def _on_host(self, context: Any, host: str, args: dict[str, Any], status: str) -> dict[str, Any]:
@@ -274,9 +267,9 @@ class AsyncMigrationController(Controller):
     def _finish(self, req: Any, id: str, body: dict[str, Any]) -> Any:
         context, args, volume = action_args(req, id, body, "finish")
         if volume.migration_status == LOCKED["migration_status"] and copy_target(context, volume) is not None:
-            dest = (volume.admin_metadata or {}).get(DEST_KEY)
-            if args.get("host") is not None and _host(args) != dest:
-                raise webob.exc.HTTPBadRequest(explanation=f"volume {id} is migrating to {dest}, not {args['host']}")
+            if args.get("host") is not None:
+                check_dest(volume, _host(args))
+            dest = volume.admin_metadata.get(DEST_KEY)
             finish_host_copy(self.rpc, context, volume)  # Cinder's completion: swapped, the source deleted
             self._release(context, volume)
             LOG.info("async migration of volume %s finished on %s by a host copy", volume.id, dest)
@@ -296,7 +289,7 @@ class AsyncMigrationController(Controller):
             updates = self._arrival(context, volume, _host(args), args, "success")
             expected = LOCKED
         if args.get("volume_type_id") is not None:
-            updates["volume_type_id"] = self._volume_type(context, args["volume_type_id"]).id
+            updates["volume_type_id"] = volume_type_or_400(context, args["volume_type_id"]).id
         finish_takeover(self.rpc, context, volume)  # a takeover: complete on the target, its source deleted
         if not volume.conditional_update(updates, expected):
             raise webob.exc.HTTPConflict(explanation=refusal(volume, "success"))

@@ -54,6 +54,7 @@ from include.cinder_plugin.common import (
     backend_service,
     check_holder,
     refusal,
+    volume_type_or_400,
 )
 from include.cinder_plugin.names import (
     COPIED_KEY,
@@ -131,14 +132,15 @@ def _disconnect(rpc: Any, context: Any, volume: Any, connector: dict[str, Any]) 
     rpc.remove_export(context, volume, sync=True)
 
 
-def _disconnect_all(rpc: Any, context: Any, volume: Any, *, strict: bool) -> list[str]:
-    """Close what the recorded connector has open on the source and the destination volume; returns what could
-    not be closed (``strict``: raises it as a 409 instead)."""
+def _disconnect_all(rpc: Any, context: Any, volume: Any, target: Any, *, strict: bool) -> list[str]:
+    """Close what the recorded connector has open on the source ``volume`` and its destination volume ``target``
+    (``copy_target``'s, None when there is none); returns what could not be closed (``strict``: raises it as a 409
+    instead)."""
     raw = (volume.admin_metadata or {}).get(COPY_CONNECTOR_KEY)
     if not raw:
         return []
     connector, failed = json.loads(raw), []
-    for vol in (volume, copy_target(context, volume)):
+    for vol in (volume, target):
         if vol is None:
             continue
         try:
@@ -163,7 +165,7 @@ def finish_host_copy(rpc: Any, context: Any, volume: Any) -> None:
             explanation=f"volume {volume.id}: the host copy into {getattr(target, 'id', 'no destination volume')} "
             "is not recorded complete; the source is kept"
         )
-    _disconnect_all(rpc, context, volume, strict=False)
+    _disconnect_all(rpc, context, volume, target, strict=False)
     rpc.migrate_volume_completion(context, volume, target, False)
     LOG.info("host copy of volume %s completed through volume %s on %s", volume.id, target.id, target.host)
 
@@ -173,7 +175,7 @@ def drop_host_copy(rpc: Any, context: Any, volume: Any) -> None:
     the destination's driver. The source is untouched. A destination volume still being created is left (the
     audit names it) rather than deleted under its own creation."""
     target = copy_target(context, volume)
-    _disconnect_all(rpc, context, volume, strict=False)
+    _disconnect_all(rpc, context, volume, target, strict=False)
     if target is None:
         return
     if target.conditional_update({"status": "deleting"}, {"status": ("available", "error", "error_deleting")}):
@@ -203,13 +205,7 @@ class HostCopyController(Controller):
         dest = volume.admin_metadata[DEST_KEY]
         service = backend_service(context, dest)
         values = {k: volume[k] for k in set(volume.keys()) - NOT_COPIED}
-        if type_id is not None:
-            try:
-                values["volume_type_id"] = objects.VolumeType.get_by_name_or_id(context, str(type_id)).id
-            except exception.VolumeTypeNotFound as exc:
-                raise webob.exc.HTTPBadRequest(explanation=exc.msg) from exc
-        else:
-            values["volume_type_id"] = volume.volume_type_id
+        values["volume_type_id"] = volume.volume_type_id if type_id is None else volume_type_or_400(context, type_id).id
         target = objects.Volume(
             context=context.elevated(),
             host=dest,
@@ -251,7 +247,7 @@ class HostCopyController(Controller):
         recorded = (volume.admin_metadata or {}).get(COPY_CONNECTOR_KEY)
         wanted = json.dumps(connector, sort_keys=True)
         if recorded and recorded != wanted:  # another host copies now (a retry elsewhere): close what it opened
-            _disconnect_all(self.rpc, context, volume, strict=False)
+            _disconnect_all(self.rpc, context, volume, target, strict=False)
         if recorded != wanted:
             db.volume_admin_metadata_update(context.elevated(), volume.id, {COPY_CONNECTOR_KEY: wanted}, False)
         vol = volume if which == "source" else target
@@ -278,6 +274,6 @@ class HostCopyController(Controller):
                 raise webob.exc.HTTPConflict(explanation=f"volume {id}: no destination volume to record copied")
             db.volume_admin_metadata_update(context.elevated(), volume.id, {COPIED_KEY: target.id}, False)
             LOG.info("host copy of volume %s: destination volume %s holds the whole copy", id, target.id)
-        _disconnect_all(self.rpc, context, volume, strict=True)
+        _disconnect_all(self.rpc, context, volume, target, strict=True)
         volume.refresh()
         return webob.Response(status_int=202, json_body=_target_view(target) if target else {"copy_target": None})

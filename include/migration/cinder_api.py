@@ -146,10 +146,6 @@ class CinderApi(abc.ABC):
         return self.request("POST", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}/action", body)["done"]
 
     # ---- what the scheduler and the services say --------------------------------------
-    def get_pools(self) -> list[str]:
-        """Names (host@backend#pool) of the pools the scheduler knows."""
-        return [pool["name"] for pool in self.request("GET", "/scheduler-stats/get_pools")["pools"]]
-
     def volume_services(self) -> list[dict[str, Any]]:
         """The cinder-volume services: host (host@backend), status (enabled/disabled), state (up/down)."""
         return self.request("GET", "/os-services?binary=cinder-volume")["services"]

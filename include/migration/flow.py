@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from include.backends.base import MiB, MigrationProgress, Volume
+from include.backends.base import MiB, MigrationProgress
 from include.backends.errors import BackendError
 from include.cinder_plugin.names import MIGRATING_ATTACHABLE, SourceStep, TargetStep
 from include.connectors import connection_type, open_volume, unattachable, worker_connector
@@ -102,20 +102,8 @@ class Plan:
         return backend_of(self.dest_host)
 
     @property
-    def source_pool(self) -> str:
-        return pool_of(self.source_host)
-
-    @property
-    def dest_pool(self) -> str:
-        return pool_of(self.dest_host)
-
-    @property
     def speed_bps(self) -> int | None:
         return None if self.speed_mib is None else self.speed_mib * MiB
-
-    @property
-    def volume(self) -> Volume:
-        return Volume(self.lun, self.size, self.source_pool)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "dest_backend": self.dest_backend}  # dest_backend: for wait_for_copy's template
@@ -301,10 +289,10 @@ def _copy_target(plan: Plan, cinder: CinderApi, poll_s: float, clock: Callable[[
 
 
 # ---- the end: commit or roll back -------------------------------------------------------------
-def _moved_by_a_driver(plan: Plan, cinder: CinderApi) -> str | None:
-    """Which of the blueprint's driver steps put the volume on its destination, as Cinder recorded it: "source"
-    (step 1 moved it, complete), "target" (step 2 took it over), or None (neither: the host copy's path)."""
-    view = cinder.migration(plan.volume_id)
+def _moved_by_a_driver(view: dict[str, Any]) -> str | None:
+    """Which of the blueprint's driver steps put the volume on its destination, as Cinder recorded it in the
+    migration's ``view``: "source" (step 1 moved it, complete), "target" (step 2 took it over), or None (neither:
+    the host copy's path)."""
     if view.get("source_step") == SourceStep.MOVED:
         return "source"
     if view.get("target_step") in (TargetStep.ATTACHABLE, TargetStep.MOVED):
@@ -325,7 +313,7 @@ def commit(plan: Plan, cinder: CinderApi) -> None:
     if volume.get("migration_status") == "success" and volume.get("os-vol-host-attr:host") == plan.dest_host:
         log.info("volume %s is already migrated to %s", plan.volume_id, plan.dest_host)
         return
-    by = _moved_by_a_driver(plan, cinder) or "host copy"
+    by = _moved_by_a_driver(cinder.migration(plan.volume_id)) or "host copy"
     try:
         cinder.finish_migration(plan.volume_id, plan.dest_host, None, plan.volume_type_id)
     except CinderError as exc:
@@ -354,11 +342,12 @@ def rollback(plan: Plan | None, cinder: CinderApi, reason: str) -> str:
         )
     if status != "starting":
         return f"nothing to undo: volume {plan.volume_id} has migration_status {status}"
-    by = _moved_by_a_driver(plan, cinder)
+    view = cinder.migration(plan.volume_id)
+    by = _moved_by_a_driver(view)
     if by is not None:
         return (f"not rolled back: the {by} driver moved volume {plan.volume_id} to {plan.dest_host}; clear the "
                 "failed task to commit the migration")  # fmt: skip
-    target = cinder.migration(plan.volume_id).get("copy_target")
+    target = view.get("copy_target")
     cinder.fail_migration(plan.volume_id, reason, plan.owner)
     done = ["migration_status error"]
     if target:
