@@ -1,7 +1,8 @@
 """The volume_rebalance DAG end to end, on the real lab.
 
 Volumes are created in beta through Cinder and the rebalance drains beta's
-pools onto alpha's, one ``volume_migration`` run per move. Cinder and the
+pools onto alpha's, or onto a Ceph pool (a host copy through Cinder, NBD to
+RBD), one ``volume_migration`` run per move. Cinder and the
 arrays are sampled every second from outside (``lab.concurrency``): the
 limits must hold, a migration started by hand included. Data written before
 the run is read back after it.
@@ -29,6 +30,7 @@ REBALANCE = "volume_rebalance"
 MIGRATION = "volume_migration"
 ALPHA = [f"{CINDER_HOST}@alpha#pool1", f"{CINDER_HOST}@alpha#pool2"]
 BETA = [f"{CINDER_HOST}@beta#pool1", f"{CINDER_HOST}@beta#pool2"]
+CEPH_SSD = f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
 THRESHOLD = 10  # percent: beta's 40 GiB pools hold 6 of the 12 volumes each (15%) and must drop to 4 GiB
 RUN_TIMEOUT = 600
 
@@ -202,3 +204,24 @@ def test_rebalance_holds_the_limits_counts_a_manual_run_and_survives_a_clear(lab
     for vid, model in [*seeded.items(), (manual["id"], manual_model)]:
         array = states[vid][2].split("@")[1].split("#")[0]
         assert model.mismatches(content_on(lab, array, f"volume-{vid}", GiB)) == [], vid
+
+
+def test_rebalance_moves_volumes_from_a_lab_array_into_a_ceph_pool(lab, ceph, admin, api, beta_full):
+    """beta's pools over the threshold, ceph-ssd nearly empty: two moves beta -> ceph-ssd (the host copy through
+    Cinder), data read back from the RBD images, the sources gone from beta."""
+    made, _ = beta_full
+    models = {v["id"]: seed(lab, "beta", f"volume-{v['id']}", seed=i) for i, v in enumerate(made)}
+    conf = {"threshold": THRESHOLD, "include_pools": [*BETA, CEPH_SSD], "max_moves": 2, "speed_mib": 0}
+    run_id = api.trigger(REBALANCE, conf)
+    run = api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)
+    assert run["state"] == "success", api.task_instances(REBALANCE, run_id)
+    summary = api.xcom(REBALANCE, run_id, "summarize")
+    moves = [m for m in summary["moves"] if m["outcome"] == "moved"]
+    assert len(moves) == 2 and summary["counts"].get("moved") == 2, summary
+    assert {m["source"] for m in moves} <= set(BETA) and {m["destination"] for m in moves} == {CEPH_SSD}, moves
+    on_beta = {lun["name"] for lun in lab.backend("beta").list_luns()}
+    for move in moves:
+        vid, image = move["volume_id"], f"volume-{move['volume_id']}"
+        assert volume_states(admin, [vid])[vid] == ("available", "success", CEPH_SSD)
+        assert models[vid].mismatches(content_on(lab, "ceph-ssd", image, GiB, ceph)) == [], vid
+        assert image not in on_beta, "the source LUN is deleted once the copy is complete"
