@@ -39,7 +39,7 @@ class MigrationSampler:
         self._thread = threading.Thread(target=self._run, name="migration-sampler", daemon=True)
 
     def sample(self) -> Counter[str]:
-        flights = in_flight_from(self.cinder.list_volumes())
+        flights = in_flight_from(self.cinder.list_volumes(), self.cinder.migration_locks())
         now = load((f.source, f.destination) for f in flights)
         self.volume_ids |= {f.volume_id for f in flights}
         if self.lab is not None:

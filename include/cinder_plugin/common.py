@@ -60,7 +60,8 @@ ACTIONS = (
     "copy_disconnect",
 )
 # resource -> (policy rule, route)
-READS = {"show": f"/{RESOURCE}/{{volume_id}}", "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}",
+READS = {"index": f"/{RESOURCE}", "show": f"/{RESOURCE}/{{volume_id}}",
+         "features": f"/{BACKENDS_RESOURCE}/{{host@backend}}",
          "inventory": f"/{BACKENDS_RESOURCE}/{{host@backend}}/inventory"}  # fmt: skip
 # the backends resource's own action (an audit's repair) -> its route
 BACKEND_ACTIONS = {"release": f"/{BACKENDS_RESOURCE}/{{host@backend}}/action (os-async_migration_release)"}

@@ -57,10 +57,11 @@ operator's policy file may override):
   ``resources.py``). Asked again while ``running`` or after ``moved``, it
   changes nothing.
 
-Volume views (``GET /volumes/{id}``, ``GET /volumes/detail``) gain, for those
-the ``begin`` rule allows, ``os-async-migration:lock``: ``{"source_host",
-"host", "owner"}`` of a migration in flight, else ``null`` (so a scheduler of
-many migrations counts them by pool, whoever started them).
+Cinder's own views stay as Cinder defines them: a migration's lock and steps are
+read from the extension's resource (``GET /v3/{project_id}/os-async-migration``
+for every migration in flight, ``.../os-async-migration/{volume_id}`` for one:
+``resources.py``), so that a scheduler of many migrations counts them by pool,
+whoever started them.
 
 Each transition is one compare-and-swap (``conditional_update``): an invalid
 one changes nothing and answers 400/409 with the reason. While a volume is
@@ -98,7 +99,6 @@ from include.cinder_plugin.common import (
     dest_pool,
     migration_view,
     owner_of,
-    policy_name,
     refusal,
     volume_or_404,
     volume_type_or_400,
@@ -108,7 +108,6 @@ from include.cinder_plugin.names import (
     ALIAS,
     BACKENDS_RESOURCE,
     ERROR_KEY,
-    LOCK_VIEW_KEY,
     MIGRATING_ATTACHABLE,
     PROGRESS_KEY,
     RESOURCE,
@@ -170,25 +169,6 @@ class AsyncMigrationController(Controller):
             db.volume_metadata_delete(context, volume.id, PROGRESS_KEY)
         except exception.VolumeMetadataNotFound:
             pass
-
-    # ---- views ---------------------------------------------------------------------
-    @staticmethod
-    def _add_lock(req: Any, view: dict[str, Any]) -> None:
-        volume = req.get_db_volume(view["id"])
-        meta = (volume.admin_metadata or {}) if volume.migration_status not in NOT_MIGRATING else {}
-        lock = {"source_host": meta.get(SOURCE_KEY), "host": meta.get(DEST_KEY), "owner": meta.get(OWNER_KEY)}
-        view[LOCK_VIEW_KEY] = lock if meta.get(DEST_KEY) else None
-
-    @wsgi.extends
-    def show(self, req: Any, resp_obj: Any, id: str) -> None:
-        if req.environ["cinder.context"].authorize(policy_name("begin"), fatal=False):
-            self._add_lock(req, resp_obj.obj["volume"])
-
-    @wsgi.extends
-    def detail(self, req: Any, resp_obj: Any) -> None:
-        if req.environ["cinder.context"].authorize(policy_name("begin"), fatal=False):
-            for view in resp_obj.obj["volumes"]:
-                self._add_lock(req, view)
 
     # ---- actions -----------------------------------------------------------------
     @wsgi.action("os-async_migration_begin")

@@ -9,7 +9,6 @@ import enum
 ALIAS = "os-async-migration"  # the extension's alias in GET /extensions
 ERROR_KEY = "async_migration_error"  # volume metadata: why the last migration failed
 PROGRESS_KEY = "async_migration_progress"  # volume metadata: the copy's progress while a migration is in flight
-LOCK_VIEW_KEY = "os-async-migration:lock"  # volume views: {source_host, host, owner} of a migration in flight
 # migration_status of a volume that no migration holds (Cinder's AVAILABLE_MIGRATION_STATUS)
 SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")
 # migration_status of a volume served by its destination while its data is copied (the blueprint's)
@@ -32,7 +31,7 @@ SOURCE_LOCATION_KEY = "async_migration_source_location"
 COPY_TARGET_KEY = "async_migration_copy_target"
 COPY_CONNECTOR_KEY = "async_migration_copy_connector"
 COPIED_KEY = "async_migration_copied"
-RESOURCE = "os-async-migration"  # GET /v3/{project_id}/os-async-migration/{volume_id}: a migration's state
+RESOURCE = "os-async-migration"  # GET /v3/{project_id}/os-async-migration[/{volume_id}]: the migrations' state
 BACKENDS_RESOURCE = "os-async-migration-backends"  # GET .../os-async-migration-backends/{host@backend}: Features
 
 

@@ -1,5 +1,9 @@
 """The extension's own resources (read-only): a migration's state, and what a backend's driver offers.
 
+* ``GET /v3/{project_id}/os-async-migration``: ``{"async_migrations": [...]}``, the view of every volume of every
+  project that a migration of this extension holds (its lock: ``dest_host`` set, ``migration_status`` one of
+  ``LOCK_HELD``), without ``copy``; what a scheduler of many migrations counts by pool, whoever started them
+  (Cinder's own volume views carry nothing of the extension's);
 * ``GET /v3/{project_id}/os-async-migration/{volume_id}``: ``{"async_migration": {volume_id, status,
   migration_status, host, source_host, dest_host, owner, source_step, target_step}}`` (``common.migration_view``), and
   for a takeover attachable on its destination ``copy``: the copy's progress (``MigrationProgress``), asked of the
@@ -15,7 +19,7 @@
   a Cinder volume on that backend names it (for ``release_export``: one that migrates), 400 when the driver
   cleans nothing up. Answers ``{"done": "..."}``.
 
-Admin-only by default (policy rules ``volume_extension:async_migration:show``, ``...:features``,
+Admin-only by default (policy rules ``volume_extension:async_migration:show``, ``...:index``, ``...:features``,
 ``...:inventory``, ``...:release``).
 """
 
@@ -30,6 +34,7 @@ from cinder.volume import volume_utils
 
 from include.backends.inventory import Cleanup
 from include.cinder_plugin.common import (
+    DEST_KEY,
     NOT_MIGRATING,
     Controller,
     backend_service,
@@ -37,10 +42,22 @@ from include.cinder_plugin.common import (
     policy_name,
     volume_or_404,
 )
+from include.cinder_plugin.names import MIGRATING_ATTACHABLE
 from include.cinder_plugin.takeover import copy_view
+
+# the migration_status of a volume that a lock of this extension may hold: begin's, attachable's, and Cinder's own
+# while a host copy's completion runs
+LOCK_HELD = ("starting", MIGRATING_ATTACHABLE, "migrating", "completing")
 
 
 class MigrationsController(Controller):
+    def index(self, req: Any) -> dict[str, Any]:
+        context = req.environ["cinder.context"]
+        context.authorize(policy_name("index"))
+        held = objects.VolumeList.get_all(context.elevated(), None, None, filters={"migration_status": LOCK_HELD})
+        views = [migration_view(v)["async_migration"] for v in held if (v.admin_metadata or {}).get(DEST_KEY)]
+        return {"async_migrations": sorted(views, key=lambda view: view["volume_id"])}
+
     def show(self, req: Any, id: str) -> dict[str, Any]:
         context = req.environ["cinder.context"]
         context.authorize(policy_name("show"))

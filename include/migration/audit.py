@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from include.cinder_plugin.names import LOCK_VIEW_KEY, SETTLED_MIGRATION_STATUSES
+from include.cinder_plugin.names import SETTLED_MIGRATION_STATUSES
 from include.migration.flow import LOCK_STATUSES, backend_of, lun_of
 from include.migration.planner import columns
 from include.migration.steps import MIGRATION_DAG, owner_run
@@ -109,13 +109,18 @@ class Snapshot:
     volumes: list[dict[str, Any]]  # Cinder's volumes, as an admin lists them
     runs: Mapping[str, str | None]  # run id of a MIGRATION_DAG run that holds a lock -> its state (None: no such run)
     listed_by_cinder: frozenset[str] = frozenset()  # backends listed by manageable volumes: reported, never repaired
+    locks: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # volume id -> its migration's view
+
+    def lock(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """The extension's lock on ``volume`` (``source_host``, ``dest_host``, ``owner``); {} when none."""
+        return self.locks.get(volume["id"]) or {}
 
 
-def owning_runs(volumes: Iterable[dict[str, Any]]) -> list[str]:
+def owning_runs(locks: Iterable[dict[str, Any]]) -> list[str]:
     """The MIGRATION_DAG runs whose state the audit needs: those that hold a volume's lock."""
     found = []
-    for volume in volumes:
-        run = owner_run((volume.get(LOCK_VIEW_KEY) or {}).get("owner"))
+    for lock in locks:
+        run = owner_run(lock.get("owner"))
         if run and run[0] == MIGRATION_DAG:
             found.append(run[1])
     return sorted(set(found))
@@ -153,8 +158,8 @@ class _Places:
     def arrays_of(self, volume: dict[str, Any]) -> set[str]:
         hosts = [_host(volume)]
         if _migrating(volume):
-            lock = volume.get(LOCK_VIEW_KEY) or {}
-            hosts += [lock.get("source_host") or "", lock.get("host") or ""]
+            lock = self.snapshot.lock(volume)
+            hosts += [lock.get("source_host") or "", lock.get("dest_host") or ""]
         return {a for a in map(self.array, hosts) if a}
 
     def safe_to_remove(self, lun: str) -> bool:
@@ -187,7 +192,7 @@ def _stuck(snapshot: Snapshot) -> Iterable[Finding]:
         if not _locked(volume):
             continue
         vid, status = volume["id"], f"{volume.get('status')}/{volume.get('migration_status')}"
-        lock = volume.get(LOCK_VIEW_KEY) or {}
+        lock = snapshot.lock(volume)
         run = owner_run(lock.get("owner"))
         if not _migrating(volume) or not lock:
             yield Finding(Kind.STUCK_VOLUME, vid, f"volume {vid} is {status} with no migration lock",
@@ -198,7 +203,7 @@ def _stuck(snapshot: Snapshot) -> Iterable[Finding]:
                           "not a volume_migration run: finish or fail it where it was started "
                           "(os-async_migration_fail with its owner)")  # fmt: skip
         elif (state := snapshot.runs.get(run[1])) not in LIVE_RUN_STATES:
-            conf = {"volume_id": vid, "dest_host": lock.get("host")}
+            conf = {"volume_id": vid, "dest_host": lock.get("dest_host")}
             if state is None:
                 detail = f"volume {vid} is {status}, locked by run {run[1]}, which does not exist"
                 action = f"trigger {MIGRATION_DAG} with run id {run[1]} and conf {conf}: it takes its lock back"
@@ -206,7 +211,7 @@ def _stuck(snapshot: Snapshot) -> Iterable[Finding]:
                 detail = f"volume {vid} is {status}, locked by run {run[1]}, which is {state}"
                 action = f"clear run {run[1]} of {MIGRATION_DAG}"
             yield Finding(Kind.STUCK_VOLUME, vid, detail, f"{action} and resumes the migration",
-                          Repair.RESUME_RUN if lock.get("host") else None, run_id=run[1], conf=conf)  # fmt: skip
+                          Repair.RESUME_RUN if lock.get("dest_host") else None, run_id=run[1], conf=conf)  # fmt: skip
 
 
 def _hosts_without_lun(snapshot: Snapshot, places: _Places) -> Iterable[Finding]:

@@ -61,15 +61,19 @@ def read(cinder: CinderApi, runs: Runs) -> World:
         luns[backend] = [HeldVolume.from_json(held).to_json() for held in inventory.get("volumes") or []]
         if not inventory.get("repairable"):
             listed.add(backend)
+    # the locks read before and after the volumes: a volume listed as migrating has its lock in one of the reads
+    # (a lock that began after the first read is in the second; one that ended before the second, in the first)
+    before = cinder.migration_locks()
     volumes = cinder.list_volumes()
+    locks = {**before, **cinder.migration_locks()}
     for volume in volumes:
         host = volume.get("os-vol-host-attr:host") or ""
         backend = backend_of(host) if "@" in host else None
         if backend and backend not in backends:
             not_audited.setdefault(backend, f"no cinder-volume service reports it (volume {volume['id']} is on it)")
-    states = {run_id: runs.state(run_id) for run_id in owning_runs(volumes)}
+    states = {run_id: runs.state(run_id) for run_id in owning_runs(locks.values())}
     names = {backend: backend for backend in luns}
-    return World(Snapshot(luns, names, not_audited, volumes, states, frozenset(listed)), hosts)
+    return World(Snapshot(luns, names, not_audited, volumes, states, frozenset(listed), locks), hosts)
 
 
 def audit(cinder: CinderApi, runs: Runs) -> list[Finding]:

@@ -80,6 +80,12 @@ class CinderApi(abc.ABC):
         ``copy_error`` when the destination could not say)."""
         return self.request("GET", f"/{RESOURCE}/{volume_id}")["async_migration"]
 
+    def migration_locks(self) -> dict[str, dict[str, Any]]:
+        """Volume id -> the migration view (without ``copy``) of every volume of every project that a migration
+        of the extension holds: ``source_host``, ``dest_host``, ``owner``... whoever started it. Cinder's own volume
+        views carry none of this."""
+        return {view["volume_id"]: view for view in self.request("GET", f"/{RESOURCE}")["async_migrations"]}
+
     def source_migrate(self, volume_id: str, owner: str | None = None) -> dict[str, Any]:
         """Blueprint step 1: the source backend's cinder-volume runs its driver's ``migrate_volume`` toward the
         lock's destination. Returns at once (the migration as ``migration`` shows it); its ``source_step`` says
@@ -155,7 +161,7 @@ class CinderApi(abc.ABC):
         return self.request("GET", "/scheduler-stats/get_pools?detail=True")["pools"]
 
     def list_volumes(self, page: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:
-        """Every volume of every project, as an admin sees it (with the async-migration lock), a page at a time."""
+        """Every volume of every project, as an admin sees it, a page at a time."""
         return self._all("volumes", page, max_pages)
 
     def list_snapshots(self, page: int = 500, max_pages: int = 1000) -> list[dict[str, Any]]:

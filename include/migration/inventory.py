@@ -1,13 +1,13 @@
 """What Cinder says about pools, volumes and the migrations in flight, as the planner's plain data.
 
-``read_cloud(cinder)`` makes five calls (pools with capabilities, volume
-services, volumes, snapshots, volume types); ``pools_from`` /
+``read_cloud(cinder)`` makes six calls (pools with capabilities, volume
+services, volumes, the extension's migrations, snapshots, volume types); ``pools_from`` /
 ``volumes_from`` / ``in_flight_from`` turn their JSON into ``PoolState``,
 ``VolumeState`` and ``InFlight``, and can be tested on canned answers.
 
 A migration is in flight when its volume's ``migration_status`` is not
-settled. Its pools come from the extension's lock (``os-async-migration:lock``),
-so migrations that an operator started by hand count like the others; one
+settled. Its pools come from the extension's lock (``GET /os-async-migration``:
+``CinderApi.migration_locks``), so migrations that an operator started by hand count like the others; one
 without a lock (Cinder's own ``os-migrate_volume``) counts on its current
 host, with the destination unknown.
 """
@@ -15,13 +15,13 @@ host, with the destination unknown.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from include.backends.base import GiB
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, LOCK_VIEW_KEY
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
 from include.migration.cinder_api import CinderApi
 from include.migration.planner import NOT_MIGRATING, PoolState, VolumeState
 
@@ -127,18 +127,21 @@ def _migrating(volume: dict[str, Any]) -> bool:
     return volume.get("migration_status") not in NOT_MIGRATING
 
 
-def in_flight_from(volumes: Iterable[dict[str, Any]]) -> list[InFlight]:
+Locks = Mapping[str, dict[str, Any]]  # volume id -> its migration's view (``CinderApi.migration_locks``)
+
+
+def in_flight_from(volumes: Iterable[dict[str, Any]], locks: Locks) -> list[InFlight]:
     found = []
     for volume in volumes:
         if not _migrating(volume) or str(volume["migration_status"]).startswith(CINDER_TARGET_PREFIX):
             continue
-        lock = volume.get(LOCK_VIEW_KEY) or {}
+        lock = locks.get(volume["id"]) or {}
         host = volume.get("os-vol-host-attr:host") or UNKNOWN_POOL
         found.append(
             InFlight(
                 volume_id=volume["id"],
                 source=lock.get("source_host") or host,
-                destination=lock.get("host") or UNKNOWN_POOL,
+                destination=lock.get("dest_host") or UNKNOWN_POOL,
                 owner=lock.get("owner"),
                 migration_status=volume["migration_status"],
             )
@@ -147,11 +150,11 @@ def in_flight_from(volumes: Iterable[dict[str, Any]]) -> list[InFlight]:
 
 
 def volumes_from(
-    volumes: Iterable[dict[str, Any]], with_snapshots: set[str], pins: dict[str, str]
+    volumes: Iterable[dict[str, Any]], with_snapshots: set[str], pins: dict[str, str], locks: Locks
 ) -> list[VolumeState]:
     states = []
     for volume in volumes:
-        lock = volume.get(LOCK_VIEW_KEY) or {}
+        lock = locks.get(volume["id"]) or {}
         host = volume.get("os-vol-host-attr:host") or ""
         vtype = volume.get("volume_type_id") or volume.get("volume_type")
         states.append(
@@ -166,7 +169,7 @@ def volumes_from(
                 has_snapshots=volume["id"] in with_snapshots,
                 group_id=volume.get("group_id") or volume.get("consistencygroup_id"),
                 migration_status=volume.get("migration_status"),
-                migration_dest=lock.get("host") if _migrating(volume) else None,
+                migration_dest=lock.get("dest_host") if _migrating(volume) else None,
                 attachments=len(volume.get("attachments") or []),
             )
         )
@@ -181,7 +184,7 @@ def read_pools(cinder: CinderApi) -> list[PoolState]:
 def read_cloud(cinder: CinderApi) -> Cloud:
     """Pools, volumes and migrations in flight, as Cinder says them now."""
     pools = read_pools(cinder)
-    volumes = cinder.list_volumes()
+    volumes, locks = cinder.list_volumes(), cinder.migration_locks()
     with_snapshots = {s["volume_id"] for s in cinder.list_snapshots()}
-    states = volumes_from(volumes, with_snapshots, pinned_backends(cinder.list_volume_types()))
-    return Cloud(tuple(pools), tuple(states), tuple(in_flight_from(volumes)))
+    states = volumes_from(volumes, with_snapshots, pinned_backends(cinder.list_volume_types()), locks)
+    return Cloud(tuple(pools), tuple(states), tuple(in_flight_from(volumes, locks)))

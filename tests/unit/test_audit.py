@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from include.backends.inventory import HeldVolume
-from include.cinder_plugin.names import BACKENDS_RESOURCE, LOCK_VIEW_KEY
+from include.cinder_plugin.names import BACKENDS_RESOURCE, RESOURCE
 from include.migration.audit import Finding, Kind, Repair, Snapshot, find, format_findings, owning_runs
 from include.migration.audit_flow import conclude, read, repair
 from include.migration.cinder_api import CinderApi
@@ -18,10 +18,13 @@ GONE = "33333333-3333-3333-3333-333333333333"
 BACKENDS = {"alpha": "alpha", "beta": "beta"}
 
 
+LOCK = "_lock"  # the test's own key: the lock that GET /os-async-migration lists for the volume
+
+
 def volume(vid, host="lab@alpha#pool1", status="available", migration_status=None, lock=None):
     v = {"id": vid, "status": status, "migration_status": migration_status, "os-vol-host-attr:host": host}
     if lock:
-        v[LOCK_VIEW_KEY] = lock
+        v[LOCK] = {"volume_id": vid, **lock}
     return v
 
 
@@ -30,11 +33,12 @@ def lun(vid, **extra):
 
 
 def lock(run_id, source="lab@beta#pool1", dest="lab@alpha#pool1", owner=None):
-    return {"source_host": source, "host": dest, "owner": owner or run_owner("volume_migration", run_id)}
+    return {"source_host": source, "dest_host": dest, "owner": owner or run_owner("volume_migration", run_id)}
 
 
 def snapshot(luns, volumes, runs=None, not_audited=None):
-    return Snapshot(luns, BACKENDS, not_audited or {}, volumes, runs or {})
+    locks = {v["id"]: v[LOCK] for v in volumes if LOCK in v}
+    return Snapshot(luns, BACKENDS, not_audited or {}, volumes, runs or {}, locks=locks)
 
 
 def test_a_consistent_cloud_gives_nothing():
@@ -62,7 +66,7 @@ def test_a_volume_locked_by_a_run_that_is_over_or_gone_is_stuck_and_resumed(stat
     assert (finding.kind, finding.subject, finding.repair, finding.run_id) == (Kind.STUCK_VOLUME, A,
                                                                                Repair.RESUME_RUN, "r1")  # fmt: skip
     assert words in finding.action and finding.conf == {"volume_id": A, "dest_host": "lab@alpha#pool1"}
-    assert owning_runs([stuck]) == ["r1"]
+    assert owning_runs([stuck[LOCK]]) == ["r1"]
 
 
 def test_locks_that_are_not_a_runs_are_reported_for_an_operator():
@@ -74,7 +78,7 @@ def test_locks_that_are_not_a_runs_are_reported_for_an_operator():
         (Kind.STUCK_VOLUME, B, None),
     ]
     assert "locked by 'someone'" in found[0].detail and "reset-state" in found[1].action
-    assert owning_runs([foreign, bare]) == []
+    assert owning_runs([foreign[LOCK]]) == []
 
 
 def test_a_live_run_keeps_its_volume_out_of_the_findings():
@@ -134,8 +138,10 @@ class ListingCinder(CinderApi):
     """Cinder at its request boundary: three volume services, one volume; what alpha's driver (an inventory
     driver, repairable) and ceph-hdd's (a manageable-volumes listing) hold; gamma's service is down."""
 
-    def __init__(self):
+    def __init__(self, volumes=None, lock_reads=((), ())):
         self.asked = []
+        self.volumes = volumes or [volume(A, "lab@ceph-hdd#ceph-hdd")]
+        self.lock_reads = list(lock_reads)  # what each GET /os-async-migration answers, in turn
 
     def request(self, method, path, body=None):
         self.asked.append((method, path, body))
@@ -151,7 +157,9 @@ class ListingCinder(CinderApi):
         if path == f"/{BACKENDS_RESOURCE}/lab%40alpha/action":
             return {"done": f"takeover of {body['os-async_migration_release']['name']} aborted on alpha"}
         if path.startswith("/volumes/detail"):
-            return {"volumes": [volume(A, "lab@ceph-hdd#ceph-hdd")]}
+            return {"volumes": self.volumes}
+        if path == f"/{RESOURCE}":
+            return {"async_migrations": list(self.lock_reads.pop(0) if self.lock_reads else ())}
         raise AssertionError(path)
 
 
@@ -174,6 +182,22 @@ def test_each_backend_is_read_through_its_cinder_volume_and_only_an_inventory_dr
     takeover = found[f"alpha/volume-{B}"]
     assert (takeover.kind, takeover.repair) == (Kind.UNOWNED_TAKEOVER, Repair.ABORT_TAKEOVER)
     assert set(found) == {"gamma", f"ceph-hdd/volume-{GONE}", f"alpha/volume-{B}"}  # A's LUN is on its host
+
+
+@pytest.mark.parametrize("reads", [("before", ()), ((), "after")], ids=["ended-during-the-listing", "began-during"])
+def test_a_lock_read_before_or_after_the_volumes_is_the_volumes_lock(reads):
+    """The locks are read before and after the volumes: a migration that began or ended while they were listed
+    keeps its lock, and its volume is not reported as locked by nobody."""
+    migrating = volume(A, "lab@alpha#pool1", "available", "migrating_attachable", lock("r1"))
+    view = migrating[LOCK]
+    cinder = ListingCinder([migrating], [(view,) if r else () for r in reads])
+
+    class Live:
+        def state(self, run_id):
+            return "running"
+
+    snap = read(cinder, Live()).snapshot
+    assert snap.lock(migrating) == view and not [f for f in find(snap) if f.kind is Kind.STUCK_VOLUME]
 
 
 def test_a_repair_is_the_backends_own_driver_asked_through_cinder():

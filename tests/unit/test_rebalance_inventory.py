@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from include.backends.base import GiB
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, LOCK_VIEW_KEY
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, RESOURCE
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError
 from include.migration.inventory import (
@@ -40,13 +40,20 @@ def volume_json(vid, size, host, **kw):
         "status": "available",
         "migration_status": None,
         "attachments": [],
-        LOCK_VIEW_KEY: None,
         **kw,
     }
 
 
+LOCK = "_lock"  # the test's own key: the lock that GET /os-async-migration lists for the volume
+
+
 def lock(source, dest, owner="rebalance__x"):
-    return {LOCK_VIEW_KEY: {"source_host": source, "host": dest, "owner": owner}}
+    return {LOCK: {"source_host": source, "dest_host": dest, "owner": owner}}
+
+
+def locks_of(volumes):
+    """What ``CinderApi.migration_locks`` answers for these volumes."""
+    return {v["id"]: {"volume_id": v["id"], **v[LOCK]} for v in volumes if LOCK in v}
 
 
 SERVICES = [service("lab@alpha"), service("lab@beta")]
@@ -153,6 +160,7 @@ def test_a_volume_read_as_the_planner_sees_it():
         ],
         {"v1"},
         {"gold": "alpha"},
+        {},
     )
     assert v == VolumeState(
         id="v1",
@@ -179,6 +187,7 @@ def test_the_type_pins_by_id_first_and_a_consistency_group_counts_as_a_group():
         ],
         set(),
         {"t-1": "alpha", "gold": "alpha"},
+        {},
     )
     assert (by_id.pinned_backend, by_name.pinned_backend, free.pinned_backend) == ("alpha", "alpha", None)
     assert (by_id.group_id, by_name.group_id) == (None, "cg")
@@ -190,7 +199,7 @@ def test_a_migrating_volume_counts_on_its_lock_source_and_goes_to_the_lock_host(
     volume = volume_json(
         "v1", 2, "lab@beta#pool1", migration_status="migrating_attachable", **lock("lab@alpha#pool1", "lab@beta#pool1")
     )
-    [v] = volumes_from([volume], set(), {})
+    [v] = volumes_from([volume], set(), {}, locks_of([volume]))
     assert v.migrating
     assert (v.pool, v.migration_dest, v.migration_status) == (
         "lab@alpha#pool1",
@@ -201,12 +210,12 @@ def test_a_migrating_volume_counts_on_its_lock_source_and_goes_to_the_lock_host(
 
 def test_a_settled_volume_has_no_destination():
     for status in (None, "", "success", "error"):
-        [v] = volumes_from([volume_json("v1", 1, "lab@alpha#pool1", migration_status=status)], set(), {})
+        [v] = volumes_from([volume_json("v1", 1, "lab@alpha#pool1", migration_status=status)], set(), {}, {})
         assert not v.migrating and v.migration_dest is None
 
 
 def test_a_volume_without_size_or_host():
-    [v] = volumes_from([{"id": "v1"}], set(), {})
+    [v] = volumes_from([{"id": "v1"}], set(), {}, {})
     assert (v.size_bytes, v.pool, v.status, v.attachments) == (0, "", "", 0)
 
 
@@ -234,7 +243,7 @@ def test_only_migrating_volumes_are_in_flight_with_the_locks_pools_and_owner():
             **lock("lab@alpha#pool2", "lab@beta#pool1", owner="operator"),
         ),
     ]
-    assert in_flight_from(volumes) == [
+    assert in_flight_from(volumes, locks_of(volumes)) == [
         InFlight("ours", "lab@alpha#pool1", "lab@beta#pool1", "rebalance__ours", "starting"),
         InFlight("attachable", "lab@alpha#pool2", "lab@beta#pool1", "operator", "migrating_attachable"),
     ]
@@ -246,14 +255,14 @@ def test_cinder_own_migration_counts_once_on_the_volume_not_on_its_temporary_tar
         volume_json("t1", 1, "lab@beta#pool1", migration_status="target:v1"),
         volume_json("v2", 1, "lab@alpha#pool1", migration_status="deleting"),
     ]
-    assert [f.volume_id for f in in_flight_from(volumes)] == ["v1"]
+    assert [f.volume_id for f in in_flight_from(volumes, {})] == ["v1"]
 
 
 def test_a_migration_without_our_lock_counts_on_its_current_host_to_an_unknown_pool():
-    # Cinder's own os-migrate_volume: no lock in the view
-    [f] = in_flight_from([volume_json("v1", 1, "lab@alpha#pool1", migration_status="migrating")])
+    # Cinder's own os-migrate_volume: no lock of the extension
+    [f] = in_flight_from([volume_json("v1", 1, "lab@alpha#pool1", migration_status="migrating")], {})
     assert f == InFlight("v1", "lab@alpha#pool1", UNKNOWN_POOL, None, "migrating")
-    [f] = in_flight_from([{"id": "v2", "migration_status": "starting"}])
+    [f] = in_flight_from([{"id": "v2", "migration_status": "starting"}], {})
     assert (f.source, f.destination) == (UNKNOWN_POOL, UNKNOWN_POOL)
 
 
@@ -278,6 +287,8 @@ class CannedCinder(CinderApi):
             return {"services": self.services}
         if path.startswith("/types"):
             return {"volume_types": self.types}
+        if path == f"/{RESOURCE}":
+            return {"async_migrations": list(locks_of(self.listings["volumes"]).values())}
         for kind, items in self.listings.items():
             if path.startswith(f"/{kind}/detail"):
                 query = parse_qs(urlsplit(path).query)
@@ -288,7 +299,7 @@ class CannedCinder(CinderApi):
         raise CinderError(f"no canned answer for {path}", 404)
 
 
-def test_read_cloud_puts_the_five_answers_together():
+def test_read_cloud_puts_the_six_answers_together():
     cinder = CannedCinder(
         pools=[
             pool_json("lab@alpha#pool1", 100, 10, volume_backend_name="alpha"),
@@ -329,6 +340,7 @@ def test_read_cloud_puts_the_five_answers_together():
         "/scheduler-stats/get_pools",
         "/os-services",
         "/volumes/detail",
+        f"/{RESOURCE}",
         "/snapshots/detail",
         "/types",
     }
