@@ -28,7 +28,7 @@ from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST
 from plugins.operator_view import URL_PREFIX
 from tests.integration.conftest import CONNECTOR, wait_status
-from tests.integration.test_volume_migration import RUN_TIMEOUT, assert_migrated, content_on, run_and_wait, seed
+from tests.integration.migration_runs import RUN_TIMEOUT, assert_migrated, content_on, run_and_wait, seed
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from include.migration.steps import MIGRATION_DAG
 from lab.procutil import wait_until
 from plugins.operator_view import OperatorViewPlugin
 from plugins.provider_info import CINDER_HOOK_NAME, get_provider_info
+from tests.integration.migration_runs import RUN_TIMEOUT, assert_migrated
 from tests.integration.test_operator_view import measured_rate, start_copy
-from tests.integration.test_volume_migration import RUN_TIMEOUT, assert_migrated
 
 pytestmark = pytest.mark.integration
 

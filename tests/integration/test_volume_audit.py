@@ -14,7 +14,7 @@ from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, AuditStep
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import CINDER_HOST
-from tests.integration.test_volume_migration import assert_migrated, luns, seed, state_of
+from tests.integration.migration_runs import assert_migrated, luns, seed, state_of
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from include.backends.base import GiB, MiB
 from include.migration.steps import Step
 from lab.services.ceph import POOLS
 from lab.services.cinder import CINDER_HOST
-from tests.integration.test_volume_migration import run_and_wait, state_of, states
+from tests.integration.migration_runs import run_and_wait, state_of, states
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from lab.fill import create_volumes, delete_volumes, lift_quotas
 from lab.procutil import wait_until
 from lab.services.airflow_api import AirflowError
 from lab.services.cinder import CINDER_HOST
-from tests.integration.test_volume_migration import content_on, seed
+from tests.integration.migration_runs import content_on, seed
 
 pytestmark = pytest.mark.integration
 
