@@ -131,11 +131,22 @@ class Trial:
 
 def faults_of(phase: Phase, components: list[str] | None = None) -> list[tuple[str, str]]:
     """The (component, signal) faults of a phase: SIGKILL for every component, SIGSTOP for the arrays; Ceph's
-    daemons only where the phase's volume goes to or comes from Ceph."""
+    daemons only where the phase's volume goes to or comes from Ceph, and no lab array on an end that is Ceph."""
+    return [fault for fault in _dealt(phase, components) if _applies(phase, fault[0])]
+
+
+def _dealt(phase: Phase, components: list[str] | None) -> list[tuple[str, str]]:
     plan = PHASES[phase]
     with_ceph = plan.source in CEPH_POOLS or plan.dest in CEPH_POOLS
     return [(c, s) for c in components or COMPONENTS for s in SIGNALS
             if (s == "KILL" or c in ARRAY_COMPONENTS) and (with_ceph or c not in CEPH_COMPONENTS)]  # fmt: skip
+
+
+def _applies(phase: Phase, component: str) -> bool:
+    """A lab array is a component of the phase unless that end of it is Ceph (whose daemons are the components)."""
+    plan = PHASES[phase]
+    end = {"source-array": plan.source, "target-array": plan.dest}.get(component)
+    return end not in CEPH_POOLS
 
 
 def plan_trials(seed: int, count: int | None = None, phases: list[Phase] | None = None,
@@ -146,9 +157,10 @@ def plan_trials(seed: int, count: int | None = None, phases: list[Phase] | None 
     ``seed``."""
     rng = random.Random(seed)
     phases = phases or list(Phase)
-    faults = {phase: faults_of(phase, components) for phase in phases}
-    for phase in phases:
+    faults = {phase: _dealt(phase, components) for phase in phases}
+    for phase in phases:  # shuffled, then filtered: a seed deals the other phases what it dealt before the filter
         rng.shuffle(faults[phase])
+        faults[phase] = [fault for fault in faults[phase] if _applies(phase, fault[0])]
     rounds = max(len(f) for f in faults.values())
     cells = [(faults[phase][(r + j) % len(faults[phase])], phase) for r in range(rounds)
              for j, phase in enumerate(phases) if r < len(faults[phase])]  # fmt: skip
