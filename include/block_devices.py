@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import io
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -68,6 +69,62 @@ class BlockDevice(abc.ABC):
 
     def close(self) -> None:
         return None
+
+
+class DeviceFile(io.RawIOBase):
+    """A ``BlockDevice`` as a binary file object, for a caller that reads or writes it in sequence: Cinder's own
+    generic copy (``volume_utils.copy_volume`` between file objects, as with os-brick's RBD handles). ``flush``
+    flushes the device; ``close`` flushes, then closes it."""
+
+    def __init__(self, device: BlockDevice) -> None:
+        super().__init__()
+        self.device, self._pos = device, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return not self.device.read_only
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(min(len(buffer), self.device.size - self._pos), 0)
+        if n:
+            buffer[:n] = self.device.read(self._pos, n)
+            self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        if self._pos + len(data) > self.device.size:
+            raise DeviceError(f"{self.device.name}: a write of {len(data)} bytes at {self._pos} ends past its end")
+        self.device.write(self._pos, data)
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.device.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        if not self.closed and not self.device.read_only:
+            self.device.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()  # flushes first (IOBase), and is closed even when that fails
+        finally:
+            self.device.close()
 
 
 def _fail(device: str, doing: str, exc: BaseException) -> DeviceError:
@@ -254,4 +311,4 @@ class FileDevice(BlockDevice):
             os.close(self.fd)
 
 
-__all__ = ["BlockDevice", "DeviceError", "FileDevice", "NbdDevice", "RbdDevice", "parse_extents"]
+__all__ = ["BlockDevice", "DeviceError", "DeviceFile", "FileDevice", "NbdDevice", "RbdDevice", "parse_extents"]

@@ -8,7 +8,10 @@ Cinder's own generic migration does in cinder-volume:
   space: no kernel module, no root), giving a file object over the image;
   the copy uses its librbd image;
 * ``nbd``: the project's own connector (os-brick has none), registered in
-  ``CONNECTORS`` beside os-brick's: the lab arrays' exports, through libnbd;
+  ``CONNECTORS`` beside os-brick's: the lab arrays' exports, through libnbd.
+  cinder-volume uses it too, for Cinder's own generic copy
+  (``cinder_plugin.manager.AsyncMigrationManager._connect_device``): there the
+  volume is a file object (``cinder_device``), as os-brick's RBD handle is;
 * any other protocol os-brick knows (``iscsi``, ``fibre_channel``,
   ``nvmeof``...): its connector attaches a device node, which is read and
   written as a file. That needs the initiator on this host and root
@@ -28,7 +31,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from include.block_devices import BlockDevice, DeviceError, FileDevice, NbdDevice, RbdDevice
+from include.block_devices import BlockDevice, DeviceError, DeviceFile, FileDevice, NbdDevice, RbdDevice
 
 # a pool's storage_protocol (as Cinder's scheduler reports it) -> the driver_volume_type of its connections
 CONNECTION_TYPE = {"ceph": "rbd", "rbd": "rbd", "nbd": "nbd", "iscsi": "iscsi", "fc": "fibre_channel",
@@ -52,11 +55,27 @@ class NbdConnector:
         return {"type": "nbd", "path": uri}
 
     @staticmethod
-    def disconnect_volume(props: dict[str, Any], device_info: dict[str, Any], force: bool = False) -> None:
-        return None
+    def disconnect_volume(props: dict[str, Any], device_info: dict[str, Any], force: bool = False,
+                          ignore_errors: bool = False) -> None:  # fmt: skip
+        """Close the file object ``cinder_device`` opened, if any (libnbd's connection goes with it)."""
+        handle = device_info.get("path")
+        if isinstance(handle, DeviceFile):
+            handle.close()
 
 
 CONNECTORS: dict[str, Any] = {"nbd": NbdConnector}  # ours, asked before os-brick's
+
+
+def cinder_device(connection_info: dict[str, Any]) -> dict[str, Any] | None:
+    """For Cinder's own copy in cinder-volume: a connection of a kind the project connects itself
+    (``CONNECTORS``), opened as the ``device`` of Cinder's attach info, its ``path`` a ``DeviceFile`` over the
+    volume (disconnected by ``CONNECTORS[kind].disconnect_volume``); None for a kind os-brick connects."""
+    kind = str(connection_info.get("driver_volume_type", "")).lower()
+    if kind != "nbd":
+        return None
+    device_info = NbdConnector.connect_volume(dict(connection_info.get("data") or {}))
+    device_info["path"] = DeviceFile(NbdDevice(device_info["path"]))
+    return device_info
 
 
 def _has_module(name: str) -> bool:

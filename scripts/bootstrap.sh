@@ -80,11 +80,12 @@ fi
 # Keystone and Cinder run from virtualenvs of their own (their dependencies are not the project's).
 make_venv .venv-keystone "import sys" "" requirements-keystone.txt
 make_venv .venv-cinder "import sys" "" requirements-cinder.txt
-# Cinder's own RBD driver needs librados' and librbd's Python bindings, which Debian builds for its python3 only:
-# those two modules (not the rest of Debian's dist-packages) are linked into .venv-cinder.
+# Cinder's own RBD driver needs librados' and librbd's Python bindings, and Cinder's own copy opens the lab
+# arrays' NBD volumes with libnbd's (include/connectors.py): Debian builds them for its python3 only, so those
+# modules (not the rest of Debian's dist-packages) are linked into .venv-cinder.
 cinder_site=$(.venv-cinder/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
-for module in rados rbd; do
-  for so in /usr/lib/python3/dist-packages/"$module".cpython-*.so; do
-    [ -e "$cinder_site/$(basename "$so")" ] || ln -s "$so" "$cinder_site/"
+for file in rados.cpython-*.so rbd.cpython-*.so libnbdmod.cpython-*.so nbd.py; do
+  for found in /usr/lib/python3/dist-packages/$file; do
+    [ -e "$cinder_site/$(basename "$found")" ] || ln -s "$found" "$cinder_site/"
   done
 done

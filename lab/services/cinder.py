@@ -84,6 +84,8 @@ class CinderLab(Daemons):
             "periodic_interval = 5",
             "periodic_fuzzy_delay = 0",
             "backend_stats_polling_interval = 5",
+            # the filters a member may use in listings (cinder list --name), as a packaged Cinder installs them
+            f"resource_query_filters_file = {CINDER_VENV / 'etc' / 'cinder' / 'resource_filters.json'}",
             "",
             "[database]",
             f"connection = {self.services.database_url('cinder')}",
