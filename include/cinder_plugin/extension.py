@@ -201,12 +201,17 @@ class AsyncMigrationController(Controller):
             "replication_status": (None, fields.ReplicationStatus.DISABLED, fields.ReplicationStatus.NOT_CAPABLE),
         }
         updates = {**LOCKED, "previous_status": "available"}
-        if not volume.conditional_update(updates, expected, [~db.volume_has_snapshots_filter()]):
-            raise webob.exc.HTTPConflict(explanation=refusal(volume, "starting"))
-        for stale in STEP_KEYS:  # what the steps of an earlier migration recorded no longer applies
-            db.volume_admin_metadata_delete(context.elevated(), volume.id, stale)
         lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
-        db.volume_admin_metadata_update(context.elevated(), volume.id, lock, False)
+        # the state and the lock's keys in one transaction: a cinder-api killed between two commits left a volume
+        # "starting" with no lock, which no owner could take back or fail (the fault matrix, trial 64)
+        admin = context.elevated()
+        with db.main_context_manager.writer.using(admin):
+            if not db.conditional_update(admin, volume.model, updates, {**expected, "id": volume.id},
+                                         [~db.volume_has_snapshots_filter()]):  # fmt: skip
+                raise webob.exc.HTTPConflict(explanation=refusal(volume, "starting"))
+            for stale in STEP_KEYS:  # what the steps of an earlier migration recorded no longer applies
+                db.volume_admin_metadata_delete(admin, volume.id, stale)
+            db.volume_admin_metadata_update(admin, volume.id, lock, False)
         for stale in (ERROR_KEY, PROGRESS_KEY):  # an earlier migration's reason or progress no longer applies
             if stale in (volume.metadata or {}):
                 db.volume_metadata_delete(context, volume.id, stale)

@@ -4,6 +4,9 @@ when Cinder moves it, this fails before a migration does.
 * ``AsyncMigrationManager._connect_device`` (``include/cinder_plugin/manager.py``): ``VolumeManager``'s
   ``_connect_device(self, conn)`` returns ``{"conn", "device", "connector"}`` and is called by ``_attach_volume``;
   ``_detach_volume`` calls ``attach_info["connector"].disconnect_volume(conn data, attach_info["device"], ...)``.
+* ``os-async_migration_begin`` (``include/cinder_plugin/extension.py``) writes the lock's state and keys in one
+  transaction: ``cinder.db.api.main_context_manager`` is the enginefacade whose writers ``conditional_update``,
+  ``volume_admin_metadata_update`` and ``volume_admin_metadata_delete`` are, so they join the transaction it opens.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import inspect, json
 from cinder import objects
 objects.register_all()
 from cinder.volume import manager
+from cinder.db import api as db_api
 vm = manager.VolumeManager
 print(json.dumps({
     "params": list(inspect.signature(vm._connect_device).parameters),
     "connect": inspect.getsource(vm._connect_device),
     "attach": inspect.getsource(vm._attach_volume),
     "detach": inspect.getsource(vm._detach_volume),
+    "db": inspect.getsource(db_api),
+    "facade": type(db_api.main_context_manager).__name__,
 }))
 """
 
@@ -42,3 +48,6 @@ def test_cinders_connect_and_detach_keep_the_contract_the_plugin_extends():
     assert "connector = attach_info['connector']" in found["detach"]
     assert "connector.disconnect_volume(attach_info['conn']['data'],\n" in found["detach"]
     assert "attach_info['device'], force=force)" in found["detach"]
+    assert found["facade"] == "_TransactionContextManager"
+    for writer in ("conditional_update(", "volume_admin_metadata_update(", "volume_admin_metadata_delete("):
+        assert f"@main_context_manager.writer\ndef {writer}" in found["db"], writer
