@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from include.backends.base import GiB
+from include.backends.base import GiB, MiB
 from include.migration.errors import CinderError
 from include.migration.inventory import read_pools
 from lab.concurrency import MigrationSampler
@@ -31,6 +31,7 @@ MIGRATION = "volume_migration"
 ALPHA = [f"{CINDER_HOST}@alpha#pool1", f"{CINDER_HOST}@alpha#pool2"]
 BETA = [f"{CINDER_HOST}@beta#pool1", f"{CINDER_HOST}@beta#pool2"]
 CEPH_SSD = f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
+SEEDED = 64 * MiB  # of each volume, for the move into Ceph
 THRESHOLD = 10  # percent: beta's 40 GiB pools hold 6 of the 12 volumes each (15%) and must drop to 4 GiB
 RUN_TIMEOUT = 600
 
@@ -210,7 +211,9 @@ def test_rebalance_moves_volumes_from_a_lab_array_into_a_ceph_pool(lab, ceph, ad
     """beta's pools over the threshold, ceph-ssd nearly empty: two moves beta -> ceph-ssd (the host copy through
     Cinder), data read back from the RBD images, the sources gone from beta."""
     made, _ = beta_full
-    models = {v["id"]: seed(lab, "beta", f"volume-{v['id']}", seed=i) for i, v in enumerate(made)}
+    # every volume seeded (which two move is the planner's choice), on its first 64 MiB: twelve models of 1 GiB
+    # each would hold 12 GiB in this process
+    models = {v["id"]: seed(lab, "beta", f"volume-{v['id']}", SEEDED, seed=i) for i, v in enumerate(made)}
     conf = {"threshold": THRESHOLD, "include_pools": [*BETA, CEPH_SSD], "max_moves": 2, "speed_mib": 0}
     run_id = api.trigger(REBALANCE, conf)
     run = api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)
@@ -223,5 +226,5 @@ def test_rebalance_moves_volumes_from_a_lab_array_into_a_ceph_pool(lab, ceph, ad
     for move in moves:
         vid, image = move["volume_id"], f"volume-{move['volume_id']}"
         assert volume_states(admin, [vid])[vid] == ("available", "success", CEPH_SSD)
-        assert models[vid].mismatches(content_on(lab, "ceph-ssd", image, GiB, ceph)) == [], vid
+        assert models[vid].mismatches(content_on(lab, "ceph-ssd", image, SEEDED, ceph)) == [], vid
         assert image not in on_beta, "the source LUN is deleted once the copy is complete"
