@@ -1,9 +1,9 @@
 """Cinder's own migration between the lab's backends, as on a cloud with the plugin loaded (issue 24, item 3):
 ``cinder migrate`` (the source driver asked first, then Cinder's generic copy) and ``--force-host-copy``, between
 lab arrays, between the Ceph pools and across the two. (``cinder retype --migration-policy on-demand`` to Ceph does
-not end yet: issue 24.) Cinder's generic copy runs in cinder-volume and opens the lab arrays' NBD volumes with the project's connector
-(``AsyncMigrationManager._connect_device``), Ceph's through os-brick. Data written before, read back after, byte
-for byte; the source LUN or image gone.
+not end yet: issue 24.) Cinder's generic copy runs in cinder-volume and opens the lab arrays' NBD volumes with
+the project's connector (``AsyncMigrationManager._connect_device``), Ceph's through os-brick. Data written before,
+read back after, byte for byte; the source LUN or image gone.
 """
 
 from __future__ import annotations
