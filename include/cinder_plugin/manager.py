@@ -178,8 +178,8 @@ class AsyncMigrationManager(manager.VolumeManager):
     def _connect_device(self, conn: dict[str, Any]) -> dict[str, Any]:
         """Cinder's, but an NBD connection (the lab arrays') is opened by the project's connector
         (``include.connectors``; os-brick has none), in user space, as a file object: so Cinder's own generic
-        copy (``cinder migrate``, ``--force-host-copy``, ``retype --migration-policy on-demand``) reads and writes
-        the lab arrays as it does Ceph's RBD handles. Cinder's ``_detach_volume`` disconnects it through the
+        copy (``cinder migrate``, ``--force-host-copy``) reads and writes the lab arrays as it does Ceph's RBD
+        handles. Cinder's ``_detach_volume`` disconnects it through the
         ``connector`` returned. (A private method of Cinder's ``VolumeManager``: the integration test
         ``test_cinder_private_api.py`` fails when its contract moves.)"""
         device = cinder_device(conn)
