@@ -11,7 +11,7 @@ Cinder's own generic migration does in cinder-volume:
   ``CONNECTORS`` beside os-brick's: the lab arrays' exports, through libnbd.
   cinder-volume uses it too, for Cinder's own generic copy
   (``cinder_plugin.manager.AsyncMigrationManager._connect_device``): there the
-  volume is a file object (``cinder_device``), as os-brick's RBD handle is;
+  volume is a file object (``cinder_attach``), as os-brick's RBD handle is;
 * any other protocol os-brick knows (``iscsi``, ``fibre_channel``,
   ``nvmeof``...): its connector attaches a device node, which is read and
   written as a file. That needs the initiator on this host and root
@@ -57,7 +57,7 @@ class NbdConnector:
     @staticmethod
     def disconnect_volume(props: dict[str, Any], device_info: dict[str, Any], force: bool = False,
                           ignore_errors: bool = False) -> None:  # fmt: skip
-        """Close the file object ``cinder_device`` opened, if any (libnbd's connection goes with it)."""
+        """Close the file object ``cinder_attach`` opened, if any (libnbd's connection goes with it)."""
         handle = device_info.get("path")
         if isinstance(handle, DeviceFile):
             handle.close()
@@ -66,16 +66,15 @@ class NbdConnector:
 CONNECTORS: dict[str, Any] = {"nbd": NbdConnector}  # ours, asked before os-brick's
 
 
-def cinder_device(connection_info: dict[str, Any]) -> dict[str, Any] | None:
-    """For Cinder's own copy in cinder-volume: a connection of a kind the project connects itself
-    (``CONNECTORS``), opened as the ``device`` of Cinder's attach info, its ``path`` a ``DeviceFile`` over the
-    volume (disconnected by ``CONNECTORS[kind].disconnect_volume``); None for a kind os-brick connects."""
-    kind = str(connection_info.get("driver_volume_type", "")).lower()
-    if kind != "nbd":
+def cinder_attach(connection_info: dict[str, Any]) -> dict[str, Any] | None:
+    """For Cinder's own copy in cinder-volume: an NBD connection opened as Cinder's attach info
+    (``{"conn", "device", "connector"}``), the device's ``path`` a ``DeviceFile`` over the volume, closed by the
+    connector's ``disconnect_volume``; None for a kind os-brick connects."""
+    if str(connection_info.get("driver_volume_type", "")).lower() != "nbd":
         return None
-    device_info = NbdConnector.connect_volume(dict(connection_info.get("data") or {}))
-    device_info["path"] = DeviceFile(NbdDevice(device_info["path"]))
-    return device_info
+    device = NbdConnector.connect_volume(dict(connection_info.get("data") or {}))
+    device["path"] = DeviceFile(NbdDevice(device["path"]))
+    return {"conn": connection_info, "device": device, "connector": NbdConnector}
 
 
 def _has_module(name: str) -> bool:

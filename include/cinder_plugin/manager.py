@@ -92,7 +92,7 @@ from include.cinder_plugin.names import (
     TargetStep,
 )
 from include.cinder_plugin.rpcapi import AsyncMigrationAPI
-from include.connectors import CONNECTORS, cinder_device
+from include.connectors import cinder_attach
 
 LOG = logging.getLogger(__name__)
 
@@ -182,10 +182,8 @@ class AsyncMigrationManager(manager.VolumeManager):
         handles. Cinder's ``_detach_volume`` disconnects it through the
         ``connector`` returned. (A private method of Cinder's ``VolumeManager``: the integration test
         ``test_cinder_private_api.py`` fails when its contract moves.)"""
-        device = cinder_device(conn)
-        if device is None:
-            return super()._connect_device(conn)
-        return {"conn": conn, "device": device, "connector": CONNECTORS[conn["driver_volume_type"]]}
+        attach = cinder_attach(conn)
+        return super()._connect_device(conn) if attach is None else attach
 
     def _resume_target_steps(self, context: Any) -> None:
         in_flight = {"migration_status": ["starting", "migrating_attachable"]}

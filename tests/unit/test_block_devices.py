@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from include.block_devices import DeviceError, DeviceFile, FileDevice
-from include.connectors import NbdConnector, cinder_device
+from include.connectors import NbdConnector, cinder_attach
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_seek_tell_and_a_write_past_the_end_is_refused(volume):
 
 
 def test_only_nbd_is_opened_for_cinder_and_the_connector_closes_what_it_opened(volume):
-    assert cinder_device({"driver_volume_type": "rbd", "data": {}}) is None  # os-brick's
+    assert cinder_attach({"driver_volume_type": "rbd", "data": {}}) is None  # os-brick's
     handle = DeviceFile(FileDevice(str(volume)))
     NbdConnector.disconnect_volume({}, {"type": "nbd", "path": handle}, force=True, ignore_errors=True)
     assert handle.closed
