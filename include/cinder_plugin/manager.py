@@ -83,6 +83,7 @@ from include.backends.inventory import Cleanup, HeldVolume, InventoryDriver
 from include.backends.target_driver import AsyncMigrationTarget, TargetResult
 from include.cinder_plugin.names import (
     DEST_KEY,
+    IN_FLIGHT,
     SOURCE_KEY,
     SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
@@ -186,7 +187,7 @@ class AsyncMigrationManager(manager.VolumeManager):
         return super()._connect_device(conn) if attach is None else attach
 
     def _resume_target_steps(self, context: Any) -> None:
-        in_flight = {"migration_status": ["starting", "migrating_attachable"]}
+        in_flight = {"migration_status": list(IN_FLIGHT)}
         for volume in objects.VolumeList.get_all(context, None, None, filters=in_flight):
             meta = volume.admin_metadata or {}
             dest = meta.get(DEST_KEY)

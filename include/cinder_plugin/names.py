@@ -13,6 +13,8 @@ PROGRESS_KEY = "async_migration_progress"  # volume metadata: the copy's progres
 SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")
 # migration_status of a volume served by its destination while its data is copied (the blueprint's)
 MIGRATING_ATTACHABLE = "migrating_attachable"
+# migration_status of a volume this extension's lock holds through the blueprint's steps: begin's, attachable's
+IN_FLIGHT = ("starting", MIGRATING_ATTACHABLE)
 ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)
 # volume admin metadata: the lock of a migration in flight (its destination pool, its holder, where it started)
 DEST_KEY = "async_migration_dest"

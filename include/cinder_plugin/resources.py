@@ -42,12 +42,12 @@ from include.cinder_plugin.common import (
     policy_name,
     volume_or_404,
 )
-from include.cinder_plugin.names import MIGRATING_ATTACHABLE
+from include.cinder_plugin.names import IN_FLIGHT
 from include.cinder_plugin.takeover import copy_view
 
-# the migration_status of a volume that a lock of this extension may hold: begin's, attachable's, and Cinder's own
+# the migration_status of a volume that a lock of this extension may hold: the blueprint's steps', and Cinder's own
 # while a host copy's completion runs
-LOCK_HELD = ("starting", MIGRATING_ATTACHABLE, "migrating", "completing")
+LOCK_HELD = (*IN_FLIGHT, "migrating", "completing")
 
 
 class MigrationsController(Controller):

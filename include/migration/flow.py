@@ -44,7 +44,7 @@ from typing import Any
 
 from include.backends.base import MiB, MigrationProgress
 from include.backends.errors import BackendError
-from include.cinder_plugin.names import MIGRATING_ATTACHABLE, SourceStep, TargetStep
+from include.cinder_plugin.names import IN_FLIGHT, MIGRATING_ATTACHABLE, SourceStep, TargetStep
 from include.connectors import connection_type, open_volume, unattachable, worker_connector
 from include.host_copy import host_copy as copy_through_host
 from include.migration.cinder_api import CinderApi
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # migration_status while a run's lock holds; the volume may be on its destination already (attachable there, or
 # moved by its source driver and not committed yet)
-LOCK_STATUSES = frozenset({"starting", MIGRATING_ATTACHABLE})
+LOCK_STATUSES = frozenset(IN_FLIGHT)
 # step 1's outcome is read after 0.05 s, then twice as long each time up to 0.2 s: most drivers answer at once
 SOURCE_STEP_FIRST_POLL_S, SOURCE_STEP_POLL_S = 0.05, 0.2
 # a driver step still running after this long is asked again (a request lost with its message, say)
