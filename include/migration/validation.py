@@ -17,7 +17,7 @@ from include.connectors import connection_type
 from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationRefused
-from include.migration.flow import LOCK_STATUSES, Plan, attach_problems, lun_of
+from include.migration.flow import LOCK_STATUSES, Plan, attach_problems, backend_of, lun_of
 from include.migration.request import MigrationRequest, parse_request
 from include.migration.steps import Step
 
@@ -82,6 +82,9 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
     if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
         _lock(cinder, request, owner)
     problems = _pool_problems(plan, pools.get(current_host) or {}, pools[request.dest_host], resumed=resumed)
+    problems += _type_problems(
+        cinder, request.new_type or volume.get("volume_type_id") or volume.get("volume_type"), request, pools
+    )
     if problems:
         raise MigrationRefused(f"volume {plan.volume_id} cannot be migrated to {plan.dest_host}: {'; '.join(problems)}")
     if not resumed:
@@ -113,6 +116,23 @@ def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, o
         copy_timeout_s=request.copy_timeout_s,
         volume_type_id=volume_type_id,
     )
+
+
+def _type_problems(cinder: CinderApi, type_name: str | None, request: MigrationRequest, pools: dict) -> list[str]:
+    """A volume type (the new one, else the volume's) that pins a backend (``volume_backend_name``) the
+    destination pool is not of: Cinder's own scheduler refuses such a move (its capabilities filter), and a
+    volume left on a backend its type excludes could not be retyped, extended by a new pool or migrated back
+    by Cinder. A run may change the type with the move (``new_type``)."""
+    if not type_name:
+        return []
+    with _refused_on((404,), f"volume type {type_name} does not exist"):
+        vtype = cinder.get_volume_type(type_name)
+    pinned = (vtype.get("extra_specs") or {}).get("volume_backend_name")
+    dest = pools[request.dest_host].get("volume_backend_name") or backend_of(request.dest_host)
+    if pinned is None or pinned == dest:
+        return []
+    hint = "" if request.new_type else "; give new_type (a type the destination serves) to move it"
+    return [f"its volume type {vtype.get('name', type_name)} pins backend {pinned}, the destination is {dest}{hint}"]
 
 
 def _pool_problems(plan: Plan, source: dict[str, Any], dest: dict[str, Any], *, resumed: bool) -> list[str]:

@@ -52,6 +52,8 @@ class ScriptedCinder:
                       "lab@gamma#pool1": lab_pool(takes_over=False)}  # fmt: skip
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.lock: dict[str, Any] = {}
+        self.types: dict[str, dict[str, str]] = {"beta-only": {"volume_backend_name": "beta"}, "any": {},
+                                                 "alpha-only": {"volume_backend_name": "alpha"}}  # fmt: skip
         # step 1 in the source's cinder-volume: while it runs, each look reads the next outcome (the last one stays)
         self.source_steps: list[str] = [SourceStep.NOT_MOVED]
         self.source_step: str | None = None
@@ -110,6 +112,8 @@ class ScriptedCinder:
         return [{"host": h, "status": "enabled", "state": s, "updated_at": "now"} for h, s in self.services.items()]
 
     def get_volume_type(self, name_or_id: str) -> dict[str, Any]:
+        if name_or_id in self.types:
+            return {"id": f"id-{name_or_id}", "name": name_or_id, "extra_specs": self.types[name_or_id]}
         raise CinderError(f"volume type {name_or_id} does not exist", 404)
 
     def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:

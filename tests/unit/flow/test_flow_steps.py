@@ -36,6 +36,9 @@ from tests.unit.flow.conftest import (
         (lambda c, h: h.update(nbd="libnbd's Python binding is missing"), {"force_host_copy": True},
          "source pool's protocol nbd cannot be opened here: libnbd's .*; the destination pool's protocol nbd"),
         (lambda c, h: None, {"new_type": "gold"}, "volume type gold does not exist"),
+        (lambda c, h: c.volume.update(volume_type="beta-only"), {},
+         "its volume type beta-only pins backend beta, the destination is alpha; give new_type"),
+        (lambda c, h: None, {"new_type": "beta-only"}, "its volume type beta-only pins backend beta, the dest"),
         (lambda c, h: c.lock.update(owner="run-0", host="x", source_host="y"), {}, "already migrating"),
     ],
 )  # fmt: skip
@@ -48,6 +51,16 @@ def test_validate_refuses_with_one_clear_message_before_any_change(this_host, se
     assert cinder.volume["status"] == "available"
     if not locked_before:
         assert not cinder.called("begin") or "already" in message
+
+
+@pytest.mark.parametrize(
+    ("volume_type", "new_type"), [("any", None), ("alpha-only", None), ("beta-only", "alpha-only")]
+)
+def test_a_type_that_pins_the_destinations_backend_or_none_is_no_problem(volume_type, new_type):
+    cinder = ScriptedCinder()
+    cinder.volume["volume_type"] = volume_type
+    assert validate(cinder, new_type=new_type).dest_host == "lab@alpha#pool1"
+    assert cinder.called("begin")
 
 
 def test_validate_refuses_bad_params_before_asking_cinder():
