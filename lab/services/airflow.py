@@ -29,6 +29,8 @@ import json
 import os
 import secrets
 import shutil
+import time
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -291,38 +293,51 @@ class AirflowLab(Daemons):
                 return pid
         return None
 
-    def health(self) -> dict[str, str]:
-        """Component -> "healthy"/"unhealthy"/... from ``/api/v2/monitor/health`` (no auth needed)."""
+    def health(self, since: float | None = None) -> dict[str, str]:
+        """Component -> "healthy"/"unhealthy"/... from ``/api/v2/monitor/health`` (no auth needed); with
+        ``since`` (a time.time()), "stale" for a component healthy by a heartbeat older than that."""
         try:
             data = self.api.request("GET", "/monitor/health")
         except AirflowError:
             return {}
         found = {"api-server": "healthy", "metadatabase": data.get("metadatabase", {}).get("status", "")}
         for component, key in HEALTH_KEYS.items():
-            found[component] = (data.get(key) or {}).get("status") or "unknown"
+            report = data.get(key) or {}
+            found[component] = report.get("status") or "unknown"
+            beat = report.get(f"latest_{key}_heartbeat")
+            if since is not None and found[component] == "healthy" and beat and self._time(beat) < since:
+                found[component] = "stale"
         return found
 
+    @staticmethod
+    def _time(iso: str) -> float:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
     def up(self, timeout: float = 180.0) -> dict[str, int]:
-        """Migrate the database, start the four components, wait until they are healthy and the DAGs parsed."""
+        """Migrate the database, start the components not running, wait until each is healthy by a heartbeat
+        since (a scheduler may be on its way out: it exits once the database is gone, after its tasks; it is
+        started again when it has), and the DAGs parsed."""
         self.configure()
         self.airflow("db", "migrate")
+        since = time.time()
+        running_before = {name for name in self.names if self.pid(name)}
         pids = self.start_all()
+        restarted: set[str] = set()
         last: dict[str, str] = {}
 
         def healthy() -> bool:
+            for name in self.names:
+                if self.pid(name):
+                    continue
+                if name not in running_before or name in restarted:
+                    raise LabError(f"airflow {name} exited at start; see {self.root / 'logs'}")
+                restarted.add(name)  # it was ending when up looked: start it again, once
+                pids[name] = self.start(name)
             last.clear()
-            last.update(self.health())
+            last.update(self.health(since))
             return bool(last) and all(state == "healthy" for state in last.values())
 
-        wait_ready(
-            healthy,
-            pids={f"airflow {c}": pid for c, pid in pids.items()},
-            timeout=timeout,
-            what="Airflow",
-            log=self.root / "logs",
-            interval=1.0,
-            seen=last,
-        )
+        wait_ready(healthy, pids={}, timeout=timeout, what="Airflow", log=self.root / "logs", interval=1.0, seen=last)
         self.write_connections()
         self.wait_dags(("volume_migration",), timeout)
         return pids
