@@ -1,9 +1,9 @@
 """Fill the lab's Cinder with volumes, quickly, for rebalancing tests and benches.
 
 ``lift_quotas`` removes the admin project's volume and GiB quotas (Cinder's
-default allows 10 volumes); ``create_volumes`` makes many volumes in one
-availability zone (one per array in the lab) a few at a time and waits until
-each is available; ``delete_volumes`` removes them.
+default allows 10 volumes); ``create_volumes`` makes many volumes on one
+backend (a lab array or a Ceph pool) a few at a time and waits until each is
+available; ``delete_volumes`` removes them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError
 from lab.errors import LabError
 from lab.procutil import wait_until
+from lab.services.ceph import POOLS as CEPH_POOLS
+from lab.services.cinder import DEFAULT_TYPE
 
 
 def lift_quotas(cinder: Any) -> None:
@@ -26,30 +28,43 @@ def lift_quotas(cinder: Any) -> None:
     cinder.request("PUT", f"/os-quota-sets/{project}", {"quota_set": {"volumes": -1, "gigabytes": -1}})
 
 
-def _available(cinder: CinderApi, volume_id: str, timeout: float) -> dict[str, Any]:
+def _available(cinder: CinderApi, volume_id: str, timeout: float, volume_type: str | None = None) -> dict[str, Any]:
+    """The volume once available (and of ``volume_type``, if given: a retype ended)."""
     found: dict[str, Any] = {}
 
     def ready() -> bool:
         found.update(cinder.get_volume(volume_id))
         if found["status"] == "error":
             raise LabError(f"volume {volume_id} went to error while being created")
-        return found["status"] == "available"
+        return found["status"] == "available" and volume_type in (None, found.get("volume_type"))
 
     if not wait_until(ready, timeout, 0.5):
         raise LabError(f"volume {volume_id} is still {found.get('status')} after {timeout:.0f} s")
     return found
 
 
-def create_volumes(cinder: CinderApi, count: int, az: str, size_gib: int = 1, *, prefix: str = "fill",
+def create_volumes(cinder: CinderApi, count: int, backend: str, size_gib: int = 1, *, prefix: str = "fill",
                    workers: int = 6, timeout: float = 600.0) -> list[dict[str, Any]]:  # fmt: skip
-    """``count`` available volumes in availability zone ``az`` (an array's name in the lab), as Cinder shows them."""
+    """``count`` available volumes on ``backend``, of Cinder's default type, as Cinder shows them.
+
+    A lab array is chosen by its availability zone (its name). Both Ceph pools serve the default zone, so a pool
+    is chosen by its volume type (``lab.services.cinder``), which a retype that moves nothing then changes to the
+    default: the volume's type pins no backend, so Cinder's own migrate may move it, as it may the arrays' volumes.
+    """
     tag = uuid.uuid4().hex[:6]
     deadline = time.monotonic() + timeout
+    ceph = backend in CEPH_POOLS
 
     def one(i: int) -> dict[str, Any]:
-        body = {"volume": {"size": size_gib, "availability_zone": az, "name": f"{prefix}-{tag}-{i:04d}"}}
-        vid = cinder.request("POST", "/volumes", body)["volume"]["id"]
-        return _available(cinder, vid, max(deadline - time.monotonic(), 1.0))
+        body = {"size": size_gib, "name": f"{prefix}-{tag}-{i:04d}"}
+        body.update({"volume_type": backend} if ceph else {"availability_zone": backend})
+        vid = cinder.request("POST", "/volumes", {"volume": body})["volume"]["id"]
+        volume = _available(cinder, vid, max(deadline - time.monotonic(), 1.0))
+        if not ceph:
+            return volume
+        retype = {"os-retype": {"new_type": DEFAULT_TYPE, "migration_policy": "never"}}
+        cinder.request("POST", f"/volumes/{vid}/action", retype)
+        return _available(cinder, vid, max(deadline - time.monotonic(), 1.0), DEFAULT_TYPE)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, range(count)))

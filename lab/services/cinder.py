@@ -7,6 +7,14 @@ Cinder's own, unmodified ``RBDDriver``; it syncs the database and starts
 ``cinder-api``, ``cinder-scheduler`` and ``cinder-volume`` from the
 project's Cinder virtualenv (``.venv-cinder``), each in its own session,
 stopped by PID.
+
+Zones and types, as a cloud has them: each lab array is an availability zone
+of its own (a test picks an array by zone); both Ceph pools serve the default
+zone, ``nova``, so a volume created without a zone or a type lands on Ceph
+(snapshots, clones, extend, as Tempest expects of the default). Each backend
+has a volume type of its name that pins it (``volume_backend_name``) and names
+its zone (``RESKEY:availability_zones``, so that ``cinder retype
+--migration-policy on-demand`` may cross zones).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
 EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
 RBD_DRIVER = "cinder.volume.drivers.rbd.RBDDriver"  # Cinder's own, as a cloud runs it
 VOLUME_MANAGER = "include.cinder_plugin.manager.AsyncMigrationManager"  # Cinder's, plus the blueprint's steps
+DEFAULT_ZONE = "nova"  # Cinder's own default name; the zone of a volume created without one: Ceph's pools
+DEFAULT_TYPE = "__DEFAULT__"  # Cinder's own default volume type: pins no backend
 
 
 class CinderLab(Daemons):
@@ -50,6 +60,11 @@ class CinderLab(Daemons):
     def backends(self) -> list[str]:
         """Every backend of cinder.conf: the lab's arrays, then Ceph's pools."""
         return [*self.lab.names(), *(CEPH_POOLS if self.ceph else ())]
+
+    @staticmethod
+    def zone_of(backend: str) -> str:
+        """The availability zone a backend serves: a lab array its own, a Ceph pool the default."""
+        return DEFAULT_ZONE if backend in CEPH_POOLS else backend
 
     # ---- configuration -------------------------------------------------------------
     def bin(self, name: str) -> str:
@@ -86,6 +101,9 @@ class CinderLab(Daemons):
             "backend_stats_polling_interval = 5",
             # the filters a member may use in listings (cinder list --name), as a packaged Cinder installs them
             f"resource_query_filters_file = {CINDER_VENV / 'etc' / 'cinder' / 'resource_filters.json'}",
+            f"storage_availability_zone = {DEFAULT_ZONE}",
+            f"default_availability_zone = {DEFAULT_ZONE}",
+            f"default_volume_type = {DEFAULT_TYPE}",
             "",
             "[database]",
             f"connection = {self.services.database_url('cinder')}",
@@ -119,7 +137,7 @@ class CinderLab(Daemons):
                 f"[{name}]",
                 f"volume_driver = include.cinder_plugin.drivers.{driver}",
                 f"volume_backend_name = {name}",
-                f"backend_availability_zone = {name}",
+                f"backend_availability_zone = {self.zone_of(name)}",
                 f"lab_array_name = {name}",
                 f"lab_array_url = {config.url}",
                 f"lab_array_token_file = {token_file}",
@@ -130,7 +148,7 @@ class CinderLab(Daemons):
                 f"[{backend}]",
                 f"volume_driver = {RBD_DRIVER}",
                 f"volume_backend_name = {backend}",
-                f"backend_availability_zone = {backend}",
+                f"backend_availability_zone = {self.zone_of(backend)}",
                 f"rbd_pool = {pool}",
                 f"rbd_ceph_conf = {self.ceph.conf_path}",
                 # no rbd_user: the cluster has no authentication, so a host that opens a volume (os-brick's RBD
@@ -171,6 +189,7 @@ class CinderLab(Daemons):
             ready, pids=pids, timeout=timeout, what="Cinder services", log=self.root / "log", interval=1.0, seen=last
         )
         self.check_extension()
+        self.ensure_volume_types()
         return pids
 
     def check_extension(self, timeout: float = 60.0) -> None:
@@ -195,6 +214,23 @@ class CinderLab(Daemons):
             raise LabError(
                 f"Cinder did not load the {EXTENSION_ALIAS} extension; see {self.root / 'log' / 'cinder-api.log'}"
             )
+
+    def admin_call(self, method: str, path: str, body: Any = None) -> Any:
+        """One call to Cinder's API as the lab's admin (``path`` below ``/v3/<project>``); its JSON answer."""
+        token, scope = self.services.token("admin")
+        url = f"http://{HOST}:{self.services.cinder_api_port}/v3/{scope['project']['id']}{path}"
+        status, _, raw = http_call(method, url, body=body, headers={"X-Auth-Token": token}, timeout=60)
+        if status >= 400:
+            raise LabError(f"Cinder answered {method} {path} with HTTP {status}: {raw[:300]!r}")
+        return json.loads(raw) if raw else None
+
+    def ensure_volume_types(self) -> None:
+        """A public volume type per backend, named like it, that pins it and names its zone (made once)."""
+        have = {t["name"] for t in self.admin_call("GET", "/types?is_public=None")["volume_types"]}
+        for backend in self.backends():
+            if backend not in have:
+                specs = {"volume_backend_name": backend, "RESKEY:availability_zones": self.zone_of(backend)}
+                self.admin_call("POST", "/types", {"volume_type": {"name": backend, "extra_specs": specs}})
 
     def down(self) -> dict[str, bool]:
         return self.stop_all()

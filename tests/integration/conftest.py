@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from include.backends.base import MiB
 from include.migration.errors import CinderError
 from lab.env import port_open
+from lab.fill import create_volumes
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.airflow import AirflowLab
 from lab.services.ceph import POOLS as CEPH_POOLS
@@ -158,14 +158,13 @@ def wait_status(hook, volume_id, status, timeout=60):
 
 @pytest.fixture
 def volume(admin):
-    """A 1 GiB volume on alpha (chosen by availability zone), deleted afterwards."""
+    """A 1 GiB volume on alpha, or on the backend named (``lab.fill.create_volumes``), deleted afterwards."""
     made = []
 
-    def make(az="alpha", size=1):
-        body = {"volume": {"size": size, "availability_zone": az, "name": f"test-{uuid.uuid4().hex[:8]}"}}
-        vol = admin.request("POST", "/volumes", body)["volume"]
+    def make(backend="alpha", size=1):
+        (vol,) = create_volumes(admin, 1, backend, size, prefix="test", timeout=120)
         made.append(vol["id"])
-        return wait_status(admin, vol["id"], "available")
+        return vol
 
     yield make
     for volume_id in made:

@@ -26,7 +26,7 @@ from include.migration.errors import CinderError
 from lab import verify
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.ceph import POOLS
-from lab.services.cinder import CINDER_HOST
+from lab.services.cinder import CINDER_HOST, DEFAULT_ZONE
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_cinders_rbd_driver_moves_a_locked_volume_between_ceph_pools_in_its_cind
     done = admin.migration(vid)
     assert (done["migration_status"], done["host"], done["source_step"], done["dest_host"]) == (
         "success", dest, None, None)  # fmt: skip
-    assert admin.get_volume(vid)["availability_zone"] == "ceph-ssd"
+    assert admin.get_volume(vid)["availability_zone"] == DEFAULT_ZONE  # both Ceph pools serve it
 
 
 def test_the_lab_arrays_drivers_move_between_pools_or_say_they_cannot(lab, admin, volume):

@@ -1,6 +1,8 @@
-"""The lab's Cinder configured as a cloud is (issue 24, item 2): Cinder's own ``resource_filters.json`` is
-installed, so a member's listing filtered by name is filtered at the oldest microversion and at a recent one
-(without it, unfiltered below 3.33 and refused from 3.33 on)."""
+"""The lab's Cinder configured as a cloud is (issue 24, item 2): a volume created with neither zone nor type is
+served (by the default zone: Ceph's pools); Cinder's own ``resource_filters.json`` is installed, so a member's
+listing filtered by name is filtered at the oldest microversion and at a recent one (without it, unfiltered
+below 3.33 and refused from 3.33 on); each backend's volume type places a volume on it, and a volume whose type
+pins its backend is refused a move elsewhere by the project as by Cinder's own scheduler."""
 
 from __future__ import annotations
 
@@ -9,9 +11,14 @@ import uuid
 
 import pytest
 
+from include.migration import validation
+from include.migration.errors import MigrationRefused
+from include.migration.flow import backend_of
 from lab.env import HOST
 from lab.localhttp import http_call
 from lab.procutil import wait_until
+from lab.services.ceph import POOLS as CEPH_POOLS
+from lab.services.cinder import DEFAULT_TYPE, DEFAULT_ZONE
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +44,32 @@ def test_a_members_listing_filters_by_name_at_every_microversion(services, admin
     finally:
         for vid in ids:
             admin.request("DELETE", f"/volumes/{vid}")
+
+
+def test_a_members_volume_without_zone_or_type_lands_on_ceph_in_the_default_zone(services, admin):
+    vid = as_member(services, "POST", "/volumes", {"volume": {"size": 1, "name": "cloud-no-zone"}})["volume"]["id"]
+    try:
+        assert wait_until(lambda: admin.get_volume(vid)["status"] in ("available", "error"), 120, 0.5)
+        made = admin.get_volume(vid)
+        assert (made["status"], made["availability_zone"], made["volume_type"]) == (
+            "available", DEFAULT_ZONE, DEFAULT_TYPE)  # fmt: skip
+        assert backend_of(made["os-vol-host-attr:host"]) in CEPH_POOLS, made
+    finally:
+        admin.request("DELETE", f"/volumes/{vid}")
+
+
+def test_a_volume_whose_type_pins_its_backend_is_refused_a_move_elsewhere_before_anything_changes(admin):
+    vid = admin.request("POST", "/volumes", {"volume": {"size": 1, "volume_type": "beta"}})["volume"]["id"]
+    try:
+        assert wait_until(lambda: admin.get_volume(vid)["status"] in ("available", "error"), 120, 0.5)
+        made = admin.get_volume(vid)
+        assert (made["status"], backend_of(made["os-vol-host-attr:host"]), made["availability_zone"]) == (
+            "available", "beta", "beta")  # fmt: skip
+        conf = {"volume_id": vid, "dest_host": "lab@alpha#pool1"}
+        with pytest.raises(MigrationRefused, match="its volume type beta pins backend beta, the destination is alpha"):
+            validation.validate_and_lock(conf, "run-pinned", admin)
+        after = admin.get_volume(vid)
+        assert (after["status"], after["migration_status"], after["os-vol-host-attr:host"]) == (
+            "available", None, made["os-vol-host-attr:host"])  # fmt: skip
+    finally:
+        admin.request("DELETE", f"/volumes/{vid}")

@@ -1,9 +1,9 @@
 """Cinder's own migration between the lab's backends, as on a cloud with the plugin loaded (issue 24, item 3):
-``cinder migrate`` (the source driver asked first, then Cinder's generic copy) and ``--force-host-copy``, between
-lab arrays, between the Ceph pools and across the two. (``cinder retype --migration-policy on-demand`` to Ceph does
-not end yet: issue 24.) Cinder's generic copy runs in cinder-volume and opens the lab arrays' NBD volumes with
-the project's connector (``AsyncMigrationManager._connect_device``), Ceph's through os-brick. Data written before,
-read back after, byte for byte; the source LUN or image gone.
+``cinder migrate`` (the source driver asked first, then Cinder's generic copy), ``--force-host-copy`` and ``cinder
+retype --migration-policy on-demand`` (to a backend's volume type, across zones), between lab arrays, between the
+Ceph pools and across the two. Cinder's generic copy runs in cinder-volume and opens the lab arrays' NBD volumes
+with the project's connector (``AsyncMigrationManager._connect_device``), Ceph's through os-brick. Data written
+before, read back after, byte for byte; the source LUN or image gone.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def pool(backend, name=None):
         ("ceph-hdd", pool("ceph-ssd"), "host-copy"),  # between the Ceph pools through os-brick's RBD handles
         ("ceph-ssd", pool("beta", "pool2"), "host-copy"),  # Ceph -> lab array: RBD to NBD
         ("gamma", pool("ceph-ssd"), "migrate"),  # lab array -> Ceph: gamma's driver moves nothing; NBD to RBD
+        ("beta", "gamma", "retype"),  # to gamma's type, zone beta -> zone gamma
+        ("ceph-ssd", "ceph-hdd", "retype"),  # between the Ceph pools (RBD's own migrate_volume, one cluster)
+        ("gamma", "ceph-ssd", "retype"),  # lab array -> Ceph, zone gamma -> the default zone
     ],
     ids=[
         "migrate-alpha-beta",
@@ -40,6 +43,9 @@ def pool(backend, name=None):
         "force-host-copy-ceph-pools",
         "force-host-copy-ceph-beta",
         "migrate-gamma-ceph",
+        "retype-beta-gamma",
+        "retype-ceph-pools",
+        "retype-gamma-ceph",
     ],  # fmt: skip
 )
 def test_cinders_own_migration_moves_the_volume_with_its_data(lab, ceph, admin, volume, source, dest, how):
@@ -49,16 +55,24 @@ def test_cinders_own_migration_moves_the_volume_with_its_data(lab, ceph, admin, 
         dest = dest[:-1] + {"1": "2", "2": "1"}[dest[-1]]
     model = seed(lab, source, lun, GiB, seed=len(how), ceph=ceph)
     started = time.monotonic()
-    admin.action(vid, "os-migrate_volume", {"host": dest, "force_host_copy": how == "host-copy"})
+    if how == "retype":  # dest: a volume type, named like the backend it pins
+        admin.action(vid, "os-retype", {"new_type": dest, "migration_policy": "on-demand"})
+    else:
+        admin.action(vid, "os-migrate_volume", {"host": dest, "force_host_copy": how == "host-copy"})
     moved = {}
 
-    def ended():
+    def ended():  # a retype the scheduler refused ends available with no migration (the API set 'retyping')
         moved.update(admin.get_volume(vid))
-        return moved["migration_status"] in ("success", "error") and moved["status"] == "available"
+        ends = ("success", "error", None) if how == "retype" else ("success", "error")
+        return moved["status"] == "available" and moved["migration_status"] in ends
 
     assert wait_until(ended, 300, 0.5), moved
     print(f"\n{how} {source} -> {dest}: {time.monotonic() - started:.1f} s")
-    assert (moved["migration_status"], moved["os-vol-host-attr:host"]) == ("success", dest), moved
+    assert moved["migration_status"] == "success", moved
+    if how == "retype":
+        assert (moved["volume_type"], backend_of(moved["os-vol-host-attr:host"])) == (dest, dest), moved
+        dest = moved["os-vol-host-attr:host"]
+    assert moved["os-vol-host-attr:host"] == dest, moved
     assert model.mismatches(content_on(lab, backend_of(dest), lun_of(moved), GiB, ceph)) == []
     if backend_of(dest) != source or lun_of(moved) != lun:
         # deleted by its driver (Cinder's completion asks for it without waiting)
