@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the project needs on Debian 12: the lab's data-plane
-# programs and OpenStack services (apt), the project's virtualenv (.venv) and
-# Keystone's (.venv-keystone). Idempotent and quiet when there is nothing to
-# do; run as root (or with sudo available).
+# programs and OpenStack services (apt), the project's virtualenv (.venv),
+# Keystone's, Cinder's and Tempest's (.venv-keystone, .venv-cinder,
+# .venv-tempest). Idempotent and quiet when there is nothing to do; run as
+# root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +81,8 @@ fi
 # Keystone and Cinder run from virtualenvs of their own (their dependencies are not the project's).
 make_venv .venv-keystone "import sys" "" requirements-keystone.txt
 make_venv .venv-cinder "import sys" "" requirements-cinder.txt
+# Tempest and cinder-tempest-plugin, pinned, for lab/tempest.py (the public checks a Cinder plugin is held to).
+make_venv .venv-tempest "import tempest" "" requirements-tempest.txt
 # Cinder's own RBD driver needs librados' and librbd's Python bindings, and Cinder's own copy opens the lab
 # arrays' NBD volumes with libnbd's (include/connectors.py): Debian builds them for its python3 only, so those
 # modules (not the rest of Debian's dist-packages) are linked into .venv-cinder.
