@@ -32,6 +32,7 @@ from typing import Any
 from bench.attachable import whole_lab
 from include.backends.base import GiB, MiB
 from include.migration import flow, validation
+from include.migration.flow import backend_of
 from lab import verify
 from lab.cli import ceph_of
 from lab.fill import create_volumes
@@ -85,10 +86,6 @@ class Storage:
         if backend in POOLS:
             return name in self.ceph.images(POOLS[backend])
         return name in {lun["name"] for lun in self.lab.backend(backend).list_luns()}
-
-
-def backend_of(host: str) -> str:
-    return host.split("@", 1)[1].split("#", 1)[0]
 
 
 def one(path: str, source: str, dest: str, cinder: Any, storage: Storage, state: Path) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A client of a Cinder volume for the fault matrix (``lab/faults.py``): attached through Cinder, verifying.
 
-It waits until the volume is ``migrating_attachable``, attaches it through
+It waits until the volume is ``migrating_attachable`` (or another of the
+migration states it is given), attaches it through
 Cinder's attachments API, and reads and writes at random (``lab/verify.py``)
 until stopped, flushing every 20 operations.
 """
@@ -12,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from include.cinder_plugin.names import MIGRATING_ATTACHABLE
 from include.migration.errors import CinderError
 from lab import verify
 from lab.procutil import wait_until
@@ -26,11 +28,13 @@ class AttachedClient(threading.Thread):
     as of the last flush or a write since (``DataModel.crash_violations``); then that content is the model."""
 
     def __init__(self, cinder: Any, volume_id: str, model: verify.DataModel, rng: random.Random,
-                 timeout: float) -> None:  # fmt: skip
-        """``timeout``: how long an attach or a reconnect is tried again, and how long ``detach`` waits."""
+                 timeout: float, usable: tuple[str | None, ...] = (MIGRATING_ATTACHABLE,)) -> None:  # fmt: skip
+        """``timeout``: how long an attach or a reconnect is tried again, and how long ``detach`` waits;
+        ``usable``: the volume's ``migration_status`` values in which the client attaches."""
         super().__init__(daemon=True)
         self.cinder, self.volume_id, self.model, self.rng = cinder, volume_id, model, rng
-        self.timeout = timeout
+        self.timeout, self.usable = timeout, usable
+        self.attached_at: float | None = None  # time.monotonic() once attached
         self.stop = threading.Event()
         self.ops = self.disruptions = self.lost = self.bad_reads = 0
         self.attachment: str | None = None
@@ -48,7 +52,7 @@ class AttachedClient(threading.Thread):
     def _wait_attachable(self) -> bool:
         def attachable() -> bool:
             try:
-                return self.cinder.get_volume(self.volume_id).get("migration_status") == "migrating_attachable"
+                return self.cinder.get_volume(self.volume_id).get("migration_status") in self.usable
             except CinderError:
                 return False
 
@@ -71,6 +75,7 @@ class AttachedClient(threading.Thread):
                     raise
                 time.sleep(2.0)
         self.attachment, self.uri = att["id"], att["connection_info"]["uri"]
+        self.attached_at = time.monotonic()
 
     def _io(self) -> None:
         handle = verify.connect(self.uri)
