@@ -9,6 +9,7 @@ counts per suite and stops the lab. Exit status 1 when a test fails or none pass
 What tempest.conf claims, and where each fact comes from:
 
 - credentials and the region: the lab's Keystone (its admin; Tempest makes its own projects and users);
+- Cinder's policy (new defaults, scope checked): its cinder.conf and the oslo.policy it runs;
 - the services: Keystone's catalog (``service_available``), Cinder's service list (backup);
 - microversions: Cinder's version document;
 - the backends Tempest may use (multi-backend, retype with migration): the pools of the zone a volume
@@ -95,6 +96,9 @@ def discover(cinder: CinderLab) -> dict[str, dict[str, str]]:
     drivers = {conf[b].get("volume_driver") if conf.has_section(b) else None for b in backends}
     features = {f for f in FEATURES if all(f in DRIVER_FEATURES.get(d or "", ()) for d in drivers)}
     backup = any(s["binary"] == "cinder-backup" for s in volume_services)
+    # Cinder's policy as it runs: the new defaults unless cinder.conf turns them off (oslo.policy's default is on);
+    # the oslo.policy Cinder 29 ships checks scope always (it has no enforce_scope switch any more)
+    new_rbac = conf.getboolean("oslo_policy", "enforce_new_defaults", fallback=True)
 
     def flag(on: bool) -> str:
         return "true" if on else "false"
@@ -112,6 +116,7 @@ def discover(cinder: CinderLab) -> dict[str, dict[str, str]]:
         },
         "identity": {"uri_v3": creds["auth_url"], "auth_version": "v3", "region": sorted(regions)[0]},
         "identity-feature-enabled": {"api_v2": "false", "api_v2_admin": "false", "api_v3": "true"},
+        "enforce_scope": {"cinder": flag(new_rbac)},
         "service_available": {
             "cinder": "true",
             **{flag_name: flag(kind in catalog) for kind, flag_name in CATALOG_SERVICES.items()},
@@ -161,7 +166,9 @@ def run(cinder: CinderLab, workspace: Path, *, concurrency: int, regex: str = TE
     """Write tempest.conf into ``workspace`` (made with ``tempest init``), run the tests; counts per suite."""
     if not (workspace / ".stestr.conf").exists():
         workspace.mkdir(parents=True, exist_ok=True)
-        tempest(workspace.parent, "init", str(workspace), check=True, capture_output=True)
+        registry = workspace.parent / "tempest-workspaces.yaml"  # not ~/.tempest's: one name per lab is enough
+        tempest(workspace.parent, "init", "--workspace-path", str(registry), "--name", workspace.parent.name,
+                str(workspace), check=True, capture_output=True)  # fmt: skip
     conf = workspace / "etc" / "tempest.conf"
     conf.write_text(render(discover(cinder)))
     log = workspace / "tempest-run.log"
@@ -172,18 +179,21 @@ def run(cinder: CinderLab, workspace: Path, *, concurrency: int, regex: str = TE
 
 
 def outcomes(workspace: Path) -> dict[str, Counter[str]]:
-    """Per suite, each test's last status (success, fail, skip...) from the workspace's last stestr run."""
+    """Per suite, how many tests ended in success, failure or skip (a setUpClass that failed or skipped counts
+    once), from the workspace's last stestr run."""
     stream = subprocess.run([str(TEMPEST_VENV / "bin" / "stestr"), "last", "--subunit"], cwd=workspace,
                             capture_output=True, check=True).stdout  # fmt: skip
-    rows = subprocess.run([str(TEMPEST_VENV / "bin" / "subunit2csv")], input=stream, capture_output=True,
-                          check=True).stdout.decode()  # fmt: skip
+    rows = subprocess.run(
+        [str(TEMPEST_VENV / "bin" / "subunit2csv")], input=stream, capture_output=True
+    ).stdout.decode()  # its exit status is 1 when a test failed: not an error here
     counts: dict[str, Counter[str]] = {suite: Counter() for suite in SUITES}
     failed: list[str] = []
     for row in csv.DictReader(io.StringIO(rows)):
         suite = next((s for s in SUITES if s in row["test"]), None)
         if suite is not None:
-            counts[suite][row["status"]] += 1
-            if row["status"] == "fail":
+            status = {"fail": "failure", "xfail": "success", "uxsuccess": "failure"}.get(row["status"], row["status"])
+            counts[suite][status] += 1
+            if status == "failure":
                 failed.append(row["test"])
     for name in sorted(failed):
         print(f"FAILED {name}")
@@ -193,7 +203,7 @@ def outcomes(workspace: Path) -> dict[str, Counter[str]]:
 def report(counts: dict[str, Counter[str]]) -> str:
     lines = [f"{'suite':28} {'passed':>7} {'failed':>7} {'skipped':>8}"]
     for suite, c in counts.items():
-        lines.append(f"{suite:28} {c['success'] + c['xfail']:>7} {c['fail'] + c['uxsuccess']:>7} {c['skip']:>8}")
+        lines.append(f"{suite:28} {c['success']:>7} {c['failure']:>7} {c['skip']:>8}")
     lines += [f"excluded: {n} ({reason})" for reason, n in sorted(exclusions().items())]
     return "\n".join(lines)
 
@@ -208,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fresh = args.root is None
     lab = Lab(args.root or Path(tempfile.mkdtemp(prefix="lab-tempest-")))
+    if fresh:
+        lab.root.chmod(0o711)  # PostgreSQL runs as its own user, below this folder
     cinder = cinder_of(lab)
     try:
         if fresh:
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(counts))
     print(f"log: {lab.root / 'tempest' / 'tempest-run.log'}")
     passed = sum(c["success"] for c in counts.values())
-    return 0 if passed and not any(c["fail"] + c["uxsuccess"] for c in counts.values()) else 1
+    return 0 if passed and not any(c["failure"] for c in counts.values()) else 1
 
 
 if __name__ == "__main__":
