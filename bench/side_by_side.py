@@ -6,7 +6,8 @@ random data written before; a client attached through Cinder reads and writes it
 lets it attach until the move ends, and the destination is read back whole against the model of every write:
 
 * ``cinder migrate --force-host-copy``: Cinder's generic copy in cinder-volume (the lab arrays' NBD volumes opened
-  with the project's connector); Cinder refuses an attachment until the migration ends;
+  with the project's connector); the volume is ``maintenance`` until the migration ends, and Cinder attaches only
+  an ``available`` one;
 * ``host copy``: the project's ``volume_migration`` DAG with ``force_host_copy`` (the copy through Cinder's
   attachments on the Airflow worker);
 * ``takeover``: the same DAG, its default path: alpha takes the volume over and copies it in the background; the
@@ -52,12 +53,12 @@ POLL_S = 0.2
 
 def filled(lab: Any, lun: str, size: int, rng: random.Random) -> verify.DataModel:
     """Random data over the whole LUN on the source array; the model of its content."""
-    content = rng.randbytes(size)
+    content = b"".join(rng.randbytes(MiB) for _ in range(size // MiB))  # randbytes takes less than 256 MiB
     array = lab.backend(SOURCE)
     handle = verify.connect(array.export_lun(lun).uri)
     try:
-        for offset in range(0, size, 64 * MiB):
-            handle.pwrite(content[offset : offset + 64 * MiB], offset)
+        for offset in range(0, size, 4 * MiB):  # within the NBD servers' largest request (32 MiB for QEMU's)
+            handle.pwrite(content[offset : offset + 4 * MiB], offset)
         handle.flush()
     finally:
         handle.shutdown()
