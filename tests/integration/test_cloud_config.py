@@ -19,6 +19,7 @@ from lab.localhttp import http_call
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import DEFAULT_TYPE, DEFAULT_ZONE
+from tests.integration.conftest import wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +50,8 @@ def test_a_members_listing_filters_by_name_at_every_microversion(services, admin
 def test_a_members_volume_without_zone_or_type_lands_on_ceph_in_the_default_zone(services, admin):
     vid = as_member(services, "POST", "/volumes", {"volume": {"size": 1, "name": "cloud-no-zone"}})["volume"]["id"]
     try:
-        assert wait_until(lambda: admin.get_volume(vid)["status"] in ("available", "error"), 120, 0.5)
-        made = admin.get_volume(vid)
-        assert (made["status"], made["availability_zone"], made["volume_type"]) == (
-            "available", DEFAULT_ZONE, DEFAULT_TYPE)  # fmt: skip
+        made = wait_status(admin, vid, "available", timeout=120)
+        assert (made["availability_zone"], made["volume_type"]) == (DEFAULT_ZONE, DEFAULT_TYPE)
         assert backend_of(made["os-vol-host-attr:host"]) in CEPH_POOLS, made
     finally:
         admin.request("DELETE", f"/volumes/{vid}")
@@ -61,10 +60,8 @@ def test_a_members_volume_without_zone_or_type_lands_on_ceph_in_the_default_zone
 def test_a_volume_whose_type_pins_its_backend_is_refused_a_move_elsewhere_before_anything_changes(admin):
     vid = admin.request("POST", "/volumes", {"volume": {"size": 1, "volume_type": "beta"}})["volume"]["id"]
     try:
-        assert wait_until(lambda: admin.get_volume(vid)["status"] in ("available", "error"), 120, 0.5)
-        made = admin.get_volume(vid)
-        assert (made["status"], backend_of(made["os-vol-host-attr:host"]), made["availability_zone"]) == (
-            "available", "beta", "beta")  # fmt: skip
+        made = wait_status(admin, vid, "available", timeout=120)
+        assert (backend_of(made["os-vol-host-attr:host"]), made["availability_zone"]) == ("beta", "beta")
         conf = {"volume_id": vid, "dest_host": "lab@alpha#pool1"}
         with pytest.raises(MigrationRefused, match="its volume type beta pins backend beta, the destination is alpha"):
             validation.validate_and_lock(conf, "run-pinned", admin)
