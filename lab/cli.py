@@ -84,21 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def up_all(lab: Lab) -> dict[str, int]:
+def up_cinder_side(lab: Lab) -> dict[str, int]:
+    """The arrays, PostgreSQL, RabbitMQ, Keystone, Ceph and Cinder: everything but Airflow, in starting order."""
     pids = lab.up()
     pids.update(services_of(lab).up())
     pids.update(ceph_of(lab).up())
     pids.update(cinder_of(lab).up())
+    return pids
+
+
+def down_cinder_side(lab: Lab) -> dict[str, bool]:
+    """What ``up_cinder_side`` started, the last first; {name: stopped}."""
+    results = cinder_of(lab).down()
+    results.update(ceph_of(lab).down())
+    results.update(services_of(lab).down())
+    results.update(lab.down())
+    return results
+
+
+def up_all(lab: Lab) -> dict[str, int]:
+    pids = up_cinder_side(lab)
     pids.update(airflow_of(lab).up())
     return pids
 
 
 def down_all(lab: Lab) -> int:
     results = airflow_of(lab).down()
-    results.update(cinder_of(lab).down())
-    results.update(ceph_of(lab).down())
-    results.update(services_of(lab).down())
-    results.update(lab.down())
+    results.update(down_cinder_side(lab))
     print("lab down: " + ", ".join(f"{n} {'stopped' if ok else 'STILL RUNNING'}" for n, ok in results.items()))
     return 0 if all(results.values()) else 1
 

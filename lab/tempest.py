@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lab.cli import ceph_of, cinder_of, services_of
+from lab.cli import cinder_of, down_cinder_side, up_cinder_side
 from lab.env import HOST, PROJECT_ROOT
 from lab.errors import LabError
 from lab.lab import Lab
@@ -223,20 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     cinder = cinder_of(lab)
     try:
         if fresh:
-            lab.up()
-            services_of(lab).up()
-            ceph_of(lab).up()
-            cinder.up()
+            up_cinder_side(lab)
         counts = run(cinder, lab.root / "tempest", concurrency=args.concurrency, regex=args.regex)
     except (LabError, subprocess.CalledProcessError) as exc:
         print(f"lab.tempest: {exc}", file=sys.stderr)
         return 1
     finally:
         if fresh and not args.keep:
-            cinder.down()
-            ceph_of(lab).down()
-            services_of(lab).down()
-            lab.down()
+            down_cinder_side(lab)
     print(report(counts))
     print(f"log: {lab.root / 'tempest' / 'tempest-run.log'}")
     passed = sum(c["success"] for c in counts.values())
