@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from include.backends.errors import BackendError
 from include.migration.cinder_api import CinderApi
-from include.migration.inventory import in_flight_from
+from include.migration.inventory import in_flight_from, volumes_and_locks
 from include.migration.rebalance import load
 from lab.lab import Lab
 
@@ -39,7 +39,7 @@ class MigrationSampler:
         self._thread = threading.Thread(target=self._run, name="migration-sampler", daemon=True)
 
     def sample(self) -> Counter[str]:
-        flights = in_flight_from(self.cinder.list_volumes(), self.cinder.migration_locks())
+        flights = in_flight_from(*volumes_and_locks(self.cinder))
         now = load((f.source, f.destination) for f in flights)
         self.volume_ids |= {f.volume_id for f in flights}
         if self.lab is not None:

@@ -22,6 +22,7 @@ from include.migration.audit import Finding, Repair, Snapshot, find, format_find
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, InconsistenciesLeft
 from include.migration.flow import backend_of
+from include.migration.inventory import volumes_and_locks
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,7 @@ def read(cinder: CinderApi, runs: Runs) -> World:
         luns[backend] = [HeldVolume.from_json(held).to_json() for held in inventory.get("volumes") or []]
         if not inventory.get("repairable"):
             listed.add(backend)
-    # the locks read before and after the volumes: a volume listed as migrating has its lock in one of the reads
-    # (a lock that began after the first read is in the second; one that ended before the second, in the first)
-    before = cinder.migration_locks()
-    volumes = cinder.list_volumes()
-    locks = {**before, **cinder.migration_locks()}
+    volumes, locks = volumes_and_locks(cinder)  # a volume listed as migrating has its lock
     for volume in volumes:
         host = volume.get("os-vol-host-attr:host") or ""
         backend = backend_of(host) if "@" in host else None

@@ -1,7 +1,7 @@
 """What Cinder says about pools, volumes and the migrations in flight, as the planner's plain data.
 
-``read_cloud(cinder)`` makes six calls (pools with capabilities, volume
-services, volumes, the extension's migrations, snapshots, volume types); ``pools_from`` /
+``read_cloud(cinder)`` makes seven calls (pools with capabilities, volume
+services, volumes, the extension's migrations twice, snapshots, volume types); ``pools_from`` /
 ``volumes_from`` / ``in_flight_from`` turn their JSON into ``PoolState``,
 ``VolumeState`` and ``InFlight``, and can be tested on canned answers.
 
@@ -9,7 +9,9 @@ A migration is in flight when its volume's ``migration_status`` is not
 settled. Its pools come from the extension's lock (``GET /os-async-migration``:
 ``CinderApi.migration_locks``), so migrations that an operator started by hand count like the others; one
 without a lock (Cinder's own ``os-migrate_volume``) counts on its current
-host, with the destination unknown.
+host, with the destination unknown. ``volumes_and_locks`` reads the locks
+before and after the volumes, so a migration that begins or ends during the
+read is not taken for one without a lock.
 """
 
 from __future__ import annotations
@@ -130,6 +132,15 @@ def _migrating(volume: dict[str, Any]) -> bool:
 Locks = Mapping[str, dict[str, Any]]  # volume id -> its migration's view (``CinderApi.migration_locks``)
 
 
+def volumes_and_locks(cinder: CinderApi) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every volume, and the locks of the extension's migrations, read so that a volume listed as migrating has
+    its lock: the locks are read before and after the volumes (a lock that began after the first read is in the
+    second; one that ended before the second, in the first)."""
+    before = cinder.migration_locks()
+    volumes = cinder.list_volumes()
+    return volumes, {**before, **cinder.migration_locks()}
+
+
 def in_flight_from(volumes: Iterable[dict[str, Any]], locks: Locks) -> list[InFlight]:
     found = []
     for volume in volumes:
@@ -184,7 +195,7 @@ def read_pools(cinder: CinderApi) -> list[PoolState]:
 def read_cloud(cinder: CinderApi) -> Cloud:
     """Pools, volumes and migrations in flight, as Cinder says them now."""
     pools = read_pools(cinder)
-    volumes, locks = cinder.list_volumes(), cinder.migration_locks()
+    volumes, locks = volumes_and_locks(cinder)
     with_snapshots = {s["volume_id"] for s in cinder.list_snapshots()}
     states = volumes_from(volumes, with_snapshots, pinned_backends(cinder.list_volume_types()), locks)
     return Cloud(tuple(pools), tuple(states), tuple(in_flight_from(volumes, locks)))

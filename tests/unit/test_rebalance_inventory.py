@@ -19,6 +19,7 @@ from include.migration.inventory import (
     pinned_backends,
     pools_from,
     read_cloud,
+    volumes_and_locks,
     volumes_from,
 )
 from include.migration.planner import PoolState, VolumeState
@@ -299,7 +300,39 @@ class CannedCinder(CinderApi):
         raise CinderError(f"no canned answer for {path}", 404)
 
 
-def test_read_cloud_puts_the_six_answers_together():
+class LocksChanging(CannedCinder):
+    """The locks' answers in turn, one per read: migrations that begin and end while the volumes are listed."""
+
+    def __init__(self, lock_reads, **kw) -> None:
+        super().__init__(**kw)
+        self.lock_reads = list(lock_reads)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if path == f"/{RESOURCE}":
+            self.paths.append(path)
+            return {"async_migrations": self.lock_reads.pop(0)}
+        return super().request(method, path, body)
+
+
+def test_a_migration_that_begins_or_ends_while_the_volumes_are_listed_keeps_its_lock():
+    ending = {"volume_id": "v1", "source_host": "lab@beta#pool1", "dest_host": "lab@alpha#pool1", "owner": "a"}
+    beginning = {"volume_id": "v2", "source_host": "lab@beta#pool2", "dest_host": "lab@alpha#pool2", "owner": "b"}
+    cinder = LocksChanging(
+        [[ending], [beginning]],  # v1's lock is released, and v2's taken, while the volumes are read
+        volumes=[
+            volume_json("v1", 1, "lab@alpha#pool1", migration_status="migrating_attachable"),
+            volume_json("v2", 1, "lab@beta#pool2", migration_status="starting"),
+        ],
+    )
+    flights = in_flight_from(*volumes_and_locks(cinder))
+    assert {(f.volume_id, f.source, f.destination) for f in flights} == {
+        ("v1", "lab@beta#pool1", "lab@alpha#pool1"),
+        ("v2", "lab@beta#pool2", "lab@alpha#pool2"),
+    }
+    assert [p.partition("?")[0] for p in cinder.paths] == [f"/{RESOURCE}", "/volumes/detail", f"/{RESOURCE}"]
+
+
+def test_read_cloud_puts_the_answers_together():
     cinder = CannedCinder(
         pools=[
             pool_json("lab@alpha#pool1", 100, 10, volume_backend_name="alpha"),
