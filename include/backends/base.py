@@ -124,6 +124,9 @@ class MigrationProgress:
     eta_seconds: float | None = None
     message: str = ""
     bytes_written: int | None = None  # data bytes written to the target, where the copier counts them
+    # the source has every write made since the takeover, so abandoning the copy loses none (a mirror before its
+    # switch-over; an RBD live migration, whose abort writes them back): what the operator view offers abandon for
+    abandonable: bool = False
 
     @property
     def percent(self) -> float:
@@ -168,6 +171,7 @@ class MigrationProgress:
             eta_seconds=None if data.get("eta_seconds") is None else float(data["eta_seconds"]),
             message=str(data.get("message") or ""),
             bytes_written=None if data.get("bytes_written") is None else int(data["bytes_written"]),
+            abandonable=bool(data.get("abandonable")),
         )
 
 

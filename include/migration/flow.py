@@ -375,7 +375,8 @@ def abandon(plan: Plan, cinder: CinderApi, reason: str) -> str:
 
     Refused with MigrationRefused, nothing changed, unless the volume is attachable on its destination and
     detached, and the destination's driver finds that the source still has every write (a mirror that has not
-    switched over: it checks that and drops its copy in one step). Cinder's abandon does it all through the
+    switched over: it checks that and drops its copy in one step; an RBD live migration: Ceph's abort writes them
+    back). Cinder's abandon does it all through the
     cinder-volumes: the destination gives its copy up, the source's connection is terminated, and the volume goes
     back to its source (``error``, with ``reason``), so nothing is lost. A retry after a partial abandon finds the
     copy gone and does the rest.

@@ -127,14 +127,14 @@ def current_step(facts: RunFacts) -> str:
 def controls_for(
     facts: RunFacts, progress: MigrationProgress | None, features: Features | None = None
 ) -> tuple[Control, ...]:
-    """Pause or resume (whichever applies) and speed for a takeover's copy that runs, and abandon for a mirror
-    (the destination refuses it once the mirror switched over); nothing otherwise. With ``features`` (what the
-    destination's driver offers), only the controls it offers."""
+    """Pause or resume (whichever applies) and speed for a takeover's copy that runs, and abandon while its
+    source has every write (``progress.abandonable``: a mirror before its switch-over, an RBD live migration; the
+    destination refuses it when that changed since); nothing otherwise. With ``features`` (what the destination's
+    driver offers), only the controls it offers."""
     if not array_copy_running(facts) or progress is None or progress.state.terminal:
         return ()
     pace = (Control.RESUME if progress.state is MigrationState.PAUSED else Control.PAUSE, Control.SPEED)
-    mirror = (facts.plan or {}).get("copy_mode") == "mirror"
-    offered = pace + ((Control.ABANDON,) if mirror else ())
+    offered = pace + ((Control.ABANDON,) if progress.abandonable else ())
     return offered if features is None else tuple(c for c in offered if getattr(features, c.value))
 
 

@@ -115,7 +115,7 @@ class TakeoverMixin:
             if not lun.get("copy"):
                 raise Conflict(f"LUN {name} has no takeover in progress (its copy has finished or never ran)")
             copy = lun["copy"]
-            if only_if_source_current and copy["mode"] != "mirror":
+            if only_if_source_current and copy["mode"] != "mirror":  # the same test as _mirroring's, said apart
                 raise Conflict(
                     f"LUN {name} is copied in {copy['mode']} mode: writes since the takeover are on this array "
                     "only, the source is not current"
@@ -188,10 +188,11 @@ class TakeoverMixin:
             state = MigrationState.COPYING
         meter = self.meters.get(lun["name"])
         rate = meter.rate() if meter else 0.0
-        return self._progress_json(state, done, total, rate, message or copy.get("error", ""))
+        return self._progress_json(state, done, total, rate, message or copy.get("error", ""), _mirroring(copy))
 
     @staticmethod
-    def _progress_json(state: MigrationState, done: int, total: int, rate: float, message: str) -> dict[str, Any]:
+    def _progress_json(state: MigrationState, done: int, total: int, rate: float, message: str,
+                       abandonable: bool = False) -> dict[str, Any]:  # fmt: skip
         eta = (total - done) / rate if rate > 0 else None
         return {
             "state": state.value,
@@ -200,6 +201,7 @@ class TakeoverMixin:
             "rate_bps": rate,
             "eta_seconds": eta,
             "message": message,
+            "abandonable": abandonable,
         }
 
     def _copy_control(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -291,3 +293,8 @@ class TakeoverMixin:
         lun["migration"]["mode"] = copy["mode"]
         self.inventory.save()
         log.info("%s copy of %s done after %.1f s; remote LUN released", copy["mode"], lun["name"], elapsed)
+
+
+def _mirroring(copy: dict[str, Any]) -> bool:
+    """A mirror that has not switched over: the source has every write (``abort_takeover``'s condition)."""
+    return copy.get("mode") == "mirror" and copy.get("phase") == "sync"

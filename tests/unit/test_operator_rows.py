@@ -37,8 +37,8 @@ def facts(states, run_state="running", plan=PLAN, failures=(), run_id="manual__1
                     dict(states), plan, list(failures), started)  # fmt: skip
 
 
-def progress(state="copying", done=GiB // 4):
-    return MigrationProgress(MigrationState(state), done, GiB, 8 * MiB, 96.0)
+def progress(state="copying", done=GiB // 4, abandonable=True):
+    return MigrationProgress(MigrationState(state), done, GiB, 8 * MiB, 96.0, abandonable=abandonable)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_a_running_takeover_copy_shows_its_progress_and_offers_pause_and_speed()
 def test_a_paused_copy_offers_resume_and_an_ended_one_nothing():
     assert controls_for(facts(TAKEOVER_WAITING), progress("paused")) == ("resume", "speed", "abandon")
     stream = facts(TAKEOVER_WAITING, plan={**PLAN, "copy_mode": None})
-    assert controls_for(stream, progress("paused")) == ("resume", "speed")  # a stream cannot be abandoned
+    assert controls_for(stream, progress("paused", abandonable=False)) == ("resume", "speed")  # the source is old
     assert controls_for(facts(TAKEOVER_WAITING), progress("done", GiB)) == ()
     assert controls_for(facts(TAKEOVER_WAITING), None) == ()  # the array did not answer
     assert controls_for(facts(TAKEOVER_WAITING, run_state="failed"), progress()) == ()
