@@ -110,6 +110,13 @@ def read_lun(array: Any, name: str, size: int) -> bytes:
         array.unexport_lun(name)
 
 
+def write_blocks(handle: Any, blocks: dict[int, bytes]) -> None:
+    """Each block at its offset, then a flush (an NBD handle, or the lab Ceph's ``ImageHandle``)."""
+    for offset, block in blocks.items():
+        handle.pwrite(block, offset)
+    handle.flush()
+
+
 def write_all(handle: nbd.NBD, data: bytes, chunk: int = 4 * MiB) -> None:
     for off in range(0, len(data), chunk):
         handle.pwrite(data[off : off + chunk], off)

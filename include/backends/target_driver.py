@@ -40,6 +40,11 @@ from include.backends.base import MigrationProgress
 
 # connector key: the backend (its array's name) that asks for a connection in order to take the volume over
 TAKEOVER_INITIATOR = "async_migration_takeover_initiator"
+# key of the ``host`` that blueprint step 1 gives the source driver's ``migrate_volume``: True when the destination
+# offers to take the volume over (``ASYNC_TARGET_CAPABILITY``) and is asked next if the source does not move it.
+# A source driver whose own move would keep the volume unusable until its end may answer "not moved" then; Cinder's
+# own migrations never set it.
+TAKEOVER_NEXT = "async_migration_takeover_next"
 
 
 class TargetResult(NamedTuple):

@@ -80,8 +80,9 @@ from oslo_log import log as logging
 from include.backends.base import GiB, MigrationState
 from include.backends.features import TARGET_METHODS, features_of
 from include.backends.inventory import Cleanup, HeldVolume, InventoryDriver
-from include.backends.target_driver import AsyncMigrationTarget, TargetResult
+from include.backends.target_driver import TAKEOVER_NEXT, AsyncMigrationTarget, TargetResult
 from include.cinder_plugin.names import (
+    ASYNC_TARGET_CAPABILITY,
     DEST_KEY,
     IN_FLIGHT,
     SOURCE_KEY,
@@ -136,7 +137,8 @@ class AsyncMigrationManager(manager.VolumeManager):
         """Blueprint step 1 on this (the SOURCE) backend: ``driver.migrate_volume(context, volume, host)``.
 
         ``host``: the destination pool as Cinder's scheduler describes it (``host``,
-        ``cluster_name``, ``capabilities``). The volume is locked for the move by
+        ``cluster_name``, ``capabilities``), given to the driver with ``TAKEOVER_NEXT`` (the destination takes the
+        volume over next if this driver does not move it). The volume is locked for the move by
         the caller (``starting``) and stays locked whatever the outcome, which is
         recorded in its admin metadata (see the module's docstring). Never raises (the API may wait for it): what
         went wrong beyond the driver is logged, and the step says ``running`` until it is asked again.
@@ -148,9 +150,10 @@ class AsyncMigrationManager(manager.VolumeManager):
 
     def _source_migrate(self, context: Any, volume: Any, host: dict[str, Any]) -> None:
         self._record(context, volume, SourceStep.RUNNING)
+        asked = {**host, TAKEOVER_NEXT: bool((host.get("capabilities") or {}).get(ASYNC_TARGET_CAPABILITY))}
         try:
             volume_utils.require_driver_initialized(self.driver)
-            moved, model_update = self.driver.migrate_volume(context, volume, host)
+            moved, model_update = self.driver.migrate_volume(context, volume, asked)
         except Exception as exc:  # whatever the driver raised is the outcome: said, not lost in a log
             LOG.exception("async migration of volume %s: migrate_volume on %s failed", volume.id, self.host)
             self._record(context, volume, f"{SourceStep.FAILED}: {type(exc).__name__}: {exc}")

@@ -41,6 +41,28 @@ OSD_MEMORY_TARGET = 896 * 1024**2  # the smallest BlueStore accepts
 CEPH_TOOLS = ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph")
 
 
+# librbd's RBD_IMAGE_MIGRATION_STATE_* values, as ``rbd migration status`` names them
+MIGRATION_STATES = {-1: "unknown", 0: "error", 1: "preparing", 2: "prepared", 3: "executing", 4: "executed",
+                    5: "aborting"}  # fmt: skip
+
+
+class ImageHandle:
+    """An open RBD image with a libnbd handle's ``pread`` / ``pwrite`` / ``flush``: ``lab/verify.py``'s random
+    I/O and seeding work on it as on an NBD export."""
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return self.image.read(offset, length)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        self.image.write(data, offset)
+
+    def flush(self) -> None:
+        self.image.flush()
+
+
 class CephLab(Daemons):
     """The cluster's daemons under ``root``, each ``<root>/<daemon>.pid``."""
 
@@ -167,6 +189,25 @@ class CephLab(Daemons):
             with rbd.Image(ioctx, name) as image:
                 image.write(data, offset)
                 image.flush()
+
+    @contextlib.contextmanager
+    def open_image(self, pool: str, name: str) -> Iterator[ImageHandle]:
+        """Image ``name`` of ``pool`` open for reads and writes, as a client that attached it would have it."""
+        import rbd
+
+        with self.ioctx(pool) as ioctx, rbd.Image(ioctx, name) as image:
+            yield ImageHandle(image)
+
+    def migration_state(self, pool: str, name: str) -> str | None:
+        """The RBD live migration of image ``name`` of ``pool`` (its destination): ``prepared``, ``executing``,
+        ``executed``... (``MIGRATION_STATES``); None when the image migrates not (or is not there)."""
+        import rbd
+
+        with self.ioctx(pool) as ioctx:
+            try:
+                return MIGRATION_STATES.get(rbd.RBD().migration_status(ioctx, name)["state"], "unknown")
+            except (rbd.InvalidArgument, rbd.ImageNotFound):
+                return None
 
     def remove_image(self, pool: str, name: str) -> None:
         import rbd

@@ -3,7 +3,8 @@
 ``CinderLab(root, lab, services, ceph)`` writes ``root/cinder.conf`` with one
 backend per lab array (``include.cinder_plugin.drivers``) and, with ``ceph``,
 one per RBD pool of the lab's Ceph (``ceph-hdd``, ``ceph-ssd``) served by
-Cinder's own, unmodified ``RBDDriver``; it syncs the database and starts
+``include.cinder_plugin.ceph_driver.AsyncRBDDriver`` (Cinder's own ``RBDDriver``,
+unchanged, plus the blueprint's takeover by RBD live migration); it syncs the database and starts
 ``cinder-api``, ``cinder-scheduler`` and ``cinder-volume`` from the
 project's Cinder virtualenv (``.venv-cinder``), each in its own session,
 stopped by PID.
@@ -39,7 +40,7 @@ CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
 CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
 EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
-RBD_DRIVER = "cinder.volume.drivers.rbd.RBDDriver"  # Cinder's own, as a cloud runs it
+RBD_DRIVER = "include.cinder_plugin.ceph_driver.AsyncRBDDriver"  # Cinder's RBDDriver plus the takeover
 VOLUME_MANAGER = "include.cinder_plugin.manager.AsyncMigrationManager"  # Cinder's, plus the blueprint's steps
 DEFAULT_ZONE = "nova"  # Cinder's own default name; the zone of a volume created without one: Ceph's pools
 DEFAULT_TYPE = "__DEFAULT__"  # Cinder's own default volume type: pins no backend

@@ -25,23 +25,21 @@ def host_of(pool_host):
     return pool_host.split("@")[1].split("#")[0]
 
 
-def seed(lab, array, lun, size=GiB, seed=7, ceph=None):
-    """Random data in every 8th MiB of the LUN (the rest stays holes); returns the model of its content. ``array``
-    may be a Ceph backend (``ceph``: the lab's cluster), whose LUN is an RBD image."""
+def seed(lab, array, lun, size=GiB, seed=7, ceph=None, every=8 * MiB):
+    """Random data in one MiB of each ``every`` MiB of the LUN (the rest stays holes); returns the model of its
+    content. ``array`` may be a Ceph backend (``ceph``: the lab's cluster), whose LUN is an RBD image."""
     rng = random.Random(seed)
     content = bytearray(size)
-    blocks = {off: rng.randbytes(MiB) for off in range(0, size, 8 * MiB)}
+    blocks = {off: rng.randbytes(MiB) for off in range(0, size, every)}
     for off, block in blocks.items():
         content[off : off + MiB] = block
     if array in CEPH_POOLS:
-        for off, block in blocks.items():
-            ceph.write_image(CEPH_POOLS[array], lun, block, off)
+        with ceph.open_image(CEPH_POOLS[array], lun) as handle:
+            verify.write_blocks(handle, blocks)
         return verify.DataModel(size, bytes(content))
     backend = lab.backend(array)
     handle = verify.connect(backend.export_lun(lun).uri)
-    for off, block in blocks.items():
-        handle.pwrite(block, off)
-    handle.flush()
+    verify.write_blocks(handle, blocks)
     handle.shutdown()
     backend.unexport_lun(lun)
     return verify.DataModel(size, bytes(content))

@@ -2,12 +2,13 @@
 
 Step 2, the target driver's ``migrate_volume_target``: alpha's driver takes a beta volume over (the source's
 connection opened by beta's own cinder-volume), serves it while it copies, is paused, resumed and sped up through
-Cinder, and finishes; another is abandoned back to beta; a target that cannot open the source's protocol (RBD) and
-Cinder's stock RBD driver answer "not moved".
+Cinder, and finishes; another is abandoned back to beta; a target that cannot open the source's protocol (alpha
+an RBD source, Ceph an NBD one) answers "not moved". Between the Ceph pools, the RBD source's step 1 defers to
+the destination's RBD live migration (``AsyncRBDDriver``).
 
-Step 1, the source driver's own ``migrate_volume``, on three drivers: Cinder's RBD driver moves a volume between
-its two Ceph pools, the lab's reference driver moves one between alpha's pools, and the plain array's driver
-answers "not moved". What each backend's driver offers comes from its own cinder-volume.
+Step 1, the source driver's own ``migrate_volume``, on the lab's drivers: the reference driver moves a volume
+between alpha's pools, and the plain array's driver answers "not moved". What each backend's driver offers
+comes from its own cinder-volume.
 """
 
 from __future__ import annotations
@@ -58,34 +59,48 @@ def test_each_backend_says_what_its_driver_offers(admin):
     alpha = Features.from_json(admin.backend_features(f"{CINDER_HOST}@alpha"))
     ceph = Features.from_json(admin.backend_features(f"{CINDER_HOST}@ceph-hdd"))
     assert (alpha.backend, alpha.driver, alpha.migrate_volume) == (f"{CINDER_HOST}@alpha", "ReferenceArrayDriver", True)
-    assert (ceph.backend, ceph.driver, ceph.migrate_volume) == (f"{CINDER_HOST}@ceph-hdd", "RBDDriver", True)
-    assert not (ceph.migrate_volume_target or ceph.pause or ceph.speed or ceph.abandon)  # Cinder's stock driver
+    assert (ceph.backend, ceph.driver, ceph.migrate_volume) == (f"{CINDER_HOST}@ceph-hdd", "AsyncRBDDriver", True)
+    assert ceph.migrate_volume_target and ceph.complete_migration_target and ceph.abandon and ceph.abort
+    assert not (ceph.pause or ceph.resume or ceph.speed)  # Ceph's live migration cannot honour them
     with pytest.raises(CinderError) as refused:
         admin.backend_features(f"{CINDER_HOST}@nowhere")
     assert refused.value.status == 400 and "no enabled volume service is up for lab@nowhere" in str(refused.value)
 
 
-def test_cinders_rbd_driver_moves_a_locked_volume_between_ceph_pools_in_its_cinder_volume(admin, ceph, volume):
+def test_between_ceph_pools_the_rbd_source_defers_to_the_targets_live_migration(admin, ceph, volume):
+    """Step 1: Cinder's RBD copy is not run (the destination takes it over next); step 2: RBD live migration,
+    attachable at once; the copy's looks end in a commit; finish: the source image is gone."""
     vol = volume("ceph-hdd")
     vid, image = vol["id"], f"volume-{vol['id']}"
     for offset in (0, GiB // 2, GiB - MiB):
         ceph.write_image(POOLS["ceph-hdd"], image, os.urandom(MiB), offset)
     before = ceph.image_digest(POOLS["ceph-hdd"], image)
-    dest = f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
+    source, dest = f"{CINDER_HOST}@ceph-hdd#ceph-hdd", f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
     with pytest.raises(CinderError) as refused:  # not locked: nothing is asked of any driver
         admin.source_migrate(vid, OWNER)
     assert refused.value.status == 409 and "lock it first" in str(refused.value)
     admin.begin_migration(vid, dest, OWNER)
     seen = source_step(admin, vid)
-    assert (seen["source_step"], seen["host"], seen["status"], seen["migration_status"]) == (
-        SourceStep.MOVED, dest, "maintenance", "starting")  # fmt: skip
-    assert admin.source_migrate(vid, OWNER)["source_step"] == SourceStep.MOVED  # again: nothing is asked again
-    assert ceph.image_digest(POOLS["ceph-ssd"], image) == before
-    assert image not in ceph.images(POOLS["ceph-hdd"])
+    assert (seen["source_step"], seen["host"], seen["migration_status"]) == (SourceStep.NOT_MOVED, source, "starting")
+    assert image in ceph.images(POOLS["ceph-hdd"]) and image not in ceph.images(POOLS["ceph-ssd"])
+    seen = target_step(admin, vid)
+    assert (seen["target_step"], seen["host"], seen["status"], seen["migration_status"]) == (
+        TargetStep.ATTACHABLE, dest, "available", "migrating_attachable")  # fmt: skip
+    assert admin.target_migrate(vid, OWNER)["target_step"] == TargetStep.ATTACHABLE  # again: nothing new
+    copy = {}
+
+    def copied():
+        copy.update(admin.migration(vid).get("copy") or {})
+        return copy.get("state") == MigrationState.DONE.value
+
+    assert wait_until(copied, 120, 1.0), copy
+    assert ceph.migration_state(POOLS["ceph-ssd"], image) is None  # committed by the look that saw it executed
     admin.finish_migration(vid, dest)
     done = admin.migration(vid)
-    assert (done["migration_status"], done["host"], done["source_step"], done["dest_host"]) == (
+    assert (done["migration_status"], done["host"], done["target_step"], done["dest_host"]) == (
         "success", dest, None, None)  # fmt: skip
+    assert ceph.image_digest(POOLS["ceph-ssd"], image) == before
+    assert image not in ceph.images(POOLS["ceph-hdd"])
     assert admin.get_volume(vid)["availability_zone"] == DEFAULT_ZONE  # both Ceph pools serve it
 
 
@@ -182,7 +197,7 @@ def test_a_target_that_cannot_open_the_source_answers_not_moved_and_changes_noth
     assert (seen["target_step"], seen["host"], seen["migration_status"]) == (
         TargetStep.NOT_MOVED, f"{CINDER_HOST}@ceph-hdd#ceph-hdd", "starting")  # fmt: skip
     admin.fail_migration(from_ceph["id"], "test: not moved", OWNER)
-    admin.begin_migration(to_ceph["id"], f"{CINDER_HOST}@ceph-ssd#ceph-ssd", OWNER)  # Cinder's RBD driver: no target
+    admin.begin_migration(to_ceph["id"], f"{CINDER_HOST}@ceph-ssd#ceph-ssd", OWNER)  # NBD: no RBD live migration
     assert target_step(admin, to_ceph["id"])["target_step"] == TargetStep.NOT_MOVED
     admin.fail_migration(to_ceph["id"], "test: not moved", OWNER)
     assert not lab.backend("gamma").get_lun(f"volume-{to_ceph['id']}").get("takeover_export")

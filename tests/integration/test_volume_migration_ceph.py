@@ -1,44 +1,111 @@
-"""The volume_migration DAG with Ceph: Cinder's RBD driver moves a volume between its two pools as blueprint step 1,
-run in the source's cinder-volume. (Between Ceph and a lab array the host copy runs through Cinder:
-test_volume_migration.py's test_host_copy.)
+"""The volume_migration DAG between the two Ceph pools: the destination's driver (``AsyncRBDDriver``) takes the
+volume over by RBD live migration, so it is attachable on ``ceph-ssd`` at once while the Ceph manager copies.
+
+The manager runs the copy (``rbd task add migration execute``); each test stops it once the volume is
+attachable, which holds the copy where it is for as long as the test uses the volume: the client's I/O is
+during the copy whatever this machine's speed, and the copy must go on when the manager is back. (Between Ceph
+and a lab array the host copy runs through Cinder: test_volume_migration.py's test_host_copy.)
 """
 
 from __future__ import annotations
 
 import os
+import random
+import signal
+import urllib.parse
 
 import pytest
 
 from include.backends.base import GiB, MiB
-from include.migration.steps import Step
-from lab.services.ceph import POOLS
+from include.cinder_plugin.names import ERROR_KEY
+from include.migration.steps import MIGRATION_DAG, Step
+from lab import verify
+from lab.procutil import wait_until
+from lab.services.ceph import MGR, POOLS
 from lab.services.cinder import CINDER_HOST
-from tests.integration.migration_runs import run_and_wait, state_of, states
+from plugins.operator_view import URL_PREFIX
+from tests.integration.conftest import CONNECTOR, wait_status
+from tests.integration.migration_runs import RUN_TIMEOUT, assert_migrated, seed, state_of, states
 
 pytestmark = pytest.mark.integration
 
 HDD, SSD = f"{CINDER_HOST}@ceph-hdd#ceph-hdd", f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
+STILL_COPYING = ("prepared", "executing")
 
 
-def test_cinders_rbd_driver_moves_a_volume_between_the_ceph_pools_as_step_one_of_the_dag(admin, ceph, api, volume):
+def attachable_with_the_manager_stopped(admin, ceph, api, volume):
+    """A 1 GiB volume on ceph-hdd, written in every MiB (a copy of seconds, not of a blink), migrated to ceph-ssd;
+    once attachable there, the Ceph manager is killed: the copy holds. Returns (volume id, image, model, run)."""
     vol = volume("ceph-hdd")
     vid, image = vol["id"], f"volume-{vol['id']}"
-    for offset in (0, GiB // 3, GiB - MiB):
-        ceph.write_image(POOLS["ceph-hdd"], image, os.urandom(MiB), offset)
-    before = ceph.image_digest(POOLS["ceph-hdd"], image)
-    run_id, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": SSD})
-    assert state == "success", states(tis)
+    model = seed(None, "ceph-hdd", image, ceph=ceph, every=MiB)
+    run_id = api.trigger(MIGRATION_DAG, {"volume_id": vid, "dest_host": SSD})
+    assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 120, 0.1), state_of(admin, vid)
+    pid = ceph.pid(MGR)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: ceph.pid(MGR) is None, 30, 0.2), "the manager did not die"
+    copy = ceph.migration_state(POOLS["ceph-ssd"], image)
+    assert copy in STILL_COPYING, f"the copy was {copy} when the manager was killed: 1 GiB went too fast"
+    assert state_of(admin, vid) == ("available", "migrating_attachable", SSD)
+    return vid, image, model, run_id
+
+
+def use_through_cinder(admin, ceph, vid, model, seed_value):
+    """Attach through Cinder, read and write the image the attachment names (the destination's), detach."""
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    pool, image = info["name"].split("/", 1)
+    assert pool == POOLS["ceph-ssd"], info  # served by the destination's pool
+    with ceph.open_image(pool, image) as handle:
+        stats = verify.random_io(handle, model, 300, random.Random(seed_value), max_size=256 * 1024)
+        handle.flush()
+        model.flushed()
+    assert not stats.errors and not stats.mismatches and stats.writes > 50 and stats.reads > 50, stats
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, vid, "in-use")
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vid, "available")
+
+
+def test_ceph_takeover_is_attachable_at_once_and_its_copy_survives_the_manager_killed(
+    lab, admin, services, ceph, api, volume
+):
+    vid, image, model, run_id = attachable_with_the_manager_stopped(admin, ceph, api, volume)
+    try:
+        use_through_cinder(admin, ceph, vid, model, 31)
+        assert ceph.migration_state(POOLS["ceph-ssd"], image) in STILL_COPYING  # the I/O was during the copy
+    finally:
+        ceph.up()  # the manager again: its task, or the driver's next look, takes the copy up
+    assert api.wait_run(MIGRATION_DAG, run_id, RUN_TIMEOUT)["state"] == "success"
+    tis = api.task_instances(MIGRATION_DAG, run_id)
     assert states(tis) == {
         Step.VALIDATE_AND_LOCK: "success",
-        Step.SOURCE_DRIVER: "success",
-        Step.TARGET_TAKEOVER: "skipped",
-        Step.WAIT_FOR_COPY: "skipped",
+        Step.SOURCE_DRIVER: "success",  # Cinder's RBD copy deferred to the takeover: not moved
+        Step.TARGET_TAKEOVER: "success",
+        Step.WAIT_FOR_COPY: "success",
         Step.DRIVERS_SKIPPED: "skipped",
         Step.HOST_COPY: "skipped",
         Step.COMMIT: "success",
         Step.ROLLBACK: "skipped",
     }
-    assert state_of(admin, vid) == ("available", "success", SSD)
-    assert ceph.image_digest(POOLS["ceph-ssd"], image) == before
-    assert image not in ceph.images(POOLS["ceph-hdd"])
-    assert admin.migration(vid)["source_step"] is None  # the migration's record ends with it
+    assert ceph.migration_state(POOLS["ceph-ssd"], image) is None  # committed
+    assert_migrated(lab, admin, services, vid, SSD, model, "ceph-hdd", ceph=ceph)
+
+
+def test_abandoning_a_ceph_takeover_mid_copy_puts_every_write_back_on_the_source(admin, ceph, api, volume):
+    vid, image, model, run_id = attachable_with_the_manager_stopped(admin, ceph, api, volume)
+    try:
+        use_through_cinder(admin, ceph, vid, model, 37)
+        run = urllib.parse.quote(run_id, safe="")
+        answer = api.request("POST", f"/api/migrations/{run}/abandon", {}, under=URL_PREFIX)
+    finally:
+        ceph.up()
+    assert answer["done"] == f"abandoned: copy given up on ceph-ssd, volume back on {HDD}", answer
+    v = admin.get_volume(vid)
+    assert (v["status"], v["migration_status"], v["os-vol-host-attr:host"]) == ("available", "error", HDD)
+    assert v["metadata"][ERROR_KEY].startswith("abandoned by admin"), v["metadata"]
+    assert image not in ceph.images(POOLS["ceph-ssd"]) and ceph.migration_state(POOLS["ceph-hdd"], image) is None
+    # every write the client made through the destination is in the source image
+    assert model.mismatches(ceph.read_image(POOLS["ceph-hdd"], image, 0, GiB)) == []
+    ended = api.wait_run(MIGRATION_DAG, run_id, 60)
+    assert ended["state"] == "failed" and "abandoned by admin" in ended["note"], ended
