@@ -28,7 +28,7 @@ import os
 import platform
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from include.block_devices import BlockDevice, DeviceError, DeviceFile, FileDevice, NbdDevice, RbdDevice
@@ -43,6 +43,13 @@ def connection_type(storage_protocol: str) -> str:
     """The connection type (os-brick's protocol, lower case) of a pool's reported ``storage_protocol``."""
     key = (storage_protocol or "").strip().lower().replace(" ", "_")
     return CONNECTION_TYPE.get(key, key)
+
+
+def takes_over(takeover: bool, sources: Iterable[str], source_protocol: str) -> bool:
+    """A destination pool that offers takeovers (``takeover``, for the connection types ``sources``; none named:
+    any) takes over a volume whose pool speaks ``source_protocol``."""
+    named = {connection_type(s) for s in sources}
+    return takeover and (not named or connection_type(source_protocol) in named)
 
 
 class NbdConnector:

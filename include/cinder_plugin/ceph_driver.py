@@ -57,7 +57,7 @@ from include.backends.target_driver import (
     AsyncMigrationTarget,
     TargetResult,
 )
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SOURCES
 
 LOG = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
 
     def _update_volume_stats(self) -> None:
         super()._update_volume_stats()
-        self._stats[ASYNC_TARGET_CAPABILITY] = True
+        self._stats.update({ASYNC_TARGET_CAPABILITY: True, ASYNC_TARGET_SOURCES: ["rbd"]})  # of this cluster
 
     # ---- step 1, on the source ---------------------------------------------------------
     def migrate_volume(self, context: Any, volume: Any, host: dict[str, Any]) -> tuple[bool, Any]:

@@ -38,7 +38,7 @@ from include.backends.base import ConnectionInfo, Destination, GiB, MiB, Migrati
 from include.backends.errors import BackendError, Conflict, NotFound
 from include.backends.inventory import Cleanup, HeldVolume, InventoryDriver
 from include.backends.target_driver import NOT_MOVED, TAKEOVER_INITIATOR, AsyncMigrationTarget, TargetResult
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SOURCES
 
 LOG = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ lab_array_opts = [
     cfg.StrOpt("lab_array_token_file", help="File that holds the array's API token."),
     cfg.FloatOpt("lab_array_timeout", default=60.0, help="Seconds to wait for one management API call."),
 ]
+
+TAKEOVER_SOURCES = ["nbd"]  # what the reference arrays take over: another lab array's NBD export
 
 CONF = cfg.CONF
 CONF.register_opts(lab_array_opts, group=configuration.SHARED_CONF_GROUP)
@@ -210,6 +212,7 @@ class LabArrayDriver(driver.VolumeDriver, InventoryDriver):
             "lab_array_name": caps.name,
             "lab_array_kind": caps.kind,
             ASYNC_TARGET_CAPABILITY: caps.takeover,
+            ASYNC_TARGET_SOURCES: TAKEOVER_SOURCES if caps.takeover else [],
             "pools": [
                 {
                     "pool_name": pool.name,
@@ -224,6 +227,7 @@ class LabArrayDriver(driver.VolumeDriver, InventoryDriver):
                     "QoS_support": False,
                     "multiattach": False,
                     ASYNC_TARGET_CAPABILITY: caps.takeover,
+                    ASYNC_TARGET_SOURCES: TAKEOVER_SOURCES if caps.takeover else [],
                 }
                 for pool in caps.pools
             ],

@@ -16,6 +16,9 @@ MIGRATING_ATTACHABLE = "migrating_attachable"
 # migration_status of a volume this extension's lock holds through the blueprint's steps: begin's, attachable's
 IN_FLIGHT = ("starting", MIGRATING_ATTACHABLE)
 ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)
+# pool capability: the connection types (os-brick's, lower case: nbd, rbd...) of the sources it takes over; a
+# pool that does not say may take any over
+ASYNC_TARGET_SOURCES = "async_migration_target_sources"
 # volume admin metadata: the lock of a migration in flight (its destination pool, its holder, where it started)
 DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"

@@ -23,7 +23,8 @@ from functools import cached_property
 from typing import Any
 
 from include.backends.base import GiB
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SOURCES
+from include.connectors import connection_type
 from include.migration.cinder_api import CinderApi
 from include.migration.planner import NOT_MIGRATING, PoolState, VolumeState
 
@@ -104,6 +105,8 @@ def pools_from(pool_details: Iterable[dict[str, Any]], services: Iterable[dict[s
                 max_over_subscription_ratio=_ratio(caps.get("max_over_subscription_ratio")),
                 up=_backend_host(pool["name"]) in up,
                 takeover=bool(caps.get(ASYNC_TARGET_CAPABILITY)),
+                protocol=connection_type(str(caps.get("storage_protocol") or "")),
+                takeover_from=tuple(str(p) for p in caps.get(ASYNC_TARGET_SOURCES) or ()),
                 volume_backend_name=caps.get("volume_backend_name"),
             )
         )

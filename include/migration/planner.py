@@ -35,6 +35,7 @@ from typing import Any
 
 from include.backends.base import GiB
 from include.cinder_plugin.names import SETTLED_MIGRATION_STATUSES
+from include.connectors import takes_over
 from include.migration.steps import Step
 
 # migration_status of a volume no migration holds: Cinder's settled ones, and an empty one
@@ -91,6 +92,8 @@ class PoolState:
     max_over_subscription_ratio: float = 1.0
     up: bool = True
     takeover: bool = False  # takes volumes over asynchronously (usable at once)
+    protocol: str = ""  # the connection type of its volumes (nbd, rbd...)
+    takeover_from: tuple[str, ...] = ()  # the connection types of the sources it takes over; (): any
     volume_backend_name: str | None = None  # what a volume type pins (get-pools capabilities); None: ``backend``
 
     def __post_init__(self) -> None:
@@ -102,6 +105,10 @@ class PoolState:
     @property
     def backend(self) -> str:
         return self.name.partition("@")[2].partition("#")[0]
+
+    def takes_over_from(self, source: PoolState) -> bool:
+        """This pool's driver takes a volume of ``source`` over (by what its capabilities say)."""
+        return takes_over(self.takeover, self.takeover_from, source.protocol)
 
     @property
     def used_ratio(self) -> float:
@@ -211,7 +218,7 @@ def expected_path(source: PoolState, destination: PoolState) -> Step:
     """The blueprint step expected to move a volume: the source array between its own pools, a takeover, a copy."""
     if source.backend == destination.backend:
         return Step.SOURCE_DRIVER
-    return Step.TARGET_TAKEOVER if destination.takeover else Step.HOST_COPY
+    return Step.TARGET_TAKEOVER if destination.takes_over_from(source) else Step.HOST_COPY
 
 
 def _gib(nbytes: float) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from include.backends.base import GiB
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
-from include.connectors import connection_type
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SOURCES
+from include.connectors import connection_type, takes_over
 from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, MigrationRefused
@@ -147,9 +147,9 @@ def _pool_problems(plan: Plan, source: dict[str, Any], dest: dict[str, Any], *, 
     """
     problems = []
     source_protocol, dest_protocol = (str(c.get("storage_protocol") or "") for c in (source, dest))
-    only_host_copy = connection_type(source_protocol) != connection_type(dest_protocol) and not dest.get(
-        ASYNC_TARGET_CAPABILITY
-    )
+    takeover = takes_over(bool(dest.get(ASYNC_TARGET_CAPABILITY)), dest.get(ASYNC_TARGET_SOURCES) or (),
+                          source_protocol)  # fmt: skip
+    only_host_copy = connection_type(source_protocol) != connection_type(dest_protocol) and not takeover
     if plan.path == Step.HOST_COPY or only_host_copy:
         problems += attach_problems(source_protocol, dest_protocol)
     free, thin = dest.get("free_capacity_gb"), dest.get("thin_provisioning_support")

@@ -214,6 +214,16 @@ def test_expected_path():
     assert src.backend == "a" and src.used_ratio == 0
 
 
+def test_a_takeover_is_expected_only_from_a_source_protocol_the_destination_opens():
+    rbd_source, nbd_source = pool("ceph-hdd#1", 10, 0, protocol="rbd"), pool("beta#1", 10, 0, protocol="nbd")
+    ceph = pool("ceph-ssd#1", 10, 0, takeover=True, protocol="rbd", takeover_from=("rbd",))
+    assert expected_path(rbd_source, ceph) is Step.TARGET_TAKEOVER  # RBD live migration
+    assert expected_path(nbd_source, ceph) is Step.HOST_COPY  # an NBD export: the host copy's
+    array = pool("alpha#1", 10, 0, takeover=True, protocol="nbd", takeover_from=("NBD",))  # named as Cinder may
+    assert expected_path(nbd_source, array) is Step.TARGET_TAKEOVER
+    assert expected_path(rbd_source, pool("x#1", 10, 0, takeover=True)) is Step.TARGET_TAKEOVER  # says none: any
+
+
 def test_over_subscription_is_respected():
     thin = pool("d#1", 100, 10, prov_gib=95)  # 10% written, 95 GiB promised
     pools = [pool("a#1", 100, 90), thin]

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from include.backends.base import GiB
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, RESOURCE
+from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SOURCES, RESOURCE
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError
 from include.migration.inventory import (
@@ -400,3 +400,9 @@ def test_a_listing_longer_than_max_pages_stops_with_an_error():
     fake = CannedCinder(volumes=[volume_json(f"v{i}", 1, "lab@alpha#pool1") for i in range(5)])
     with pytest.raises(CinderError, match="more than 4 volumes"):
         fake.list_volumes(page=2, max_pages=2)
+
+
+def test_a_pool_says_its_protocol_and_the_sources_it_takes_over():
+    caps = {"storage_protocol": "ceph", ASYNC_TARGET_CAPABILITY: True, ASYNC_TARGET_SOURCES: ["rbd"]}
+    [p] = pools_from([pool_json("lab@ceph-ssd#ceph-ssd", 10, 5, **caps)], [service("lab@ceph-ssd")])
+    assert (p.protocol, p.takeover, p.takeover_from) == ("rbd", True, ("rbd",))
