@@ -159,13 +159,13 @@ class ReferenceArrayBackend(ArrayApiBackend):
         the data into it; "mirror" serves the remote LUN through an active
         mirror that keeps the source current until the local copy is in sync.
         """
-        return self.take_over(volume, lambda: source.export_for_takeover(volume.name, initiator=self.name),
+        return self.take_over(volume, lambda: source.export_for_takeover(volume.name, initiator=self.name).to_json(),
                               source.name, pool=pool, speed_bps=speed_bps, mode=mode)  # fmt: skip
 
     def take_over(
         self,
         volume: Volume,
-        remote: Callable[[], ConnectionInfo],
+        remote: Callable[[], dict[str, Any]],
         source_array: str,
         *,
         pool: str,
@@ -173,7 +173,9 @@ class ReferenceArrayBackend(ArrayApiBackend):
         mode: str | None = None,
     ) -> tuple[bool, bool, dict[str, Any] | None]:
         """Take ``volume`` over from array ``source_array``, reached through ``remote()`` (called only when the
-        takeover is not made yet); ``(True, copying, {"pool", "provider_location"})``. Idempotent: a LUN this
+        takeover is not made yet): an NBD export's ``ConnectionInfo.to_json()``, or an RBD image's
+        ``{"type": "rbd", "pool", "image", "hosts", "ports", "user"}``; ``(True, copying, {"pool",
+        "provider_location"})``. Idempotent: a LUN this
         array already took over from ``source_array`` gives the same answer; another LUN of that name is refused."""
         try:
             lun = self.get_lun(volume.name)
@@ -186,7 +188,7 @@ class ReferenceArrayBackend(ArrayApiBackend):
                 "name": volume.name,
                 "pool": pool,
                 "size": volume.size,
-                "source": {**remote().to_json(), "array": source_array},
+                "source": {**remote(), "array": source_array},
             }
             if speed_bps is not None:
                 body["speed_bps"] = speed_bps

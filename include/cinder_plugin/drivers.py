@@ -49,7 +49,8 @@ lab_array_opts = [
     cfg.FloatOpt("lab_array_timeout", default=60.0, help="Seconds to wait for one management API call."),
 ]
 
-TAKEOVER_SOURCES = ["nbd"]  # what the reference arrays take over: another lab array's NBD export
+# what the reference arrays take over: another lab array's NBD export, an RBD image (QEMU's rbd driver)
+TAKEOVER_SOURCES = ["nbd", "rbd"]
 
 CONF = cfg.CONF
 CONF.register_opts(lab_array_opts, group=configuration.SHARED_CONF_GROUP)
@@ -279,18 +280,25 @@ class ReferenceArrayDriver(LabArrayDriver, AsyncMigrationTarget):
         speed_bps: int | None = None,
         mode: str | None = None,
     ) -> TargetResult:
-        """Take over a LUN another lab array exports over NBD; any other source protocol: not moved."""
+        """Take over a LUN another lab array exports over NBD, or an RBD image (QEMU's rbd driver opens it on the
+        monitors the connection names); any other source protocol: not moved."""
         data = source_connection.get("data") or {}
+        kind = source_connection.get("driver_volume_type")
         pool = volume_utils.extract_host(host["host"], "pool")
-        if source_connection.get("driver_volume_type") != "nbd" or not data.get("array") or not pool:
+        if kind == "nbd" and data.get("array"):
+            source, source_array = ConnectionInfo.from_json(data).to_json(), data["array"]
+        elif kind == "rbd" and "/" in str(data.get("name") or "") and data.get("hosts"):
+            source, source_array = rbd_source(data), backend_name(volume.host)
+        else:
+            source, source_array = None, ""
+        if source is None or not pool:
             LOG.info("array %s cannot take volume %s over from a %s connection", self._array.name, volume.id,
-                     source_connection.get("driver_volume_type"))  # fmt: skip
+                     kind)  # fmt: skip
             return NOT_MOVED
-        if data["array"] == self._array.name:
+        if source_array == self._array.name:
             return NOT_MOVED  # its own LUN: a pool move, which migrate_volume does
-        remote = ConnectionInfo.from_json(data)
         moved, copying, update = self._call("take the LUN over", self._reference.take_over, self._lun(volume),
-                                            lambda: remote, data["array"], pool=pool, speed_bps=speed_bps,
+                                            lambda: source, source_array, pool=pool, speed_bps=speed_bps,
                                             mode=mode)  # fmt: skip
         return TargetResult(moved, copying, {"provider_location": (update or {}).get("provider_location")})
 
@@ -318,6 +326,20 @@ class ReferenceArrayDriver(LabArrayDriver, AsyncMigrationTarget):
     def abandon_migration_target(self, context: Any, volume: Any) -> None:
         self._call("abandon the takeover", self._reference.abandon_migration_target, self._lun(volume),
                    absent=f"no LUN {volume.name}: the takeover was given up already")  # fmt: skip
+
+
+def rbd_source(data: dict[str, Any]) -> dict[str, Any]:
+    """A takeover's source (``ArrayApiBackend.take_over``) from an RBD connection (Cinder's RBD driver's
+    ``initialize_connection`` data: ``name`` pool/image, the monitors' ``hosts`` and ``ports``, ``auth_username``)."""
+    pool, image = str(data["name"]).split("/", 1)
+    user = data.get("auth_username") if data.get("auth_enabled") else None
+    return {"type": "rbd", "pool": pool, "image": image, "hosts": [str(h) for h in data["hosts"]],
+            "ports": [int(p) for p in data.get("ports") or []], "user": user or ""}  # fmt: skip
+
+
+def backend_name(host: str) -> str:
+    """host@backend#pool -> backend: the name a takeover records its source by."""
+    return (volume_utils.extract_host(host, "backend") or host).partition("@")[2]
 
 
 class PlainArrayDriver(LabArrayDriver):

@@ -46,6 +46,8 @@ from lab.procutil import nodelay_listener, wait_until
 
 log = logging.getLogger(__name__)
 
+RBD = "rbd"  # a takeover source's type: an RBD image (any other: an NBD export)
+
 MONITOR_INTERVAL = 0.5
 JOB_EXPORT_TIMEOUT = 5.0  # seconds to wait for a cancelled job or a deleted export to go away
 
@@ -199,18 +201,26 @@ class ReferenceArray(TakeoverMixin, BaseArray):
         self._add_image(lun, path, self.node(lun), backing=self._backing(lun))
 
     def _add_remote(self, lun: dict[str, Any]) -> None:
+        """The source as a block node: an NBD export (QEMU's nbd driver, reconnecting), or an RBD image (QEMU's
+        rbd driver, Debian's qemu-block-extra: librbd, reaching the source's monitors)."""
         src = lun["copy"]["source"]
-        self.qmp.execute(
-            "blockdev-add",
-            {
+        common = {"node-name": self.remote_node(lun), "read-only": lun["copy"]["mode"] == "stream"}  # a mirror
+        if src.get("type") == RBD:  # writes through to the source
+            options: dict[str, Any] = {
+                "driver": "rbd",
+                "pool": src["pool"],
+                "image": src["image"],
+                "server": [{"host": h, "port": str(p)} for h, p in zip(src["hosts"], src["ports"], strict=True)],
+                **({"user": src["user"]} if src.get("user") else {"auth-client-required": ["none"]}),
+            }
+        else:
+            options = {
                 "driver": "nbd",
-                "node-name": self.remote_node(lun),
-                "read-only": lun["copy"]["mode"] == "stream",  # a mirror writes through to the source
                 "server": {"type": "inet", "host": src["host"], "port": str(src["port"])},
                 "export": src["export"],
                 "reconnect-delay": self.config.reconnect_delay,
-            },
-        )
+            }
+        self.qmp.execute("blockdev-add", {**options, **common})
 
     def _del_node(self, node: str) -> None:
         try:
@@ -220,12 +230,14 @@ class ReferenceArray(TakeoverMixin, BaseArray):
                 raise
 
     def _remote_size(self, lun: dict[str, Any]) -> int:
-        """The source LUN's size, asked of its export over NBD.
+        """The source LUN's size, asked of its export over NBD (of the RBD image, with librbd).
 
         Not of our qemu-storage-daemon: its ``query-named-block-nodes`` segfaulted (QEMU 7.2, Debian 12) while
         a stream job of another LUN was completing, in a rebalance with three takeovers at once (2026-12-02).
         """
         src = lun["copy"]["source"]
+        if src.get("type") == RBD:
+            return rbd_image_size(src)
         try:
             h = nbd.NBD()
             h.set_export_name(src["export"])
@@ -462,3 +474,22 @@ class ReferenceArray(TakeoverMixin, BaseArray):
             lambda m, b: self._copy_control(m["name"], m["action"], b),
         )
         return r
+
+
+def rbd_image_size(src: dict[str, Any]) -> int:
+    """The size of the RBD image a takeover's ``source`` names (Debian's python3-rbd, imported here: only an RBD
+    source needs it)."""
+    import rados
+    import rbd
+
+    mons = ",".join(f"{h}:{p}" for h, p in zip(src["hosts"], src["ports"], strict=True))
+    conf = {"mon_host": mons, "auth_client_required": "cephx" if src.get("user") else "none"}
+    try:
+        with (
+            rados.Rados(rados_id=src.get("user") or None, conf=conf) as cluster,
+            cluster.open_ioctx(src["pool"]) as ioctx,
+            rbd.Image(ioctx, src["image"], read_only=True) as image,
+        ):
+            return int(image.size())
+    except (rados.Error, rbd.Error) as exc:
+        raise BackendError(f"source image {src['pool']}/{src['image']} at {mons}: {exc}") from None

@@ -51,18 +51,7 @@ class TakeoverMixin:
         mode = body.get("mode") or self.config.default_copy_mode
         if mode not in COPY_MODES:
             raise InvalidRequest(f"'mode' must be one of {', '.join(COPY_MODES)}")
-        src = body.get("source")
-        if not isinstance(src, dict):
-            raise InvalidRequest("'source' must be an object with host, port, export and array")
-        try:
-            source = {
-                "host": str(src["host"]),
-                "port": int(src["port"]),
-                "export": str(src["export"]),
-                "array": require_name(src, "array"),
-            }
-        except (KeyError, TypeError, ValueError):
-            raise InvalidRequest("'source' must be an object with host, port, export and array") from None
+        source = takeover_source(body.get("source"))
         if source["array"] == self.config.name:
             raise InvalidRequest("a LUN cannot be taken over from its own array; use a pool move")
         with self.lock:
@@ -298,3 +287,25 @@ class TakeoverMixin:
 def _mirroring(copy: dict[str, Any]) -> bool:
     """A mirror that has not switched over: the source has every write (``abort_takeover``'s condition)."""
     return copy.get("mode") == "mirror" and copy.get("phase") == "sync"
+
+
+SOURCE_SHAPES = "'source' must be an object with host, port, export and array (an NBD export), or with type rbd, " \
+    "pool, image, hosts, ports, user and array (an RBD image)"  # fmt: skip
+
+
+def takeover_source(src: Any) -> dict[str, Any]:
+    """A takeover's ``source`` as the array keeps it: an NBD export, or an RBD image (``type: rbd``)."""
+    if not isinstance(src, dict):
+        raise InvalidRequest(SOURCE_SHAPES)
+    try:
+        if src.get("type") == "rbd":
+            hosts, ports = [str(h) for h in src["hosts"]], [int(p) for p in src["ports"]]
+            if not hosts or len(hosts) != len(ports):
+                raise ValueError("one port per monitor host")
+            return {"type": "rbd", "pool": require_name(src, "pool"), "image": require_name(src, "image"),
+                    "hosts": hosts, "ports": ports, "user": str(src.get("user") or ""),
+                    "array": require_name(src, "array")}  # fmt: skip
+        return {"host": str(src["host"]), "port": int(src["port"]), "export": str(src["export"]),
+                "array": require_name(src, "array")}  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        raise InvalidRequest(SOURCE_SHAPES) from None
