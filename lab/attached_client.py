@@ -35,10 +35,11 @@ class AttachedClient(threading.Thread):
         self.cinder, self.volume_id, self.model, self.rng = cinder, volume_id, model, rng
         self.timeout, self.usable = timeout, usable
         self.attached_at: float | None = None  # time.monotonic() once attached
+        self.io_started: float | None = None  # time.monotonic() once its first I/O began
         self.stop = threading.Event()
         self.ops = self.disruptions = self.lost = self.bad_reads = 0
         self.attachment: str | None = None
-        self.uri: str | None = None
+        self.connection: dict[str, Any] = {}  # the attachment's connection_info
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -74,11 +75,12 @@ class AttachedClient(threading.Thread):
                 if time.monotonic() > deadline or self.stop.is_set():
                     raise
                 time.sleep(2.0)
-        self.attachment, self.uri = att["id"], att["connection_info"]["uri"]
+        self.attachment, self.connection = att["id"], att["connection_info"]
         self.attached_at = time.monotonic()
 
     def _io(self) -> None:
-        handle = verify.connect(self.uri)
+        handle = verify.open_connection(self.connection)
+        self.io_started = time.monotonic()
         while not self.stop.is_set():
             stats = verify.random_io(handle, self.model, 20, self.rng, max_size=128 * 1024)
             self.ops += stats.reads + stats.writes
@@ -108,7 +110,7 @@ class AttachedClient(threading.Thread):
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline and not self.stop.is_set():
             try:
-                handle = verify.connect(self.uri)
+                handle = verify.open_connection(self.connection)
                 content = verify.read_all(handle, self.model.size)
             except Exception:
                 time.sleep(1.0)
@@ -117,6 +119,12 @@ class AttachedClient(threading.Thread):
             self.model.adopt(content)
             return handle
         return None
+
+    def wait_attached(self, timeout: float) -> bool:
+        """Until its I/O began (True), or it gave up or ``timeout`` passed (False)."""
+        return wait_until(lambda: self.io_started is not None or not self.is_alive(), timeout, 0.2) and (
+            self.io_started is not None
+        )
 
     def detach(self) -> None:
         """Stop, then delete every attachment of the volume, as an operator cleans up after a client: an attach

@@ -31,6 +31,7 @@ from lab.env import HOST, free_port
 from lab.errors import LabError
 from lab.procutil import tree_rss_kib, wait_ready, write_private
 from lab.services.daemon import Daemons, left, run_cli
+from lab.verify import RbdHandle
 
 MON, MGR, OSD = "mon.a", "mgr.x", "osd.0"
 # Cinder backend -> its RBD pool
@@ -44,23 +45,6 @@ CEPH_TOOLS = ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph")
 # librbd's RBD_IMAGE_MIGRATION_STATE_* values, as ``rbd migration status`` names them
 MIGRATION_STATES = {-1: "unknown", 0: "error", 1: "preparing", 2: "prepared", 3: "executing", 4: "executed",
                     5: "aborting"}  # fmt: skip
-
-
-class ImageHandle:
-    """An open RBD image with a libnbd handle's ``pread`` / ``pwrite`` / ``flush``: ``lab/verify.py``'s random
-    I/O and seeding work on it as on an NBD export."""
-
-    def __init__(self, image: Any) -> None:
-        self.image = image
-
-    def pread(self, length: int, offset: int) -> bytes:
-        return self.image.read(offset, length)
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        self.image.write(data, offset)
-
-    def flush(self) -> None:
-        self.image.flush()
 
 
 class CephLab(Daemons):
@@ -190,13 +174,20 @@ class CephLab(Daemons):
                 image.write(data, offset)
                 image.flush()
 
-    @contextlib.contextmanager
-    def open_image(self, pool: str, name: str) -> Iterator[ImageHandle]:
-        """Image ``name`` of ``pool`` open for reads and writes, as a client that attached it would have it."""
-        import rbd
+    def connection(self, pool: str, name: str) -> dict[str, Any]:
+        """What Cinder's RBD driver gives a client of image ``name`` of ``pool`` (``initialize_connection``'s data):
+        the monitor (legacy port), ``pool/image``, no authentication."""
+        return {"name": f"{pool}/{name}", "hosts": [HOST], "ports": [str(self.config["ports"]["mon_v1"])],
+                "auth_enabled": False}  # fmt: skip
 
-        with self.ioctx(pool) as ioctx, rbd.Image(ioctx, name) as image:
-            yield ImageHandle(image)
+    @contextlib.contextmanager
+    def open_image(self, pool: str, name: str) -> Iterator[RbdHandle]:
+        """Image ``name`` of ``pool`` open for reads and writes, as a client that attached it would have it."""
+        handle = RbdHandle(self.connection(pool, name))
+        try:
+            yield handle
+        finally:
+            handle.shutdown()
 
     def migration_state(self, pool: str, name: str) -> str | None:
         """The RBD live migration of image ``name`` of ``pool`` (its destination): ``prepared``, ``executing``,

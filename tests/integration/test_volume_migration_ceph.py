@@ -1,10 +1,12 @@
-"""The volume_migration DAG between the two Ceph pools: the destination's driver (``AsyncRBDDriver``) takes the
-volume over by RBD live migration, so it is attachable on ``ceph-ssd`` at once while the Ceph manager copies.
+"""The volume_migration DAG with Ceph's volumes taken over: between the two Ceph pools the destination's driver
+(``AsyncRBDDriver``) takes the volume over by RBD live migration, so it is attachable on ``ceph-ssd`` at once
+while the Ceph manager copies; from Ceph to alpha, the array opens the RBD image with QEMU's rbd driver and
+serves it at once while it copies.
 
-The manager runs the copy (``rbd task add migration execute``); each test stops it once the volume is
-attachable, which holds the copy where it is for as long as the test uses the volume: the client's I/O is
-during the copy whatever this machine's speed, and the copy must go on when the manager is back. (Between Ceph
-and a lab array the host copy runs through Cinder: test_volume_migration.py's test_host_copy.)
+Between the pools, the manager runs the copy (``rbd task add migration execute``); each test stops it once the
+volume is attachable, which holds the copy where it is for as long as the test uses the volume: the client's I/O
+is during the copy whatever this machine's speed, and the copy must go on when the manager is back. (The host
+copy between Ceph and a lab array: test_volume_migration.py's test_host_copy.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import urllib.parse
 
 import pytest
 
-from include.backends.base import GiB, MiB
+from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.cinder_plugin.names import ERROR_KEY
 from include.migration.steps import MIGRATION_DAG, Step
 from lab import verify
@@ -54,12 +56,14 @@ def use_through_cinder(admin, ceph, vid, model, seed_value):
     """Attach through Cinder, read and write the image the attachment names (the destination's), detach."""
     att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
     info = att["attachment"]["connection_info"]
-    pool, image = info["name"].split("/", 1)
-    assert pool == POOLS["ceph-ssd"], info  # served by the destination's pool
-    with ceph.open_image(pool, image) as handle:
+    assert info["name"].split("/", 1)[0] == POOLS["ceph-ssd"], info  # served by the destination's pool
+    handle = verify.open_connection(info)  # librbd, on the monitors the attachment names
+    try:
         stats = verify.random_io(handle, model, 300, random.Random(seed_value), max_size=256 * 1024)
         handle.flush()
         model.flushed()
+    finally:
+        handle.shutdown()
     assert not stats.errors and not stats.mismatches and stats.writes > 50 and stats.reads > 50, stats
     admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
     wait_status(admin, vid, "in-use")
@@ -109,3 +113,34 @@ def test_abandoning_a_ceph_takeover_mid_copy_puts_every_write_back_on_the_source
     assert model.mismatches(ceph.read_image(POOLS["ceph-hdd"], image, 0, GiB)) == []
     ended = api.wait_run(MIGRATION_DAG, run_id, 60)
     assert ended["state"] == "failed" and "abandoned by admin" in ended["note"], ended
+
+
+def test_alpha_takes_a_ceph_volume_over_with_qemus_rbd_driver(lab, admin, services, ceph, api, volume):
+    """ceph-hdd -> alpha: attachable on alpha at once (an NBD export of its overlay over the RBD image), used
+    through Cinder during the copy, verified after; the source image deleted by Cinder's RBD driver."""
+    vol = volume("ceph-hdd")
+    vid, image, dest = vol["id"], f"volume-{vol['id']}", f"{CINDER_HOST}@alpha#pool1"
+    model = seed(lab, "ceph-hdd", image, ceph=ceph)
+    run_id = api.trigger(MIGRATION_DAG, {"volume_id": vid, "dest_host": dest, "speed_mib": 32})
+    assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 120, 0.2), state_of(admin, vid)
+    alpha = lab.backend("alpha")
+    assert alpha.complete_migration_target(Volume(image, GiB)).state is MigrationState.COPYING
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    assert info["port"] == lab.config("alpha").nbd_port  # served by the target
+    handle = verify.connect(info["uri"])
+    stats = verify.random_io(handle, model, 300, random.Random(41), max_size=256 * 1024)
+    handle.flush()
+    model.flushed()
+    handle.shutdown()
+    assert not stats.errors and not stats.mismatches and stats.writes > 50, stats
+    assert alpha.complete_migration_target(Volume(image, GiB)).state is MigrationState.COPYING  # I/O during it
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, vid, "in-use")
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vid, "available")
+    assert api.wait_run(MIGRATION_DAG, run_id, RUN_TIMEOUT)["state"] == "success"
+    tis = api.task_instances(MIGRATION_DAG, run_id)
+    assert (states(tis)[Step.TARGET_TAKEOVER], states(tis)[Step.WAIT_FOR_COPY], states(tis)[Step.HOST_COPY]) == (
+        "success", "success", "skipped")  # fmt: skip
+    assert_migrated(lab, admin, services, vid, dest, model, "ceph-hdd", ceph=ceph)
