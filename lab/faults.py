@@ -76,6 +76,7 @@ class Phase(enum.StrEnum):
     HOST_COPY = "host_copy"
     HOST_COPY_CEPH = "host_copy_ceph"
     ROLLBACK = "rollback"
+    CEPH_TAKEOVER = "ceph_takeover"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class PhasePlan:
     conf: dict[str, Any]  # the run's params besides volume_id and dest_host
     window_s: float  # the kill comes at a random time in [0, window_s] after the task is seen running
     dest_pool: str = "pool1"
+    fill_every: int = 32 * MiB  # the volume holds 1 MiB of random data in every fill_every bytes
 
     @property
     def dest_host(self) -> str:
@@ -103,6 +105,9 @@ PHASES: dict[Phase, PhasePlan] = {
     Phase.HOST_COPY_CEPH: PhasePlan(Step.HOST_COPY, "gamma", "ceph-hdd", {"speed_mib": 8}, 3.0, "ceph-hdd"),
     # the operator gives a slow host copy up (marks it failed): rollback runs, and the fault hits it
     Phase.ROLLBACK: PhasePlan(Step.ROLLBACK, "beta", "alpha", {"force_host_copy": True, "speed_mib": 1}, 0.8),
+    # RBD live migration between the Ceph pools (AsyncRBDDriver): full of data, so that the Ceph manager's copy
+    # lasts a few seconds of the wait
+    Phase.CEPH_TAKEOVER: PhasePlan(Step.WAIT_FOR_COPY, "ceph-hdd", "ceph-ssd", {}, 3.0, "ceph-ssd", MiB),
 }
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker")
@@ -245,7 +250,7 @@ class Matrix:
     def _trial(self, trial: Trial, outcome: Outcome) -> None:
         plan = PHASES[trial.phase]
         rng = random.Random(trial.seed)
-        volume_id, model = self._volume(plan.source, rng)
+        volume_id, model = self._volume(plan.source, rng, plan.fill_every)
         dest = plan.dest_host
         client = None if plan.step is Step.ROLLBACK else AttachedClient(self.cinder, volume_id, model, rng, RUN_TIMEOUT)
         run_id = self._call(lambda: self.api.trigger(MIGRATION_DAG, {"volume_id": volume_id, "dest_host": dest,
@@ -275,18 +280,24 @@ class Matrix:
         self._delete(volume_id)
 
     # ---- making and checking the volume --------------------------------------------------
-    def _volume(self, array: str, rng: random.Random) -> tuple[str, verify.DataModel]:
-        """A 1 GiB volume on ``array`` with 1 MiB of random data in every 32 MiB: (id, the model of its content)."""
-        volume_id = create_volumes(self.cinder, 1, array, prefix="fault-trial", timeout=120)[0]["id"]
+    def _volume(self, backend: str, rng: random.Random, every: int) -> tuple[str, verify.DataModel]:
+        """A 1 GiB volume on ``backend`` (a lab array or a Ceph pool) with 1 MiB of random data in every ``every``
+        bytes: (id, the model of its content)."""
+        volume_id = create_volumes(self.cinder, 1, backend, prefix="fault-trial", timeout=120)[0]["id"]
         content = bytearray(GiB)
-        backend = self.lab.backend(array)
-        handle = verify.connect(backend.export_lun(f"volume-{volume_id}").uri)
-        for off in range(0, GiB, 32 * MiB):
-            content[off : off + MiB] = rng.randbytes(MiB)
-            handle.pwrite(bytes(content[off : off + MiB]), off)
-        handle.flush()
-        handle.shutdown()
-        backend.unexport_lun(f"volume-{volume_id}")
+        blocks = {off: rng.randbytes(MiB) for off in range(0, GiB, every)}
+        for off, block in blocks.items():
+            content[off : off + MiB] = block
+        lun = f"volume-{volume_id}"
+        if backend in CEPH_POOLS:
+            with self.ceph.open_image(CEPH_POOLS[backend], lun) as handle:
+                verify.write_blocks(handle, blocks)
+        else:
+            array = self.lab.backend(backend)
+            handle = verify.connect(array.export_lun(lun).uri)
+            verify.write_blocks(handle, blocks)
+            handle.shutdown()
+            array.unexport_lun(lun)
         return volume_id, verify.DataModel(GiB, bytes(content))
 
     def _judge_volume(self, volume_id: str, dest: str, plan: PhasePlan, model: verify.DataModel,

@@ -2,7 +2,8 @@
 
 Volumes are created in beta through Cinder and the rebalance drains beta's
 pools onto alpha's, or onto a Ceph pool (a host copy through Cinder, NBD to
-RBD), one ``volume_migration`` run per move. Cinder and the
+RBD), one ``volume_migration`` run per move; between the Ceph pools the move is
+ceph-ssd's takeover (RBD live migration). Cinder and the
 arrays are sampled every second from outside (``lab.concurrency``): the
 limits must hold, a migration started by hand included. Data written before
 the run is read back after it.
@@ -30,7 +31,7 @@ REBALANCE = "volume_rebalance"
 MIGRATION = "volume_migration"
 ALPHA = [f"{CINDER_HOST}@alpha#pool1", f"{CINDER_HOST}@alpha#pool2"]
 BETA = [f"{CINDER_HOST}@beta#pool1", f"{CINDER_HOST}@beta#pool2"]
-CEPH_SSD = f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
+CEPH_HDD, CEPH_SSD = f"{CINDER_HOST}@ceph-hdd#ceph-hdd", f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
 SEEDED = 64 * MiB  # of each volume, for the move into Ceph
 THRESHOLD = 10  # percent: beta's 40 GiB pools hold 6 of the 12 volumes each (15%) and must drop to 4 GiB
 RUN_TIMEOUT = 600
@@ -222,9 +223,41 @@ def test_rebalance_moves_volumes_from_a_lab_array_into_a_ceph_pool(lab, ceph, ad
     moves = [m for m in summary["moves"] if m["outcome"] == "moved"]
     assert len(moves) == 2 and summary["counts"].get("moved") == 2, summary
     assert {m["source"] for m in moves} <= set(BETA) and {m["destination"] for m in moves} == {CEPH_SSD}, moves
+    assert {m["path"] for m in moves} == {"host_copy"}, moves  # ceph-ssd takes no NBD volume over
     for move in moves:
         vid, image = move["volume_id"], f"volume-{move['volume_id']}"
         assert volume_states(admin, [vid])[vid] == ("available", "success", CEPH_SSD)
         assert models[vid].mismatches(content_on(lab, "ceph-ssd", image, SEEDED, ceph)) == [], vid
         # deleted by its driver (Cinder's completion asks for it without waiting)
         assert wait_until(lambda lun=image: not has_lun(lab, "beta", lun), 60, 0.5), "the source LUN is deleted"
+
+
+def test_rebalance_moves_between_the_ceph_pools_by_rbd_live_migration(lab, ceph, admin, api, volume):
+    """ceph-hdd holds more than ceph-ssd (two volumes full of data): the plan moves one to ceph-ssd by the
+    destination's takeover (RBD live migration), and the moved volume's data is read back from ceph-ssd."""
+    made = [volume("ceph-hdd"), volume("ceph-hdd")]
+    models = {v["id"]: seed(lab, "ceph-hdd", f"volume-{v['id']}", seed=i, ceph=ceph, every=MiB)
+              for i, v in enumerate(made)}  # fmt: skip
+
+    def apart():  # Ceph's pool stats (and Cinder's, every 5 s) count the data written
+        ratios = used(admin)
+        return ratios[CEPH_HDD] - ratios[CEPH_SSD] >= 1.5 * GiB / ceph_total(admin)
+
+    assert wait_until(apart, 120, 2), used(admin)
+    ratios = used(admin)
+    threshold = max(1.0, round(50 * (ratios[CEPH_HDD] + ratios[CEPH_SSD]), 2))  # half way, in percent
+    conf = {"threshold": threshold, "include_pools": [CEPH_HDD, CEPH_SSD], "max_moves": 1, "speed_mib": 0}
+    run_id = api.trigger(REBALANCE, conf)
+    assert api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)["state"] == "success", api.task_instances(REBALANCE, run_id)
+    assert "target_takeover" in logs(api, run_id, "plan")  # the plan says the path
+    summary = api.xcom(REBALANCE, run_id, "summarize")
+    [move] = [m for m in summary["moves"] if m["outcome"] == "moved"]
+    assert (move["source"], move["destination"], move["path"]) == (CEPH_HDD, CEPH_SSD, "target_takeover"), move
+    vid, image = move["volume_id"], f"volume-{move['volume_id']}"
+    assert volume_states(admin, [vid])[vid] == ("available", "success", CEPH_SSD)
+    assert models[vid].mismatches(content_on(lab, "ceph-ssd", image, GiB, ceph)) == [], vid
+    assert not has_lun(lab, "ceph-hdd", image, ceph), "the source image went with the commit"
+
+
+def ceph_total(admin):
+    return {p.name: p.total_bytes for p in read_pools(admin)}[CEPH_HDD]
