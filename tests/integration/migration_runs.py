@@ -13,7 +13,7 @@ from include.migration.flow import lun_of
 from lab import verify
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS as CEPH_POOLS
-from tests.integration.conftest import cinder_cli
+from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
 
 DAG = "volume_migration"
 RUN_TIMEOUT = 300
@@ -70,6 +70,26 @@ def state_of(admin, vid):
 def run_and_wait(api, conf, timeout=RUN_TIMEOUT):
     run_id = api.trigger(DAG, conf)
     return run_id, api.wait_run(DAG, run_id, timeout)["state"], api.task_instances(DAG, run_id)
+
+
+def use_through_cinder(admin, vid, model, rng_seed, ops=300):
+    """Attach through Cinder, read and write what the attachment names (an NBD export, an RBD image: a client's
+    own handle on it), flush, detach; every read checked against ``model``. The attachment's connection_info."""
+    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
+    info = att["attachment"]["connection_info"]
+    handle = verify.open_connection(info)
+    try:
+        stats = verify.random_io(handle, model, ops, random.Random(rng_seed), max_size=256 * 1024)
+        handle.flush()
+        model.flushed()
+    finally:
+        handle.shutdown()
+    assert not stats.errors and not stats.mismatches and stats.writes > 50 and stats.reads > 50, stats
+    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
+    wait_status(admin, vid, "in-use")
+    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
+    wait_status(admin, vid, "available")
+    return info
 
 
 def logs_of(api, run_id, task_id, tis):

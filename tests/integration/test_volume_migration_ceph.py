@@ -12,7 +12,6 @@ copy between Ceph and a lab array: test_volume_migration.py's test_host_copy.)
 from __future__ import annotations
 
 import os
-import random
 import signal
 import urllib.parse
 
@@ -21,13 +20,18 @@ import pytest
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.cinder_plugin.names import ERROR_KEY
 from include.migration.steps import MIGRATION_DAG, Step
-from lab import verify
 from lab.procutil import wait_until
 from lab.services.ceph import MGR, POOLS
 from lab.services.cinder import CINDER_HOST
 from plugins.operator_view import URL_PREFIX
-from tests.integration.conftest import CONNECTOR, wait_status
-from tests.integration.migration_runs import RUN_TIMEOUT, assert_migrated, seed, state_of, states
+from tests.integration.migration_runs import (
+    RUN_TIMEOUT,
+    assert_migrated,
+    seed,
+    state_of,
+    states,
+    use_through_cinder,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,31 +56,13 @@ def attachable_with_the_manager_stopped(admin, ceph, api, volume):
     return vid, image, model, run_id
 
 
-def use_through_cinder(admin, ceph, vid, model, seed_value):
-    """Attach through Cinder, read and write the image the attachment names (the destination's), detach."""
-    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
-    info = att["attachment"]["connection_info"]
-    assert info["name"].split("/", 1)[0] == POOLS["ceph-ssd"], info  # served by the destination's pool
-    handle = verify.open_connection(info)  # librbd, on the monitors the attachment names
-    try:
-        stats = verify.random_io(handle, model, 300, random.Random(seed_value), max_size=256 * 1024)
-        handle.flush()
-        model.flushed()
-    finally:
-        handle.shutdown()
-    assert not stats.errors and not stats.mismatches and stats.writes > 50 and stats.reads > 50, stats
-    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
-    wait_status(admin, vid, "in-use")
-    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
-    wait_status(admin, vid, "available")
-
-
 def test_ceph_takeover_is_attachable_at_once_and_its_copy_survives_the_manager_killed(
     lab, admin, services, ceph, api, volume
 ):
     vid, image, model, run_id = attachable_with_the_manager_stopped(admin, ceph, api, volume)
     try:
-        use_through_cinder(admin, ceph, vid, model, 31)
+        info = use_through_cinder(admin, vid, model, 31)
+        assert info["name"].split("/", 1)[0] == POOLS["ceph-ssd"], info  # served by the destination's pool
         assert ceph.migration_state(POOLS["ceph-ssd"], image) in STILL_COPYING  # the I/O was during the copy
     finally:
         ceph.up()  # the manager again: its task, or the driver's next look, takes the copy up
@@ -99,7 +85,7 @@ def test_ceph_takeover_is_attachable_at_once_and_its_copy_survives_the_manager_k
 def test_abandoning_a_ceph_takeover_mid_copy_puts_every_write_back_on_the_source(admin, ceph, api, volume):
     vid, image, model, run_id = attachable_with_the_manager_stopped(admin, ceph, api, volume)
     try:
-        use_through_cinder(admin, ceph, vid, model, 37)
+        use_through_cinder(admin, vid, model, 37)
         run = urllib.parse.quote(run_id, safe="")
         answer = api.request("POST", f"/api/migrations/{run}/abandon", {}, under=URL_PREFIX)
     finally:
@@ -125,20 +111,9 @@ def test_alpha_takes_a_ceph_volume_over_with_qemus_rbd_driver(lab, admin, servic
     assert wait_until(lambda: state_of(admin, vid)[1] == "migrating_attachable", 120, 0.2), state_of(admin, vid)
     alpha = lab.backend("alpha")
     assert alpha.complete_migration_target(Volume(image, GiB)).state is MigrationState.COPYING
-    att = admin.request("POST", "/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
-    info = att["attachment"]["connection_info"]
+    info = use_through_cinder(admin, vid, model, 41)
     assert info["port"] == lab.config("alpha").nbd_port  # served by the target
-    handle = verify.connect(info["uri"])
-    stats = verify.random_io(handle, model, 300, random.Random(41), max_size=256 * 1024)
-    handle.flush()
-    model.flushed()
-    handle.shutdown()
-    assert not stats.errors and not stats.mismatches and stats.writes > 50, stats
     assert alpha.complete_migration_target(Volume(image, GiB)).state is MigrationState.COPYING  # I/O during it
-    admin.request("POST", f"/attachments/{att['attachment']['id']}/action", {"os-complete": {}})
-    wait_status(admin, vid, "in-use")
-    admin.request("DELETE", f"/attachments/{att['attachment']['id']}")
-    wait_status(admin, vid, "available")
     assert api.wait_run(MIGRATION_DAG, run_id, RUN_TIMEOUT)["state"] == "success"
     tis = api.task_instances(MIGRATION_DAG, run_id)
     assert (states(tis)[Step.TARGET_TAKEOVER], states(tis)[Step.WAIT_FOR_COPY], states(tis)[Step.HOST_COPY]) == (
