@@ -67,8 +67,6 @@ CANCEL_POLL_S = 0.5
 # a manager command waits for a manager, however long none is up (librados' own timeout does not bound it): the
 # ``ceph`` command is run, and killed after this long
 MGR_TIMEOUT_S = 5.0  # under the 10 s a look at the copy is given (include/cinder_plugin/takeover.py)
-
-
 TIMED_OUT = 124  # coreutils timeout's exit status when it killed the command
 
 
@@ -97,11 +95,8 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         """Cinder's, except when the blueprint's caller asks the destination to take the volume over next
         (``host[TAKEOVER_NEXT]``) and it is an RBD backend that can: then ``(False, None)``, nothing changed."""
         caps = host.get("capabilities") or {}
-        if (
-            host.get(TAKEOVER_NEXT)
-            and caps.get(ASYNC_TARGET_CAPABILITY)
-            and caps.get("storage_protocol") == (self.STORAGE_PROTOCOL)
-        ):
+        rbd_target = caps.get(ASYNC_TARGET_CAPABILITY) and caps.get("storage_protocol") == self.STORAGE_PROTOCOL
+        if host.get(TAKEOVER_NEXT) and rbd_target:
             LOG.info("volume %s: not copied by Cinder's RBD driver; %s takes it over by RBD live migration",
                      volume.id, host["host"])  # fmt: skip
             return False, None

@@ -17,7 +17,10 @@ so a step runs where the backend's driver and its credentials already are:
   volume accounts for (``include/backends/inventory.py``);
 * ``async_migration_source_migrate`` (call, waited for 2 s at most): blueprint step 1 on the SOURCE
   backend, the driver's own ``migrate_volume`` (a stock driver's move within
-  its array: Cinder's RBD driver moves a volume between pools of one cluster).
+  its array: Cinder's RBD driver moves a volume between pools of one cluster),
+  given ``TAKEOVER_NEXT`` in its ``host`` when the destination takes volumes
+  over (a source driver whose own move keeps the volume unusable may then
+  leave it to step 2: ``AsyncRBDDriver`` does).
   Its outcome is recorded in the volume's admin metadata (``SOURCE_STEP_KEY``):
   ``running``, then ``moved`` (the volume is on the destination: host,
   service, zone and the driver's model update are set, the lock stays),
