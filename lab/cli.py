@@ -2,7 +2,7 @@
 
 lab up        install what is missing, start the arrays alpha, beta, gamma, the
               services PostgreSQL, RabbitMQ, Keystone, Ceph 16.2 (one monitor,
-              manager and OSD; two RBD pools), Cinder 29 with the lab's drivers,
+              manager and OSD; three RBD pools), Cinder 29 with the lab's drivers,
               Cinder's RBD driver for Ceph and the extension, and Airflow 3
               (api-server, scheduler, dag-processor, triggerer) with the
               project's DAGs and Connections

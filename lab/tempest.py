@@ -41,23 +41,16 @@ from lab.env import HOST, PROJECT_ROOT
 from lab.errors import LabError
 from lab.lab import Lab
 from lab.localhttp import http_call
-from lab.services.cinder import RBD_DRIVER, CinderLab
+from lab.services.cinder import ASYNC_RBD_DRIVER, STOCK_RBD_DRIVER, CinderLab
 
 TEMPEST_VENV = PROJECT_ROOT / ".venv-tempest"
 EXCLUDE_LIST = PROJECT_ROOT / "tests" / "tempest" / "exclude-list.txt"
 SUITES = ("tempest.api.volume", "cinder_tempest_plugin.api")
 TESTS = r"^(tempest\.api\.volume|cinder_tempest_plugin\.api)\."
 # Tempest's feature flags ([volume-feature-enabled]) a driver of the lab can back; any other stays off
-DRIVER_FEATURES = {
-    RBD_DRIVER: (
-        "snapshot",
-        "clone",
-        "manage_volume",
-        "manage_snapshot",
-        "volume_revert",
-        "extend_volume_with_snapshot",
-    ),  # fmt: skip
-}
+RBD_FEATURES = ("snapshot", "clone", "manage_volume", "manage_snapshot", "volume_revert",
+                "extend_volume_with_snapshot")  # fmt: skip
+DRIVER_FEATURES = {STOCK_RBD_DRIVER: RBD_FEATURES, ASYNC_RBD_DRIVER: RBD_FEATURES}  # the same RBD driver
 FEATURES = sorted({f for features in DRIVER_FEATURES.values() for f in features})
 # Keystone catalog type -> Tempest's [service_available] flag
 CATALOG_SERVICES = {"compute": "nova", "image": "glance", "object-store": "swift", "network": "neutron"}

@@ -1,4 +1,4 @@
-"""Ceph 16.2 (Debian 12's packages) in the lab: one monitor, one manager, one OSD, two RBD pools.
+"""Ceph 16.2 (Debian 12's packages) in the lab: one monitor, one manager, one OSD, three RBD pools.
 
 ``CephLab(root)`` keeps one cluster under ``root`` (``<lab root>/ceph``):
 ``ceph.json`` (its fsid, the OSD's uuid and the monitor's two ports, fixed the
@@ -35,7 +35,7 @@ from lab.verify import RbdHandle
 
 MON, MGR, OSD = "mon.a", "mgr.x", "osd.0"
 # Cinder backend -> its RBD pool
-POOLS = {"ceph-hdd": "volumes-hdd", "ceph-ssd": "volumes-ssd"}
+POOLS = {"ceph-hdd": "volumes-hdd", "ceph-ssd": "volumes-ssd", "ceph-stock": "volumes-stock"}
 PG_NUM = 16
 OSD_BLOCK_BYTES = 64 * 1024**3  # sparse: only what is written takes disk space
 OSD_MEMORY_TARGET = 896 * 1024**2  # the smallest BlueStore accepts

@@ -2,15 +2,16 @@
 
 ``CinderLab(root, lab, services, ceph)`` writes ``root/cinder.conf`` with one
 backend per lab array (``include.cinder_plugin.drivers``) and, with ``ceph``,
-one per RBD pool of the lab's Ceph (``ceph-hdd``, ``ceph-ssd``) served by
+one per RBD pool of the lab's Ceph: ``ceph-hdd`` and ``ceph-ssd`` served by
 ``include.cinder_plugin.ceph_driver.AsyncRBDDriver`` (Cinder's own ``RBDDriver``,
-unchanged, plus the blueprint's takeover by RBD live migration); it syncs the database and starts
+unchanged, plus the blueprint's takeover by RBD live migration), ``ceph-stock``
+by Cinder's own, unmodified ``RBDDriver``; it syncs the database and starts
 ``cinder-api``, ``cinder-scheduler`` and ``cinder-volume`` from the
 project's Cinder virtualenv (``.venv-cinder``), each in its own session,
 stopped by PID.
 
 Zones and types, as a cloud has them: each lab array is an availability zone
-of its own (a test picks an array by zone); both Ceph pools serve the default
+of its own (a test picks an array by zone); every Ceph pool serves the default
 zone, ``nova``, so a volume created without a zone or a type lands on Ceph
 (snapshots, clones, extend, as Tempest expects of the default). Each backend
 has a volume type of its name that pins it (``volume_backend_name``) and names
@@ -40,7 +41,11 @@ CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
 CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
 EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
-RBD_DRIVER = "include.cinder_plugin.ceph_driver.AsyncRBDDriver"  # Cinder's RBDDriver plus the takeover
+ASYNC_RBD_DRIVER = "include.cinder_plugin.ceph_driver.AsyncRBDDriver"  # Cinder's RBDDriver plus the takeover
+STOCK_RBD_DRIVER = "cinder.volume.drivers.rbd.RBDDriver"  # Cinder's own, unmodified, as a cloud runs it
+# Ceph backend -> its driver: ceph-hdd and ceph-ssd take volumes over by RBD live migration; ceph-stock is a
+# backend as a cloud without the plugin's drivers has it (its moves are Cinder's RBD driver's own)
+RBD_DRIVERS = {"ceph-hdd": ASYNC_RBD_DRIVER, "ceph-ssd": ASYNC_RBD_DRIVER, "ceph-stock": STOCK_RBD_DRIVER}
 VOLUME_MANAGER = "include.cinder_plugin.manager.AsyncMigrationManager"  # Cinder's, plus the blueprint's steps
 DEFAULT_ZONE = "nova"  # Cinder's own default name; the zone of a volume created without one: Ceph's pools
 DEFAULT_TYPE = "__DEFAULT__"  # Cinder's own default volume type: pins no backend
@@ -147,7 +152,7 @@ class CinderLab(Daemons):
             lines += [
                 "",
                 f"[{backend}]",
-                f"volume_driver = {RBD_DRIVER}",
+                f"volume_driver = {RBD_DRIVERS[backend]}",
                 f"volume_backend_name = {backend}",
                 f"backend_availability_zone = {self.zone_of(backend)}",
                 f"rbd_pool = {pool}",

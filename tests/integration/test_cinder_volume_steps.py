@@ -6,8 +6,9 @@ Cinder, and finishes; another is abandoned back to beta; a target that cannot op
 an NBD one) answers "not moved". Between the Ceph pools, the RBD source's step 1 defers to
 the destination's RBD live migration (``AsyncRBDDriver``).
 
-Step 1, the source driver's own ``migrate_volume``, on the lab's drivers: the reference driver moves a volume
-between alpha's pools, and the plain array's driver answers "not moved". What each backend's driver offers
+Step 1, the source driver's own ``migrate_volume``, on three drivers: Cinder's unmodified RBD driver
+(``ceph-stock``) moves a volume to another Ceph pool, the lab's reference driver moves one between alpha's
+pools, and the plain array's driver answers "not moved". What each backend's driver offers
 comes from its own cinder-volume.
 """
 
@@ -58,13 +59,41 @@ def target_step(admin, vid, **args):
 def test_each_backend_says_what_its_driver_offers(admin):
     alpha = Features.from_json(admin.backend_features(f"{CINDER_HOST}@alpha"))
     ceph = Features.from_json(admin.backend_features(f"{CINDER_HOST}@ceph-hdd"))
+    stock = Features.from_json(admin.backend_features(f"{CINDER_HOST}@ceph-stock"))
     assert (alpha.backend, alpha.driver, alpha.migrate_volume) == (f"{CINDER_HOST}@alpha", "ReferenceArrayDriver", True)
     assert (ceph.backend, ceph.driver, ceph.migrate_volume) == (f"{CINDER_HOST}@ceph-hdd", "AsyncRBDDriver", True)
     assert ceph.migrate_volume_target and ceph.complete_migration_target and ceph.abandon and ceph.abort
     assert not (ceph.pause or ceph.resume or ceph.speed)  # Ceph's live migration cannot honour them
+    assert (stock.driver, stock.migrate_volume) == ("RBDDriver", True)
+    assert not (stock.migrate_volume_target or stock.pause or stock.speed or stock.abandon)  # Cinder's own driver
     with pytest.raises(CinderError) as refused:
         admin.backend_features(f"{CINDER_HOST}@nowhere")
     assert refused.value.status == 400 and "no enabled volume service is up for lab@nowhere" in str(refused.value)
+
+
+def test_cinders_own_rbd_driver_moves_a_locked_volume_between_ceph_pools_in_its_cinder_volume(admin, ceph, volume):
+    """Step 1 on ceph-stock (Cinder's unmodified RBDDriver): its own synchronous move, toward ceph-hdd."""
+    vol = volume("ceph-stock")
+    vid, image = vol["id"], f"volume-{vol['id']}"
+    for offset in (0, GiB // 2, GiB - MiB):
+        ceph.write_image(POOLS["ceph-stock"], image, os.urandom(MiB), offset)
+    before = ceph.image_digest(POOLS["ceph-stock"], image)
+    dest = f"{CINDER_HOST}@ceph-hdd#ceph-hdd"
+    with pytest.raises(CinderError) as refused:  # not locked: nothing is asked of any driver
+        admin.source_migrate(vid, OWNER)
+    assert refused.value.status == 409 and "lock it first" in str(refused.value)
+    admin.begin_migration(vid, dest, OWNER)
+    seen = source_step(admin, vid)
+    assert (seen["source_step"], seen["host"], seen["status"], seen["migration_status"]) == (
+        SourceStep.MOVED, dest, "maintenance", "starting")  # fmt: skip
+    assert admin.source_migrate(vid, OWNER)["source_step"] == SourceStep.MOVED  # again: nothing is asked again
+    assert ceph.image_digest(POOLS["ceph-hdd"], image) == before
+    assert image not in ceph.images(POOLS["ceph-stock"])
+    admin.finish_migration(vid, dest)
+    done = admin.migration(vid)
+    assert (done["migration_status"], done["host"], done["source_step"], done["dest_host"]) == (
+        "success", dest, None, None)  # fmt: skip
+    assert admin.get_volume(vid)["availability_zone"] == DEFAULT_ZONE  # every Ceph pool serves it
 
 
 def test_between_ceph_pools_the_rbd_source_defers_to_the_targets_live_migration(admin, ceph, volume):

@@ -1,4 +1,5 @@
-"""The volume_migration DAG with Ceph's volumes taken over: between the two Ceph pools the destination's driver
+"""The volume_migration DAG with Ceph: from ``ceph-stock`` (Cinder's unmodified RBD driver) the source driver's own
+move as step 1; Ceph's volumes taken over: between ceph-hdd and ceph-ssd the destination's driver
 (``AsyncRBDDriver``) takes the volume over by RBD live migration, so it is attachable on ``ceph-ssd`` at once
 while the Ceph manager copies; from Ceph to alpha, the array opens the RBD image with QEMU's rbd driver and
 serves it at once while it copies.
@@ -27,6 +28,7 @@ from plugins.operator_view import URL_PREFIX
 from tests.integration.migration_runs import (
     RUN_TIMEOUT,
     assert_migrated,
+    run_and_wait,
     seed,
     state_of,
     states,
@@ -119,3 +121,27 @@ def test_alpha_takes_a_ceph_volume_over_with_qemus_rbd_driver(lab, admin, servic
     assert (states(tis)[Step.TARGET_TAKEOVER], states(tis)[Step.WAIT_FOR_COPY], states(tis)[Step.HOST_COPY]) == (
         "success", "success", "skipped")  # fmt: skip
     assert_migrated(lab, admin, services, vid, dest, model, "ceph-hdd", ceph=ceph)
+
+
+def test_cinders_own_rbd_driver_moves_a_volume_between_ceph_pools_as_step_one_of_the_dag(admin, ceph, api, volume):
+    vol = volume("ceph-stock")
+    vid, image = vol["id"], f"volume-{vol['id']}"
+    for offset in (0, GiB // 3, GiB - MiB):
+        ceph.write_image(POOLS["ceph-stock"], image, os.urandom(MiB), offset)
+    before = ceph.image_digest(POOLS["ceph-stock"], image)
+    run_id, state, tis = run_and_wait(api, {"volume_id": vid, "dest_host": HDD})
+    assert state == "success", states(tis)
+    assert states(tis) == {
+        Step.VALIDATE_AND_LOCK: "success",
+        Step.SOURCE_DRIVER: "success",
+        Step.TARGET_TAKEOVER: "skipped",
+        Step.WAIT_FOR_COPY: "skipped",
+        Step.DRIVERS_SKIPPED: "skipped",
+        Step.HOST_COPY: "skipped",
+        Step.COMMIT: "success",
+        Step.ROLLBACK: "skipped",
+    }
+    assert state_of(admin, vid) == ("available", "success", HDD)
+    assert ceph.image_digest(POOLS["ceph-hdd"], image) == before
+    assert image not in ceph.images(POOLS["ceph-stock"])
+    assert admin.migration(vid)["source_step"] is None  # the migration's record ends with it
