@@ -247,7 +247,8 @@ def test_rebalance_moves_between_the_ceph_pools_by_rbd_live_migration(lab, ceph,
 
     assert wait_until(apart, 120, 2), used(admin)
     ratios = used(admin)
-    threshold = max(1.0, round(50 * (ratios[CEPH_HDD] + ratios[CEPH_SSD]), 2))  # half way, in percent
+    # half way between ceph-hdd now and ceph-ssd with one more volume, in percent: one move brings both under it
+    threshold = max(1.0, round(50 * (ratios[CEPH_HDD] + ratios[CEPH_SSD] + GiB / ceph_total(admin)), 2))
     conf = {"threshold": threshold, "include_pools": [CEPH_HDD, CEPH_SSD], "max_moves": 1, "speed_mib": 0}
     run_id = api.trigger(REBALANCE, conf)
     assert api.wait_run(REBALANCE, run_id, RUN_TIMEOUT)["state"] == "success", api.task_instances(REBALANCE, run_id)
