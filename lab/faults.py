@@ -54,7 +54,7 @@ from lab import verify
 from lab.attached_client import AttachedClient
 from lab.env import PROJECT_ROOT
 from lab.errors import LabError
-from lab.fill import create_volumes, delete_volumes
+from lab.fill import create_volumes, delete_volumes, seed
 from lab.lab import Lab
 from lab.procutil import parent_pid, pid_alive, process_tree, wait_until
 from lab.services.airflow import AirflowLab
@@ -284,21 +284,7 @@ class Matrix:
         """A 1 GiB volume on ``backend`` (a lab array or a Ceph pool) with 1 MiB of random data in every ``every``
         bytes: (id, the model of its content)."""
         volume_id = create_volumes(self.cinder, 1, backend, prefix="fault-trial", timeout=120)[0]["id"]
-        content = bytearray(GiB)
-        blocks = {off: rng.randbytes(MiB) for off in range(0, GiB, every)}
-        for off, block in blocks.items():
-            content[off : off + MiB] = block
-        lun = f"volume-{volume_id}"
-        if backend in CEPH_POOLS:
-            with self.ceph.open_image(CEPH_POOLS[backend], lun) as handle:
-                verify.write_blocks(handle, blocks)
-        else:
-            array = self.lab.backend(backend)
-            handle = verify.connect(array.export_lun(lun).uri)
-            verify.write_blocks(handle, blocks)
-            handle.shutdown()
-            array.unexport_lun(lun)
-        return volume_id, verify.DataModel(GiB, bytes(content))
+        return volume_id, seed(self.lab, self.ceph, backend, f"volume-{volume_id}", rng, GiB, every)
 
     def _judge_volume(self, volume_id: str, dest: str, plan: PhasePlan, model: verify.DataModel,
                       outcome: Outcome) -> None:  # fmt: skip

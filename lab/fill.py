@@ -3,19 +3,23 @@
 ``lift_quotas`` removes the admin project's volume and GiB quotas (Cinder's
 default allows 10 volumes); ``create_volumes`` makes many volumes on one
 backend (a lab array or a Ceph pool) a few at a time and waits until each is
-available; ``delete_volumes`` removes them.
+available; ``delete_volumes`` removes them. ``seed`` writes random data into a
+volume's LUN or RBD image and answers the model of its content.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import random
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from include.backends.base import MiB
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError
+from lab import verify
 from lab.errors import LabError
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS as CEPH_POOLS
@@ -80,3 +84,23 @@ def delete_volumes(cinder: CinderApi, volume_ids: Iterable[str]) -> list[str]:
             if exc.status != 404:
                 refused.append(f"{vid}: {exc}")
     return refused
+
+
+def seed(lab: Any, ceph: Any, backend: str, lun: str, rng: random.Random, size: int, every: int) -> verify.DataModel:
+    """Random data (drawn from ``rng``) in one MiB of each ``every`` bytes of ``lun``, the rest left as it is
+    (holes on a new volume); the model of its ``size`` bytes. ``backend`` is a lab array (``lab``: its LUN through
+    an NBD export made for it) or a Ceph pool (``ceph``: the lab's cluster, its RBD image)."""
+    content = bytearray(size)
+    blocks = {off: rng.randbytes(MiB) for off in range(0, size, every)}
+    for off, block in blocks.items():
+        content[off : off + MiB] = block
+    if backend in CEPH_POOLS:
+        with ceph.open_image(CEPH_POOLS[backend], lun) as handle:
+            verify.write_blocks(handle, blocks)
+    else:
+        array = lab.backend(backend)
+        handle = verify.connect(array.export_lun(lun).uri)
+        verify.write_blocks(handle, blocks)
+        handle.shutdown()
+        array.unexport_lun(lun)
+    return verify.DataModel(size, bytes(content))

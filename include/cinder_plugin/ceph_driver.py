@@ -166,6 +166,11 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         except (self.rbd.InvalidArgument, self.rbd.ImageNotFound):
             return None
 
+    def _committed(self, client: Any, name: str) -> bool:
+        """An image that migrates not (``_status`` None) but is in this pool: its migration was committed, it is
+        plain and complete here."""
+        return name in self.RBDProxy().list(client.ioctx)
+
     def _mgr(self, *command: str) -> str:
         """One command of the Ceph manager's rbd_support module (``ceph rbd task ...``), its JSON output.
         ManagerUnavailable when no manager answers within ``MGR_TIMEOUT_S``; VolumeBackendAPIException when it
@@ -200,7 +205,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         with cinder_rbd.RADOSClient(self, self.configuration.rbd_pool) as dst:
             status = self._status(dst, volume.name)
             if status is None:
-                if volume.name in self.RBDProxy().list(dst.ioctx):  # committed: the image is plain and complete
+                if self._committed(dst, volume.name):
                     return self._look(volume, MigrationState.DONE, total, total)
                 return self._look(volume, MigrationState.FAILED, 0, total,
                                   f"no image {volume.name} in pool {self.configuration.rbd_pool}")  # fmt: skip
@@ -240,7 +245,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         was committed already (the source is gone), nothing changed; a migration aborted already: nothing to do."""
         with cinder_rbd.RADOSClient(self, self.configuration.rbd_pool) as dst:
             if self._status(dst, volume.name) is None:
-                if volume.name in self.RBDProxy().list(dst.ioctx):
+                if self._committed(dst, volume.name):
                     raise exception.InvalidVolume(reason=f"the migration of {volume.name} was committed: its source "
                                                          "is gone")  # fmt: skip
                 LOG.info("volume %s: no RBD live migration to abort", volume.id)

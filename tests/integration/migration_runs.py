@@ -10,7 +10,7 @@ from include.backends.base import GiB, MiB
 from include.backends.errors import NotFound
 from include.cinder_plugin.names import PROGRESS_KEY
 from include.migration.flow import lun_of
-from lab import verify
+from lab import fill, verify
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS as CEPH_POOLS
 from tests.integration.conftest import CONNECTOR, cinder_cli, wait_status
@@ -26,23 +26,10 @@ def host_of(pool_host):
 
 
 def seed(lab, array, lun, size=GiB, seed=7, ceph=None, every=8 * MiB):
-    """Random data in one MiB of each ``every`` MiB of the LUN (the rest stays holes); returns the model of its
-    content. ``array`` may be a Ceph backend (``ceph``: the lab's cluster), whose LUN is an RBD image."""
-    rng = random.Random(seed)
-    content = bytearray(size)
-    blocks = {off: rng.randbytes(MiB) for off in range(0, size, every)}
-    for off, block in blocks.items():
-        content[off : off + MiB] = block
-    if array in CEPH_POOLS:
-        with ceph.open_image(CEPH_POOLS[array], lun) as handle:
-            verify.write_blocks(handle, blocks)
-        return verify.DataModel(size, bytes(content))
-    backend = lab.backend(array)
-    handle = verify.connect(backend.export_lun(lun).uri)
-    verify.write_blocks(handle, blocks)
-    handle.shutdown()
-    backend.unexport_lun(lun)
-    return verify.DataModel(size, bytes(content))
+    """Random data in one MiB of each ``every`` bytes of the LUN (the rest stays holes); returns the model of its
+    content (``lab.fill.seed``). ``array`` may be a Ceph backend (``ceph``: the lab's cluster), whose LUN is an RBD
+    image."""
+    return fill.seed(lab, ceph, array, lun, random.Random(seed), size, every)
 
 
 def content_on(lab, array, lun, size=GiB, ceph=None):
