@@ -14,6 +14,8 @@ scripts/bootstrap.sh
 if (($#)); then
   exec .venv/bin/python -m pytest "$@"
 fi
-.venv/bin/python -m pytest --durations=15
-.venv/bin/python -m pytest --durations=5 --executor celery -m on_celery_in_ci tests/integration
+# A run that hangs past its budget (normally about 32 and 5 minutes) gets SIGABRT: Python's faulthandler prints
+# every thread's stack, and CI fails with where it hung, well inside its 90 minutes
+timeout --signal=ABRT 55m .venv/bin/python -m pytest --durations=15
+timeout --signal=ABRT 15m .venv/bin/python -m pytest --durations=5 --executor celery -m on_celery_in_ci tests/integration
 exec scripts/tempest.sh

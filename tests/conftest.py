@@ -36,6 +36,23 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+_session = {}  # "config": pytest's, once configured
+
+
+def pytest_configure(config):
+    _session["config"] = config
+
+
+def pytest_runtest_logreport(report):
+    """A failure's report at once, not only in the summary at the end: a run cut short (a hang, CI's time limit)
+    still shows why its first failure failed."""
+    config = _session.get("config")
+    reporter = config.pluginmanager.get_plugin("terminalreporter") if config else None
+    if report.failed and reporter is not None:
+        printed = f"\n--- its stdout, the end:\n{report.capstdout[-2000:]}" if report.capstdout else ""
+        reporter.write_line(f"\nFAILED {report.nodeid} ({report.when}):\n{report.longreprtext[-4000:]}{printed}")
+
+
 @pytest.fixture(scope="session")
 def executor(request):
     """The executor the lab's Airflow runs (``--executor``)."""
