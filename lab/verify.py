@@ -20,6 +20,9 @@ from typing import Any
 import nbd
 
 SECTOR = 512
+# librados waits for a monitor or an OSD for ever by default, inside C, where neither pytest-timeout's signal nor
+# a deadline of ours reaches: the lab's clients give up (an error) after this long instead
+RADOS_TIMEOUTS = {name: "120" for name in ("rados_osd_op_timeout", "rados_mon_op_timeout", "client_mount_timeout")}
 MiB = 1024 * 1024
 
 
@@ -108,7 +111,7 @@ class RbdHandle:
 
         user = data.get("auth_username") if data.get("auth_enabled") else None
         mons = ",".join(f"{h}:{p}" for h, p in zip(data["hosts"], data["ports"], strict=True))
-        conf = {"mon_host": mons, "auth_client_required": "cephx" if user else "none"}
+        conf = {"mon_host": mons, "auth_client_required": "cephx" if user else "none", **RADOS_TIMEOUTS}
         self.cluster = rados.Rados(rados_id=user, conf=conf)
         self.cluster.connect(timeout=int(timeout))
         pool, name = str(data["name"]).split("/", 1)

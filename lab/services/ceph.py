@@ -31,7 +31,7 @@ from lab.env import HOST, free_port
 from lab.errors import LabError
 from lab.procutil import tree_rss_kib, wait_ready, write_private
 from lab.services.daemon import Daemons, left, run_cli
-from lab.verify import RbdHandle
+from lab.verify import RADOS_TIMEOUTS, RbdHandle
 
 MON, MGR, OSD = "mon.a", "mgr.x", "osd.0"
 # Cinder backend -> its RBD pool
@@ -154,7 +154,10 @@ class CephLab(Daemons):
         """A librados I/O context on ``pool`` (Debian's python3-rados, imported here: only the lab's checks need it)."""
         import rados
 
-        with rados.Rados(conffile=str(self.conf_path)) as cluster, cluster.open_ioctx(pool) as ioctx:
+        with (
+            rados.Rados(conffile=str(self.conf_path), conf=RADOS_TIMEOUTS) as cluster,
+            cluster.open_ioctx(pool) as ioctx,
+        ):
             yield ioctx
 
     def images(self, pool: str) -> list[str]:
