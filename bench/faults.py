@@ -14,8 +14,10 @@ repairs, and what is left is counted).
 Components: api-server, scheduler, dag-processor, triggerer, worker (the
 LocalExecutor worker of the phase's task; the one that reads the task queue
 while the run is deferred), cinder-api, cinder-scheduler, cinder-volume,
-keystone, rabbitmq, postgres, source-array, target-array. Phases:
-validate_and_lock, takeover, attachable_wait, commit, host_copy, rollback.
+keystone, rabbitmq, postgres, source-array, target-array, ceph-mon,
+ceph-mgr, ceph-osd (where the phase involves Ceph). Phases:
+validate_and_lock, takeover, attachable_wait, commit, host_copy,
+host_copy_ceph, rollback, ceph_takeover.
 
 Prints one line per trial and a table per phase and per component at the
 end; every outcome goes to ``bench/results/faults.json``. The order is drawn
@@ -23,7 +25,7 @@ from ``--seed``: the same seed gives the same trials and delays.
 
 Run: ``cd /work/main && PYTHONPATH=. .venv/bin/python bench/faults.py [--seed 12] [--trials N]
 [--first K] [--phases commit,rollback] [--components scheduler,postgres] [--keep]`` (a fresh lab in a temporary
-folder; the whole matrix is 90 trials, a minute or two each).
+folder; the whole matrix is 120 trials, a minute or two each).
 """
 
 from __future__ import annotations
