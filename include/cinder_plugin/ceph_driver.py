@@ -68,6 +68,9 @@ CANCEL_POLL_S = 0.5
 # ``ceph`` command is run, and killed after this long
 MGR_TIMEOUT_S = 5.0  # under the 10 s a look at the copy is given (include/cinder_plugin/takeover.py)
 TIMED_OUT = 124  # coreutils timeout's exit status when it killed the command
+# this cluster's monitors (``ceph mon dump``, a command of its own: a few tenths of a second) are looked up again
+# after this long, and whenever a source's monitors are none of them
+MONITORS_TTL_S = 300.0
 
 
 class ManagerUnavailable(exception.VolumeBackendAPIException):
@@ -80,6 +83,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_look: dict[str, tuple[float, int]] = {}  # volume id -> (when, bytes done): the copy's rate
+        self._monitors: tuple[float, set[tuple[str, str]]] | None = None  # (when looked up, {(host, port)})
 
     # ---- what it is ----------------------------------------------------------------
     @property
@@ -128,10 +132,14 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
             LOG.warning("volume %s: RBD live migration has no speed or mode; asked %s B/s, mode %s: not honoured",
                         volume.id, speed_bps, mode)  # fmt: skip
         pool = self.configuration.rbd_pool
-        with cinder_rbd.RADOSClient(self, src_pool) as src, cinder_rbd.RADOSClient(self, pool) as dst:
+        with cinder_rbd.RADOSClient(self, pool) as dst:  # one connection, both pools: one cluster
             status = self._status(dst, volume.name)
             if status is None:
-                self.RBDProxy().migration_prepare(src.ioctx, src_image, dst.ioctx, volume.name)
+                src_ioctx = dst.cluster.open_ioctx(src_pool)
+                try:
+                    self.RBDProxy().migration_prepare(src_ioctx, src_image, dst.ioctx, volume.name)
+                finally:
+                    src_ioctx.close()
                 LOG.info("volume %s: RBD live migration prepared, %s/%s -> %s/%s", volume.id, src_pool, src_image,
                          pool, volume.name)  # fmt: skip
             elif status.get("source_image_name") != src_image:
@@ -151,13 +159,20 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         if src_pool == self.configuration.rbd_pool:
             LOG.info("volume %s is in pool %s already: nothing to take over", volume.id, src_pool)
             return None
-        hosts, ports = self._get_mon_addrs()
         theirs = set(zip(map(str, data.get("hosts") or []), map(str, data.get("ports") or []), strict=False))
-        if not theirs & set(zip(hosts, ports, strict=False)):
+        if not theirs & self._monitors_now() and not theirs & self._monitors_now(fresh=True):
             LOG.info("volume %s is on another Ceph cluster (monitors %s): RBD live migration moves within one",
                      volume.id, sorted(theirs))  # fmt: skip
             return None
         return src_pool, src_image
+
+    def _monitors_now(self, fresh: bool = False) -> set[tuple[str, str]]:
+        """This cluster's monitors, {(host, port)}: as looked up less than ``MONITORS_TTL_S`` ago unless ``fresh``."""
+        now = time.monotonic()
+        if fresh or self._monitors is None or now - self._monitors[0] > MONITORS_TTL_S:
+            hosts, ports = self._get_mon_addrs()
+            self._monitors = (now, set(zip(hosts, ports, strict=False)))
+        return self._monitors[1]
 
     def _status(self, client: Any, name: str) -> dict[str, Any] | None:
         """The image's live migration as librbd reports it; None when it has none (or there is no such image)."""
