@@ -20,6 +20,7 @@ import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
 from include.cinder_plugin.names import ERROR_KEY
+from include.migration.operator_rows import CopyPath
 from include.migration.steps import MIGRATION_DAG, Step
 from lab.procutil import wait_until
 from lab.services.ceph import MGR, POOLS
@@ -28,6 +29,7 @@ from plugins.operator_view import URL_PREFIX
 from tests.integration.migration_runs import (
     RUN_TIMEOUT,
     assert_migrated,
+    assert_progress_in_cinder,
     run_and_wait,
     seed,
     state_of,
@@ -66,6 +68,7 @@ def test_ceph_takeover_is_attachable_at_once_and_its_copy_survives_the_manager_k
         info = use_through_cinder(admin, vid, model, 31)
         assert info["name"].split("/", 1)[0] == POOLS["ceph-ssd"], info  # served by the destination's pool
         assert ceph.migration_state(POOLS["ceph-ssd"], image) in STILL_COPYING  # the I/O was during the copy
+        assert_progress_in_cinder(admin, services, vid)  # the live migration's percent, in cinder show
     finally:
         ceph.up()  # the manager again: its task, or the driver's next look, takes the copy up
     assert api.wait_run(MIGRATION_DAG, run_id, RUN_TIMEOUT)["state"] == "success"
@@ -88,6 +91,9 @@ def test_abandoning_a_ceph_takeover_mid_copy_puts_every_write_back_on_the_source
     vid, image, model, run_id = attachable_with_the_manager_stopped(admin, ceph, api, volume)
     try:
         use_through_cinder(admin, vid, model, 37)
+        rows = {row["run_id"]: row for row in api.request("GET", "/api/migrations", under=URL_PREFIX)["migrations"]}
+        row = rows[run_id]  # the operator view offers what Ceph honours: abandon, not pause nor speed
+        assert (row["path"], row["copy_state"], row["controls"]) == (CopyPath.TAKEOVER, "copying", ["abandon"]), row
         run = urllib.parse.quote(run_id, safe="")
         answer = api.request("POST", f"/api/migrations/{run}/abandon", {}, under=URL_PREFIX)
     finally:

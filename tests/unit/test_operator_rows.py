@@ -82,6 +82,9 @@ def test_only_the_controls_the_destinations_driver_offers_are_shown():
     assert controls_for(facts(TAKEOVER_WAITING), progress(), every) == ("pause", "speed", "abandon")
     no_pace = Features("lab@x", "SomeDriver", migrate_volume_target=True, complete_migration_target=True)
     assert controls_for(facts(TAKEOVER_WAITING), progress(), no_pace) == ()
+    rbd = Features("lab@ceph-ssd", "AsyncRBDDriver", migrate_volume_target=True, complete_migration_target=True,
+                   abandon=True)  # fmt: skip
+    assert controls_for(facts(TAKEOVER_WAITING), progress(), rbd) == ("abandon",)  # RBD live migration: no pace
     speed_only = Features("lab@y", "OtherDriver", speed=True)
     assert migration_row(facts(TAKEOVER_WAITING), progress("paused"), speed_only).controls == ("speed",)
 
