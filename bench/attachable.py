@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Time to attachable on the lab: from the REST trigger to ``migrating_attachable`` in Cinder, and where it goes.
 
-For each case (``--cases``, ``<runs>x<GiB>``: that many volumes of that size
-on beta, their ``volume_migration`` runs to alpha#pool1 triggered together),
-``--repeat`` times, after one warm-up run of each DAG (reported apart):
+For each move (``--moves``, ``<backend>=<pool host>``: by default beta to
+alpha#pool1; ``ceph-hdd=lab@ceph-ssd#ceph-ssd`` is the RBD live migration of
+``AsyncRBDDriver``) and each case (``--cases``, ``<runs>x<GiB>``: that many
+volumes of that size on the move's backend, their ``volume_migration`` runs
+triggered together), ``--repeat`` times, after one warm-up run of each DAG
+(reported apart):
 
 * the time from just before the trigger's POST to the first look at Cinder
   (one ``GET /volumes/detail`` every 0.2 s for all of them) that shows the
@@ -19,8 +22,8 @@ The copies then finish unthrottled before the next repeat. Prints one table
 per case; the raw numbers go to ``bench/results/attachable.json``.
 
 Run: ``cd /work/main && PYTHONPATH=. .venv/bin/python bench/attachable.py [--cases 1x1,8x1,1x16] [--repeat 5]
-[--executor local|celery] [--quick] [--keep]`` (a fresh lab in a temporary folder; about 6 minutes with the
-defaults; ``--quick``: 1x1 and 8x1 once each).
+[--moves beta=lab@alpha#pool1,ceph-hdd=lab@ceph-ssd#ceph-ssd] [--executor local|celery] [--quick] [--keep]``
+(a fresh lab in a temporary folder; about 6 minutes with the defaults; ``--quick``: 1x1 and 8x1 once each).
 """
 
 from __future__ import annotations
@@ -118,11 +121,13 @@ def look_for_attachable(cinder: Any, ids: Collection[str], seen: dict[str, float
             seen[v["id"]] = now
 
 
-def one_case(api: Any, cinder: Any, runs: int, size_gib: int) -> list[dict[str, Any]]:
-    """Trigger ``runs`` migrations together; the time each took to be attachable, and its tasks' timestamps."""
-    volumes = create_volumes(cinder, runs, "beta", size_gib, prefix="attachable")
+def one_case(api: Any, cinder: Any, runs: int, size_gib: int, source: str = "beta",
+             dest: str = DEST) -> list[dict[str, Any]]:  # fmt: skip
+    """Trigger ``runs`` migrations from backend ``source`` to pool host ``dest`` together; the time each took to be
+    attachable, and its tasks' timestamps."""
+    volumes = create_volumes(cinder, runs, source, size_gib, prefix="attachable")
     ids = [v["id"] for v in volumes]
-    triggered = trigger_together(api, MIGRATION_DAG, [{"volume_id": vid, "dest_host": DEST, "speed_mib": 0}
+    triggered = trigger_together(api, MIGRATION_DAG, [{"volume_id": vid, "dest_host": dest, "speed_mib": 0}
                                                        for vid in ids])  # fmt: skip
     attachable: dict[str, float] = {}
     deadline = time.monotonic() + 300
@@ -186,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="1x1,8x1,1x16", help="comma-separated <runs>x<GiB>")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--moves", default=f"beta={DEST}", help="comma-separated <backend>=<pool host>")
     parser.add_argument("--executor", choices=("local", "celery"), default="local")
     parser.add_argument("--root", type=Path, help="the lab's folder (default: a new temporary one)")
     parser.add_argument("--quick", action="store_true", help="1x1 and 8x1, once each")
@@ -198,17 +204,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with whole_lab(args.root, "attachable-lab-", args.executor, (FLOOR_DAG,), args.keep) as (_, airflow, cinder):
             # the first run after a start compiles the tree's modules and fills the page cache: apart, not counted
-            results["warm_up"] = {"runs": one_case(airflow.api, cinder, 1, 1), "floor": floor_case(airflow.api, 1)}
-            log(f"warm-up run: attachable after {results['warm_up']['runs'][0]['attachable_s']} s (not counted)")
+            # (and a driver's first move may look up what it keeps: one warm-up run of each move)
+            moves = [tuple(move.split("=", 1)) for move in args.moves.split(",")]
+            warm = [row for source, dest in moves for row in one_case(airflow.api, cinder, 1, 1, source, dest)]
+            results["warm_up"] = {"runs": warm, "floor": floor_case(airflow.api, 1)}
+            log(f"warm-up runs: attachable after {[row['attachable_s'] for row in warm]} s (not counted)")
             for case in args.cases.split(","):
                 runs, size = (int(x) for x in case.split("x"))
-                rows, floor = [], []
-                for n in range(args.repeat):
+                rows: dict[tuple[str, ...], list] = {move: [] for move in moves}
+                floor: list[dict[str, Any]] = []
+                for n in range(args.repeat):  # each move in turn within a repeat: side by side in one lab
                     log(f"case {case}, repeat {n + 1}/{args.repeat}")
-                    rows += one_case(airflow.api, cinder, runs, size)
+                    for source, dest in moves:
+                        rows[(source, dest)] += one_case(airflow.api, cinder, runs, size, source, dest)
                     floor += floor_case(airflow.api, runs)
-                results["cases"][case] = {"runs": rows, "floor": floor}
-                print(table(case, rows, floor), flush=True)
+                for (source, dest), found in rows.items():
+                    name = case if len(moves) == 1 else f"{case} {source} -> {dest}"
+                    results["cases"][name] = {"runs": found, "floor": floor}
+                    print(table(name, found, floor), flush=True)
     finally:
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
