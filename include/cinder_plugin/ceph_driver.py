@@ -142,6 +142,9 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
                     src_ioctx.close()
                 LOG.info("volume %s: RBD live migration prepared, %s/%s -> %s/%s", volume.id, src_pool, src_image,
                          pool, volume.name)  # fmt: skip
+                # the first look's rate counts from here: with a rate, the copy has an ETA, and the DAG's wait
+                # looks again after a quarter of it (without one, only after its longest pause, 30 s)
+                self._last_look[volume.id] = (time.monotonic(), 0)
             elif status.get("source_image_name") != src_image:
                 other = status.get("source_image_name")
                 raise exception.InvalidVolume(reason=f"{pool}/{volume.name} migrates from {other}, not {src_image}")
