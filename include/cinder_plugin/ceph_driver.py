@@ -163,19 +163,21 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
             LOG.info("volume %s is in pool %s already: nothing to take over", volume.id, src_pool)
             return None
         theirs = set(zip(map(str, data.get("hosts") or []), map(str, data.get("ports") or []), strict=False))
-        if not theirs & self._monitors_now() and not theirs & self._monitors_now(fresh=True):
+        if not self._of_this_cluster(theirs):
             LOG.info("volume %s is on another Ceph cluster (monitors %s): RBD live migration moves within one",
                      volume.id, sorted(theirs))  # fmt: skip
             return None
         return src_pool, src_image
 
-    def _monitors_now(self, fresh: bool = False) -> set[tuple[str, str]]:
-        """This cluster's monitors, {(host, port)}: as looked up less than ``MONITORS_TTL_S`` ago unless ``fresh``."""
-        now = time.monotonic()
-        if fresh or self._monitors is None or now - self._monitors[0] > MONITORS_TTL_S:
-            hosts, ports = self._get_mon_addrs()
-            self._monitors = (now, set(zip(hosts, ports, strict=False)))
-        return self._monitors[1]
+    def _of_this_cluster(self, monitors: set[tuple[str, str]]) -> bool:
+        """Whether any of ``monitors`` {(host, port)} is this cluster's: by the monitors looked up less than
+        ``MONITORS_TTL_S`` ago, else (or when none of them matches) by a lookup now, kept for the next call."""
+        kept = self._monitors
+        if kept and time.monotonic() - kept[0] <= MONITORS_TTL_S and monitors & kept[1]:
+            return True
+        hosts, ports = self._get_mon_addrs()
+        self._monitors = (time.monotonic(), set(zip(hosts, ports, strict=False)))
+        return bool(monitors & self._monitors[1])
 
     def _status(self, client: Any, name: str) -> dict[str, Any] | None:
         """The image's live migration as librbd reports it; None when it has none (or there is no such image)."""
