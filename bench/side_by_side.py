@@ -29,7 +29,7 @@ The paths run interleaved, ``--repeat`` rounds per size; the table shows medians
 ``bench/results/side_by_side[_ceph].json``.
 
 Run: ``cd /work/main && PYTHONPATH=. .venv/bin/python bench/side_by_side.py [--set beta|ceph] [--sizes 1,10]
-[--repeat 1] [--keep]`` (a fresh lab in a temporary folder; about 6 minutes with the defaults).
+[--repeat 1] [--paths live,takeover] [--keep]`` (a fresh lab in a temporary folder; about 6 minutes with the defaults).
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.attachable import floor_case, whole_lab
+from bench.attachable import BEFORE_ATTACHABLE, floor_case, task_times, whole_lab
 from bench.measure import log
 from include.backends.base import GiB, MiB
 from include.cinder_plugin.names import MIGRATING_ATTACHABLE
 from include.migration.flow import lun_of
-from include.migration.steps import MIGRATION_DAG
+from include.migration.steps import MIGRATION_DAG, Step
 from lab import verify
 from lab.attached_client import AttachedClient
 from lab.cli import ceph_of
@@ -168,7 +168,7 @@ def one(path: MovePath, lab: Any, cinder: Any, api: Any, size_gib: int, rng: ran
     client = AttachedClient(cinder, vid, model, random.Random(rng.random()), timeout=120,
                             usable=(MIGRATING_ATTACHABLE, "success"))  # fmt: skip
     client.start()
-    started = time.monotonic()
+    started, triggered = time.monotonic(), time.time()
     run_id = start(path, vid, cinder, api)
     usable_s = done_s = None
     seen: dict[str, Any] = {}
@@ -185,6 +185,7 @@ def one(path: MovePath, lab: Any, cinder: Any, api: Any, size_gib: int, rng: ran
     attached_s = None if client.attached_at is None else client.attached_at - started
     client.detach()
     run_state = api.wait_run(MIGRATION_DAG, run_id, 600)["state"] if run_id else None
+    tasks = task_times(api, MIGRATION_DAG, run_id, triggered) if run_id else {}
     moved = cinder.get_volume(vid)
     where = moved["os-vol-host-attr:host"]
     bad = mismatched(lab, where.split("@")[1].split("#")[0], lun_of(moved), size, seed, model)
@@ -198,6 +199,8 @@ def one(path: MovePath, lab: Any, cinder: Any, api: Any, size_gib: int, rng: ran
         "client_iops": iops, "idle_iops": round(idle, 1), "iops_share": round(iops / idle, 2) if idle else None,
         "client_ops": ops_during, "client_errors": client.errors, "lost": client.lost, "bad_reads": client.bad_reads,
         "bad_blocks": bad, "verified": not bad and where == path.dest,
+        # where the time to usable went: each task before it (Airflow's timestamps; bench/attachable.py)
+        "tasks": {step: {k: v for k, v in times.items() if k != "end"} for step, times in tasks.items()},
     }  # fmt: skip
 
 
@@ -223,15 +226,39 @@ def table(rows: list[dict[str, Any]], paths: tuple[MovePath, ...]) -> list[str]:
     return out
 
 
+def task_table(rows: list[dict[str, Any]], paths: tuple[MovePath, ...]) -> list[str]:
+    """Where the takeovers' time to usable went: each task's run before it, and Airflow's share (the gaps and
+    waits between the tasks: the scheduler and the executor), medians."""
+    steps = list(BEFORE_ATTACHABLE)
+    out = [f"| path | GiB | {' | '.join(f'{step} (s)' for step in steps)} | Airflow between (s) |",
+           "|---|---|" + "---|" * (len(steps) + 1)]  # fmt: skip
+    for size in sorted({r["size_gib"] for r in rows}):
+        for path in paths:
+            mine = [r for r in rows if r["path"] == path.name and r["size_gib"] == size
+                    and (r.get("tasks") or {}).get(Step.TARGET_TAKEOVER, {}).get("state") == "success"]  # fmt: skip
+            if not mine:
+                continue
+            runs = [statistics.median(r["tasks"][step]["run_s"] or 0 for r in mine) for step in steps]
+            between = statistics.median(sum((t["gap_s"] or 0) + (t["wait_s"] or 0) for t in r["tasks"].values())
+                                        for r in mine)  # fmt: skip
+            out.append(f"| {path.name} | {size} | {' | '.join(f'{v:.2f}' for v in runs)} | {between:.2f} |")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), default="beta", help="the paths compared (see above)")
     parser.add_argument("--sizes", default="1", help="volume sizes in GiB, comma-separated (e.g. 1,10)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the paths per size, interleaved")
+    parser.add_argument("--paths", help="only the set's paths whose names contain one of these (comma-separated)")
     parser.add_argument("--root", type=Path, help="lab root (default: a new temporary folder)")
     parser.add_argument("--keep", action="store_true", help="leave the lab running")
     args = parser.parse_args()
     paths, sizes = SETS[args.set], [int(s) for s in args.sizes.split(",")]
+    if args.paths:
+        paths = tuple(p for p in paths if any(part in p.name for part in args.paths.split(",")))
+        if not paths:
+            parser.error(f"no path of set {args.set} matches --paths {args.paths}")
     rng, rows = random.Random(24), []
     dags = (MIGRATION_DAG, FLOOR_DAG)
     with whole_lab(args.root, "side-by-side-", "local", dags, args.keep) as (lab, airflow, cinder):
@@ -244,7 +271,7 @@ def main() -> int:
                 for path in paths:
                     rows.append(one(path, lab, cinder, airflow.api, size, rng))
                     log(f"{size} GiB, round {round_ + 1}: {rows[-1]}")
-    lines = table(rows, paths)
+    lines = table(rows, paths) + ["", *task_table(rows, paths)]
     moves = ", ".join(sorted({f"{p.source} -> {p.dest}" for p in paths}))
     print("\n".join(["", f"{moves}; {platform.node()}, {os.cpu_count()} CPUs", *lines]))
     RESULTS.mkdir(exist_ok=True)
