@@ -7,7 +7,10 @@ Configure a Ceph backend of cinder.conf as for Cinder's own driver, naming this 
     rbd_ceph_conf = /etc/ceph/ceph.conf
 
 Everything of Cinder's ``RBDDriver`` stays as it is (Cinder's own ``cinder
-migrate`` still copies with ``image.copy()``). Added, for a volume on another
+migrate`` still copies with ``image.copy()``), except that the cluster's
+monitors, which it looks up (``ceph mon dump``) for every connection it
+opens, are kept up to ``MONITORS_TTL_S`` and refreshed by the periodic stats
+update (``MONITORS_REFRESH_S``). Added, for a volume on another
 RBD backend of the same cluster (the source connection's monitors are this
 cluster's):
 
@@ -68,9 +71,10 @@ CANCEL_POLL_S = 0.5
 # ``ceph`` command is run, and killed after this long
 MGR_TIMEOUT_S = 5.0  # under the 10 s a look at the copy is given (include/cinder_plugin/takeover.py)
 TIMED_OUT = 124  # coreutils timeout's exit status when it killed the command
-# this cluster's monitors (``ceph mon dump``, a command of its own: a few tenths of a second) are looked up again
-# after this long, and whenever a source's monitors are none of them
-MONITORS_TTL_S = 300.0
+# this cluster's monitors (``ceph mon dump``, a command of its own: a few tenths of a second) are kept this long at
+# most; the periodic stats update looks them up again when they are older than MONITORS_REFRESH_S, and so does a
+# takeover whose source's monitors are none of them
+MONITORS_TTL_S, MONITORS_REFRESH_S = 300.0, 60.0
 
 
 class ManagerUnavailable(exception.VolumeBackendAPIException):
@@ -83,7 +87,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_look: dict[str, tuple[float, int]] = {}  # volume id -> (when, bytes done): the copy's rate
-        self._monitors: tuple[float, set[tuple[str, str]]] | None = None  # (when looked up, {(host, port)})
+        self._monitors: tuple[float, list[str], list[str]] | None = None  # (when looked up, hosts, ports)
 
     # ---- what it is ----------------------------------------------------------------
     @property
@@ -93,6 +97,24 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
     def _update_volume_stats(self) -> None:
         super()._update_volume_stats()
         self._stats.update({ASYNC_TARGET_CAPABILITY: True, ASYNC_TARGET_SOURCES: ["rbd"]})  # of this cluster
+        try:  # kept warm here, so that neither a connection nor a takeover waits for the lookup
+            if self._monitors is None or time.monotonic() - self._monitors[0] > MONITORS_REFRESH_S:
+                self._look_up_monitors()
+        except Exception as exc:  # the stats stand without it; the next connection looks them up
+            LOG.warning("%s: this cluster's monitors not looked up: %s", self._backend, exc)
+
+    def _get_mon_addrs(self) -> tuple[list[str], list[str]]:
+        """Cinder's (``ceph mon dump``, run for every connection it opens, a few tenths of a second each), kept
+        up to ``MONITORS_TTL_S``: the hosts and ports of this cluster's monitors."""
+        kept = self._monitors
+        if kept and time.monotonic() - kept[0] <= MONITORS_TTL_S:
+            return list(kept[1]), list(kept[2])
+        return self._look_up_monitors()
+
+    def _look_up_monitors(self) -> tuple[list[str], list[str]]:
+        hosts, ports = super()._get_mon_addrs()
+        self._monitors = (time.monotonic(), hosts, ports)
+        return list(hosts), list(ports)
 
     # ---- step 1, on the source ---------------------------------------------------------
     def migrate_volume(self, context: Any, volume: Any, host: dict[str, Any]) -> tuple[bool, Any]:
@@ -170,14 +192,12 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         return src_pool, src_image
 
     def _of_this_cluster(self, monitors: set[tuple[str, str]]) -> bool:
-        """Whether any of ``monitors`` {(host, port)} is this cluster's: by the monitors looked up less than
-        ``MONITORS_TTL_S`` ago, else (or when none of them matches) by a lookup now, kept for the next call."""
-        kept = self._monitors
-        if kept and time.monotonic() - kept[0] <= MONITORS_TTL_S and monitors & kept[1]:
+        """Whether any of ``monitors`` {(host, port)} is this cluster's: by the monitors kept
+        (``_get_mon_addrs``), and when none of them matches, by one lookup now (they may have changed)."""
+        looks_up = self._monitors is None or time.monotonic() - self._monitors[0] > MONITORS_TTL_S
+        if monitors & set(zip(*self._get_mon_addrs(), strict=False)):
             return True
-        hosts, ports = self._get_mon_addrs()
-        self._monitors = (time.monotonic(), set(zip(hosts, ports, strict=False)))
-        return bool(monitors & self._monitors[1])
+        return not looks_up and bool(monitors & set(zip(*self._look_up_monitors(), strict=False)))
 
     def _status(self, client: Any, name: str) -> dict[str, Any] | None:
         """The image's live migration as librbd reports it; None when it has none (or there is no such image)."""
