@@ -67,7 +67,9 @@ Each transition is one compare-and-swap (``conditional_update``): an invalid
 one changes nothing and answers 400/409 with the reason. While a volume is
 ``migrating_attachable`` Cinder's own extend is refused (the LUN is still
 being copied), and a detach puts the volume back to ``available`` (Cinder
-does not while ``migration_status`` is set).
+does not while ``migration_status`` is set). Cinder's own unmanage first
+marks the volume (``UNMANAGED_KEY``), so that an audit never takes the LUN it
+leaves behind for a leftover (``resources.made_here``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from cinder.api import extensions
 from cinder.api.openstack import wsgi
 from cinder.db import api as db
 from cinder.objects import fields
+from cinder.policies import manageable_volumes
 from cinder.volume import volume_utils
 from oslo_log import log as logging
 
@@ -113,6 +116,7 @@ from include.cinder_plugin.names import (
     RESOURCE,
     SOURCE_STEP_KEY,
     TARGET_STEP_KEY,
+    UNMANAGED_KEY,
     SourceStep,
     TargetStep,
 )
@@ -365,6 +369,17 @@ class AsyncMigrationController(Controller):
             raise webob.exc.HTTPConflict(
                 explanation=f"volume {id} is still being copied to {volume.host}; extend it after the migration"
             )
+        yield
+
+    @wsgi.extends(action="os-unmanage")
+    def _unmanage(self, req: Any, id: str, body: dict[str, Any]) -> Any:
+        """Marks the volume (``UNMANAGED_KEY``) before Cinder forgets it: its LUN stays on the backend by design, and
+        the mark keeps an audit from taking it for a leftover of this Cinder's (``resources.made_here``). A refused
+        unmanage leaves the mark on a volume that stays: its LUN would only ever be left alone."""
+        context = req.environ["cinder.context"]
+        volume = volume_or_404(context, id)
+        context.authorize(manageable_volumes.UNMANAGE_POLICY, target_obj=volume)  # Cinder's own check, first
+        db.volume_admin_metadata_update(context.elevated(), volume.id, {UNMANAGED_KEY: "true"}, False)
         yield
 
 

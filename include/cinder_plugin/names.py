@@ -5,6 +5,7 @@ the lab read these without Cinder installed.
 """
 
 import enum
+import re
 
 ALIAS = "os-async-migration"  # the extension's alias in GET /extensions
 ERROR_KEY = "async_migration_error"  # volume metadata: why the last migration failed
@@ -36,6 +37,11 @@ SOURCE_LOCATION_KEY = "async_migration_source_location"
 COPY_TARGET_KEY = "async_migration_copy_target"
 COPY_CONNECTOR_KEY = "async_migration_copy_connector"
 COPIED_KEY = "async_migration_copied"
+# volume admin metadata: set just before Cinder is asked to unmanage the volume; its LUN, which stays on the
+# backend by design, is then not a leftover of this Cinder's (an audit leaves it alone)
+UNMANAGED_KEY = "async_migration_unmanaged"
+# the name of a LUN Cinder's drivers make for a volume (Cinder's default volume_name_template, volume-<uuid>)
+VOLUME_LUN = re.compile(r"volume-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 RESOURCE = "os-async-migration"  # GET /v3/{project_id}/os-async-migration[/{volume_id}]: the migrations' state
 BACKENDS_RESOURCE = "os-async-migration-backends"  # GET .../os-async-migration-backends/{host@backend}: Features
 

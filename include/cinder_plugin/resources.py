@@ -11,13 +11,14 @@
 * ``GET /v3/{project_id}/os-async-migration-backends/{host@backend}``: ``{"features": Features}``, asked of
   that backend's cinder-volume (400 when its service is not enabled and up);
 * ``GET /v3/{project_id}/os-async-migration-backends/{host@backend}/inventory``: ``{"volumes": [HeldVolume],
-  "repairable"}``, what the backend holds as its driver lists it (``include/backends/inventory.py``), for an
-  audit; 400 when the driver cannot list (nor has a manageable-volumes listing);
+  "repairable", "made_here"}``, what the backend holds as its driver lists it (``include/backends/inventory.py``),
+  for an audit, and which of those this Cinder made (``made_here``); 400 when the driver cannot list (nor has a
+  manageable-volumes listing);
 * ``POST /v3/{project_id}/os-async-migration-backends/{host@backend}/action``
   ``{"os-async_migration_release": {"name", "cleanup"}}``: an audit's repair of a leftover no volume accounts
   for (``Cleanup``: ``abort_takeover``, ``release_export``, ``delete``), done by the backend's driver; 409 when
-  a Cinder volume on that backend names it (for ``release_export``: one that migrates), 400 when the driver
-  cleans nothing up. Answers ``{"done": "..."}``.
+  a Cinder volume on that backend names it (for ``release_export``: one that migrates) or when this Cinder did
+  not make it (``made_here``), 400 when the driver cleans nothing up. Answers ``{"done": "..."}``.
 
 Admin-only by default (policy rules ``volume_extension:async_migration:show``, ``...:index``, ``...:features``,
 ``...:inventory``, ``...:release``).
@@ -27,9 +28,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy
 import webob
 from cinder import exception, objects
 from cinder.api.openstack import wsgi
+from cinder.db import api as db_api
+from cinder.db import models as db_models
 from cinder.volume import volume_utils
 
 from include.backends.inventory import Cleanup
@@ -42,12 +46,37 @@ from include.cinder_plugin.common import (
     policy_name,
     volume_or_404,
 )
-from include.cinder_plugin.names import IN_FLIGHT
+from include.cinder_plugin.names import IN_FLIGHT, UNMANAGED_KEY, VOLUME_LUN
 from include.cinder_plugin.takeover import copy_view
 
 # the migration_status of a volume that a lock of this extension may hold: the blueprint's steps', and Cinder's own
 # while a host copy's completion runs
 LOCK_HELD = (*IN_FLIGHT, "migrating", "completing")
+
+
+def made_here(context: Any, names: list[str]) -> set[str]:
+    """The names among ``names`` of LUNs this Cinder made: ``volume-<uuid>`` where ``<uuid>`` is the id of a
+    volume this Cinder has or had (it keeps a deleted volume's row until ``cinder-manage db purge``; a volume that
+    Cinder moved keeps its LUN's name in ``_name_id``, itself the id of the volume made for the move), and that
+    was not unmanaged (``UNMANAGED_KEY``: marked just before). Any other name, a LUN made by hand or by another
+    deployment on shared storage, is not: an audit leaves it alone.
+
+    Cinder's soft-deleted rows are read with its own DB layer (``model_query`` with ``read_deleted="yes"``): the
+    objects' loaders hide them and the deleted volumes' admin metadata."""
+    ids = {found.group(1): name for name in names if (found := VOLUME_LUN.fullmatch(name))}
+    if not ids:
+        return set()
+    volume, meta = db_models.Volume, db_models.VolumeAdminMetadata
+    ctx = context.elevated(read_deleted="yes")
+    with db_api.main_context_manager.reader.using(ctx):
+        rows = db_api.model_query(ctx, volume.id, volume._name_id.label("name_id"), read_deleted="yes").filter(
+            sqlalchemy.or_(volume.id.in_(ids), volume._name_id.in_(ids))).all()  # fmt: skip
+        unmanaged = {row.volume_id for row in db_api.model_query(ctx, meta.volume_id, read_deleted="yes")
+                     .filter(meta.volume_id.in_([row.id for row in rows]), meta.key == UNMANAGED_KEY)}  # fmt: skip
+    # a LUN is named after its volume's _name_id when it has one (a moved volume), else after its id; a LUN that
+    # any of its volumes was unmanaged with is not this Cinder's to clean up any more
+    named = {row.id: row.name_id or row.id for row in rows}
+    return {ids[lun] for lun in set(named.values()) - {named[vid] for vid in unmanaged} if lun in ids}
 
 
 class MigrationsController(Controller):
@@ -79,9 +108,11 @@ class BackendsController(Controller):
         context.authorize(policy_name("inventory"))
         backend_service(context, id)
         try:
-            return self.rpc.inventory(context, volume_utils.extract_host(id, "backend"))
+            inventory = self.rpc.inventory(context, volume_utils.extract_host(id, "backend"))
         except NotImplementedError as exc:  # a driver with no listing at all
             raise webob.exc.HTTPBadRequest(explanation=f"the driver of {id} lists nothing: {exc}") from None
+        names = [held["name"] for held in inventory.get("volumes") or []]
+        return {**inventory, "made_here": sorted(made_here(context, names))}
 
     @wsgi.action("os-async_migration_release")
     def _release(self, req: Any, id: str, body: dict[str, Any]) -> Any:
@@ -101,6 +132,9 @@ class BackendsController(Controller):
         if busy:
             raise webob.exc.HTTPConflict(explanation=f"{name} on {backend} is volume {busy[0].id}'s "
                                          f"(migration_status {busy[0].migration_status}): not released")  # fmt: skip
+        if not made_here(context, [name]):  # never somebody else's: only what this Cinder made is cleaned up
+            raise webob.exc.HTTPConflict(explanation=f"{name} on {backend} was not made by this Cinder (no volume of "
+                                         "its has or had that id, or it was unmanaged): left alone")  # fmt: skip
         try:
             done = self.rpc.release_held(context, backend, name, cleanup)
         except exception.InvalidInput as exc:

@@ -14,6 +14,12 @@ operator, the ``Repair`` that ``volume_audit`` applies when asked:
 - an **orphan LUN**: a ``volume-<id>`` LUN on an array where no volume is
   or goes. Deleted only when nothing can be lost: no volume has that LUN
   name, or the volume is settled and its own array holds its LUN.
+- a **foreign LUN**: a LUN named like Cinder's that this Cinder did not make
+  (no volume of its has or had that id, or it was unmanaged: the
+  extension's ``made_here``, from Cinder's own records): another
+  deployment's on shared storage, or made by hand. Reported, left alone,
+  never repaired, and it fails no audit. Neither orphan nor unowned
+  takeover is said of it; Cinder itself refuses to clean it up.
 - an **unowned takeover**: a copy running into a LUN that no volume points
   to (aborted on the same terms), or a volume's LUN still exported for a
   takeover while no migration runs (the export is released).
@@ -42,19 +48,17 @@ why a repair acts only on what a second, later read finds again.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from include.cinder_plugin.names import SETTLED_MIGRATION_STATUSES
+from include.cinder_plugin.names import SETTLED_MIGRATION_STATUSES, VOLUME_LUN
 from include.migration.flow import LOCK_STATUSES, backend_of, lun_of
 from include.migration.planner import columns
 from include.migration.steps import MIGRATION_DAG, owner_run
 
 LIVE_RUN_STATES = frozenset({"queued", "running"})
 NO_LUN_YET = frozenset({"creating", "error", "deleting", "error_deleting"})  # volume statuses without a LUN to check
-VOLUME_LUN = re.compile(r"volume-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # Cinder's LUN names
 
 
 class Kind(enum.StrEnum):
@@ -63,6 +67,11 @@ class Kind(enum.StrEnum):
     UNOWNED_TAKEOVER = "unowned_takeover"
     HOST_WITHOUT_LUN = "host_without_lun"
     NOT_AUDITED = "not_audited"
+    FOREIGN_LUN = "foreign_lun"
+
+
+# what the audit reports and leaves alone: none of these is an inconsistency of this deployment's (none fails it)
+LEFT_ALONE = frozenset({Kind.FOREIGN_LUN})
 
 
 class Repair(enum.StrEnum):
@@ -110,6 +119,8 @@ class Snapshot:
     runs: Mapping[str, str | None]  # run id of a MIGRATION_DAG run that holds a lock -> its state (None: no such run)
     listed_by_cinder: frozenset[str] = frozenset()  # backends listed by manageable volumes: reported, never repaired
     locks: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # volume id -> its migration's view
+    # the LUN names this Cinder made (it has or had their volume, not unmanaged); any other is left alone
+    made_here: frozenset[str] = frozenset()
 
     def lock(self, volume: dict[str, Any]) -> dict[str, Any]:
         """The extension's lock on ``volume`` (``source_host``, ``dest_host``, ``owner``); {} when none."""
@@ -241,7 +252,13 @@ def _stray_luns(snapshot: Snapshot, places: _Places) -> Iterable[Finding]:
                 continue  # not a LUN of Cinder's
             subject, size = f"{array}/{name}", lun.get("size")
             owner = places.expected.get((array, name))
-            if owner is None:
+            if owner is None and name not in snapshot.made_here:
+                copying = " (an array copies into it)" if lun.get("copying") else ""
+                yield Finding(Kind.FOREIGN_LUN, subject, f"LUN {name} on {array}{copying} is named like a Cinder "
+                              "volume's, but this Cinder did not make it: no volume of its has or had that id, or "
+                              "it was unmanaged", "left alone: another deployment's or made by hand; whoever made "
+                              "it decides", None, array, name, size)  # fmt: skip
+            elif owner is None:
                 # no Cinder volume points here: no attachment can use it
                 safe = places.safe_to_remove(name) and array not in snapshot.listed_by_cinder
                 volume = places.by_lun.get(name)
@@ -269,5 +286,8 @@ def format_findings(findings: list[Finding]) -> str:
     if not findings:
         return "audit: Cinder, the arrays and the migration runs agree: nothing to do"
     rows = [("kind", "subject", "what", "action", "repair")]
-    rows += [(f.kind, f.subject, f.detail, f.action, f.repair or "operator") for f in findings]
-    return f"audit: {len(findings)} inconsistencies\n" + "\n".join(columns(rows))
+    rows += [(f.kind, f.subject, f.detail, f.action, f.repair or ("left alone" if f.kind in LEFT_ALONE else "operator"))
+             for f in findings]  # fmt: skip
+    alone = sum(f.kind in LEFT_ALONE for f in findings)
+    return (f"audit: {len(findings) - alone} inconsistencies, {alone} foreign LUNs left alone\n"
+            + "\n".join(columns(rows)))  # fmt: skip

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from include.backends.inventory import Cleanup, HeldVolume
-from include.migration.audit import Finding, Repair, Snapshot, find, format_findings, owning_runs
+from include.migration.audit import LEFT_ALONE, Finding, Repair, Snapshot, find, format_findings, owning_runs
 from include.migration.cinder_api import CinderApi
 from include.migration.errors import CinderError, InconsistenciesLeft
 from include.migration.flow import backend_of
@@ -53,6 +53,7 @@ def read(cinder: CinderApi, runs: Runs) -> World:
     luns: dict[str, list[dict[str, Any]]] = {}
     not_audited: dict[str, str] = {}
     listed: set[str] = set()
+    made_here: set[str] = set()
     for backend in backends:
         try:
             inventory = cinder.backend_inventory(hosts[backend])
@@ -60,6 +61,7 @@ def read(cinder: CinderApi, runs: Runs) -> World:
             not_audited[backend] = f"its volume service did not list what it holds: {exc}"
             continue
         luns[backend] = [HeldVolume.from_json(held).to_json() for held in inventory.get("volumes") or []]
+        made_here.update(inventory.get("made_here") or [])  # Cinder's word: not said, nothing is (left alone)
         if not inventory.get("repairable"):
             listed.add(backend)
     volumes, locks = volumes_and_locks(cinder)  # a volume listed as migrating has its lock
@@ -70,7 +72,8 @@ def read(cinder: CinderApi, runs: Runs) -> World:
             not_audited.setdefault(backend, f"no cinder-volume service reports it (volume {volume['id']} is on it)")
     states = {run_id: runs.state(run_id) for run_id in owning_runs(locks.values())}
     names = {backend: backend for backend in luns}
-    return World(Snapshot(luns, names, not_audited, volumes, states, frozenset(listed), locks), hosts)
+    return World(Snapshot(luns, names, not_audited, volumes, states, frozenset(listed), locks, frozenset(made_here)),
+                 hosts)  # fmt: skip
 
 
 def audit(cinder: CinderApi, runs: Runs) -> list[Finding]:
@@ -115,10 +118,14 @@ def _apply(finding: Finding, world: World, cinder: CinderApi, runs: Runs) -> str
 
 
 def conclude(findings: list[Finding], repaired: dict[str, tuple[bool, str]]) -> str:
-    """What the audit leaves: a line when nothing is; InconsistenciesLeft listing each finding not resolved."""
+    """What the audit leaves: a line when nothing is; InconsistenciesLeft listing each finding not resolved.
+    What it leaves alone by design (``LEFT_ALONE``: foreign LUNs) is said, and fails nothing."""
+    alone = [f for f in findings if f.kind in LEFT_ALONE]
+    findings = [f for f in findings if f.kind not in LEFT_ALONE]
     left = [f for f in findings if not repaired.get(f.key, (False, ""))[0]]
+    also = f" ({len(alone)} foreign LUNs left alone: {', '.join(f.subject for f in alone)})" if alone else ""
     if not left:
-        return f"audit: {len(findings)} found, all resolved" if findings else "audit: nothing to do"
+        return (f"audit: {len(findings)} found, all resolved" if findings else "audit: nothing to do") + also
     lines = [f"{f.kind} {f.subject}: {f.detail} -> {f.action}" for f in left]
-    raise InconsistenciesLeft(f"{len(left)} of {len(findings)} inconsistencies left for an operator:\n" +
+    raise InconsistenciesLeft(f"{len(left)} of {len(findings)} inconsistencies left for an operator{also}:\n" +
                               "\n".join(lines))  # fmt: skip

@@ -141,13 +141,13 @@ class CinderApi(abc.ABC):
 
     def backend_inventory(self, backend: str) -> dict[str, Any]:
         """What ``backend`` (``host@backend``) holds, as its own driver lists it: ``volumes`` (``HeldVolume``'s
-        JSON), ``repairable`` (its driver cleans up leftovers: ``release_held``). 400 when its service is not
-        enabled and up or its driver lists nothing."""
+        JSON), ``repairable`` (its driver cleans up leftovers: ``release_held``), ``made_here`` (the names of those
+        this Cinder made, by its records). 400 when its service is not enabled and up or its driver lists nothing."""
         return self.request("GET", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}/inventory")
 
     def release_held(self, backend: str, name: str, cleanup: str) -> str:
         """An audit's repair: ``backend``'s driver does ``cleanup`` (``inventory.Cleanup``) to ``name``, which no
-        volume accounts for (409 when a Cinder volume names it); what was done."""
+        volume accounts for (409 when a Cinder volume names it, or this Cinder did not make it); what was done."""
         body = {"os-async_migration_release": {"name": name, "cleanup": str(cleanup)}}
         return self.request("POST", f"/{BACKENDS_RESOURCE}/{quote(backend, safe='')}/action", body)["done"]
 

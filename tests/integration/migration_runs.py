@@ -44,6 +44,19 @@ def content_on(lab, array, lun, size=GiB, ceph=None):
         backend.unexport_lun(lun)
 
 
+def gone_from_cinder(admin, vid):
+    assert wait_until(lambda: vid not in {v["id"] for v in admin.list_volumes()}, 120, 0.5), vid
+
+
+def leftover_name(admin, backend):
+    """The LUN name of a volume this Cinder made on ``backend`` and deleted: a LUN of that name, made again by
+    hand, is a leftover of this Cinder's (as a delete that never reached the array leaves)."""
+    (made,) = fill.create_volumes(admin, 1, backend, 1, prefix="test-leftover", timeout=120)
+    admin.request("DELETE", f"/volumes/{made['id']}")
+    gone_from_cinder(admin, made["id"])
+    return f"volume-{made['id']}"
+
+
 def luns(lab):
     """Every array's LUNs as (name, pool, size): what "the arrays are unchanged" compares."""
     return {a: sorted((x["name"], x["pool"], x["size"]) for x in lab.backend(a).list_luns()) for a in lab.names()}

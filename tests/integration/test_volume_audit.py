@@ -3,6 +3,7 @@ action; nothing changes without the param repair; with it the safe ones are fixe
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -10,11 +11,12 @@ import pytest
 from include.backends.base import GiB, MiB, Volume
 from include.backends.errors import BackendError, NotFound
 from include.migration.audit import Finding, Kind, Repair
+from include.migration.errors import CinderError
 from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, AuditStep
 from lab.procutil import wait_until
 from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import CINDER_HOST
-from tests.integration.migration_runs import assert_migrated, luns, seed, state_of
+from tests.integration.migration_runs import assert_migrated, gone_from_cinder, leftover_name, luns, seed, state_of
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +53,10 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
         api.mark_run(MIGRATION_DAG, run, "failed")
     api.delete_run(MIGRATION_DAG, gone_run)  # Airflow deletes only runs that are over
     assert api.wait_run(MIGRATION_DAG, failed_run, 60)["state"] == "failed"
-    # an orphan LUN on gamma; alpha taking over a LUN of beta's that no volume has; a volume's LUN on beta
-    # exported for a takeover while it does not migrate; a volume on gamma whose LUN is gone
-    orphan, taken = f"volume-{uuid.uuid4()}", f"volume-{uuid.uuid4()}"
+    # an orphan LUN on gamma; alpha taking over a LUN of beta's that no volume has (both named after volumes this
+    # Cinder made and deleted); a volume's LUN on beta exported for a takeover while it does not migrate; a volume
+    # on gamma whose LUN is gone
+    orphan, taken = leftover_name(admin, "gamma"), leftover_name(admin, "beta")
     lab.backend("gamma").create_lun(orphan, 64 * MiB, "pool1")
     lab.backend("beta").create_lun(taken, 64 * MiB, "pool1")
     lab.backend("alpha").migrate_volume_target(Volume(taken, 64 * MiB), lab.backend("beta"), pool="pool1",
@@ -65,8 +68,19 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
     # everything themselves): a volume of its own is no finding, an image of Cinder's name that no volume has is
     # reported, never repaired
     volume("ceph-hdd")
-    rbd_orphan = f"volume-{uuid.uuid4()}"
+    rbd_orphan = leftover_name(admin, "ceph-hdd")
     ceph.write_image(CEPH_POOLS["ceph-hdd"], rbd_orphan, b"mine", size=64 * MiB)
+    # what this Cinder did not make, on storage it shares, is left alone whatever its name: a LUN of another
+    # deployment's (named like Cinder's, an id this Cinder never had), a LUN it was told to unmanage
+    foreign = f"volume-{uuid.uuid4()}"
+    lab.backend("gamma").create_lun(foreign, 64 * MiB, "pool1")
+    unmanaged = volume("gamma")
+    admin.action(unmanaged["id"], "os-unmanage")
+    gone_from_cinder(admin, unmanaged["id"])
+    kept = {
+        ("gamma", foreign): lab.backend("gamma").get_lun(foreign),
+        ("gamma", f"volume-{unmanaged['id']}"): lab.backend("gamma").get_lun(f"volume-{unmanaged['id']}"),
+    }
     try:
         before = (luns(lab), {v["id"]: state_of(admin, v["id"]) for v in (gone, failed, exported, lost)})
         run_id, state, found = audit(api)
@@ -79,12 +93,22 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
             (Kind.UNOWNED_TAKEOVER, f"beta/volume-{exported['id']}"): Repair.RELEASE_EXPORT,
             (Kind.HOST_WITHOUT_LUN, lost["id"]): None,
             (Kind.ORPHAN_LUN, f"ceph-hdd/{rbd_orphan}"): None,
+            (Kind.FOREIGN_LUN, f"gamma/{foreign}"): None,
+            (Kind.FOREIGN_LUN, f"gamma/volume-{unmanaged['id']}"): None,
         }
         assert {key: f.repair for key, f in found.items()} == expected
         assert "does not exist" in found[(Kind.STUCK_VOLUME, gone["id"])].detail
         assert f"clear run {failed_run}" in found[(Kind.STUCK_VOLUME, failed["id"])].action
+        assert "this Cinder did not make it" in found[(Kind.FOREIGN_LUN, f"gamma/{foreign}")].detail
         assert state == "failed"  # things are left for an operator: the run says so
-        assert "8 of 8 inconsistencies left" in api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
+        log = api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
+        assert "8 of 8 inconsistencies left for an operator (2 foreign LUNs left alone" in log, log
+        # Cinder itself refuses to clean up what it did not make, whoever asks
+        gamma = f"{CINDER_HOST}@gamma"
+        for name in (foreign, f"volume-{unmanaged['id']}"):
+            with pytest.raises(CinderError, match="not made by this Cinder") as refused:
+                admin.release_held(gamma, name, "delete")
+            assert refused.value.status == 409
         assert (luns(lab), {v["id"]: state_of(admin, v["id"]) for v in (gone, failed, exported, lost)}) == before
 
         for vid in (gone["id"], failed["id"]):  # the copies finish by the time the runs are resumed
@@ -94,6 +118,7 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
         log = api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
         assert "2 of 8 inconsistencies left" in log and lost["id"] in log and rbd_orphan in log, log
         assert ceph.read_image(CEPH_POOLS["ceph-hdd"], rbd_orphan, length=4) == b"mine"
+        assert {key: lab.backend(key[0]).get_lun(key[1]) for key in kept} == kept  # left alone, as they were
         for run in (gone_run, failed_run):  # the deleted run triggered again under its id, the failed one cleared
             assert api.wait_run(MIGRATION_DAG, run, 300)["state"] == "success"
         for vid in (gone["id"], failed["id"]):
@@ -105,12 +130,20 @@ def test_the_audit_finds_each_inconsistency_and_repairs_only_the_safe_ones_when_
 
         admin.request("DELETE", f"/volumes/{lost['id']}")
         ceph.remove_image(CEPH_POOLS["ceph-hdd"], rbd_orphan)
-        assert wait_until(lambda: lost["id"] not in {v["id"] for v in admin.list_volumes()}, 60, 0.5)
+        gone_from_cinder(admin, lost["id"])
+        run_id, state, found = audit(api, repair=True)  # what is left is foreign: reported, and no failure
+        assert (state, set(found)) == ("success", {k for k in expected if k[0] is Kind.FOREIGN_LUN}), found
+        assert "nothing to do (2 foreign LUNs left alone" in api.task_log(AUDIT_DAG, run_id, AuditStep.REPAIR, 1)
+        for array, name in kept:
+            lab.backend(array).delete_lun(name)
         run_id, state, found = audit(api)
         assert (state, found) == ("success", {}), found
     finally:  # what the repair did not remove, if the test failed before it
         if rbd_orphan in ceph.images(CEPH_POOLS["ceph-hdd"]):
             ceph.remove_image(CEPH_POOLS["ceph-hdd"], rbd_orphan)
+        for array, name in kept:
+            with contextlib.suppress(NotFound):
+                lab.backend(array).delete_lun(name)
         for array, name in (("alpha", taken), ("beta", taken), ("gamma", orphan)):
             backend = lab.backend(array)
             try:

@@ -36,9 +36,12 @@ def lock(run_id, source="lab@beta#pool1", dest="lab@alpha#pool1", owner=None):
     return {"source_host": source, "dest_host": dest, "owner": owner or run_owner("volume_migration", run_id)}
 
 
-def snapshot(luns, volumes, runs=None, not_audited=None):
+def snapshot(luns, volumes, runs=None, not_audited=None, made_here=None):
+    """By default every LUN is one this Cinder made (``made_here``)."""
     locks = {v["id"]: v[LOCK] for v in volumes if LOCK in v}
-    return Snapshot(luns, BACKENDS, not_audited or {}, volumes, runs or {}, locks=locks)
+    if made_here is None:
+        made_here = {held["name"] for held_here in luns.values() for held in held_here}
+    return Snapshot(luns, BACKENDS, not_audited or {}, volumes, runs or {}, locks=locks, made_here=frozenset(made_here))
 
 
 def test_a_consistent_cloud_gives_nothing():
@@ -97,6 +100,26 @@ def test_an_orphan_lun_is_deleted_only_when_nothing_can_be_lost():
     assert all(f.kind is Kind.ORPHAN_LUN for f in found.values())
 
 
+def test_a_lun_this_cinder_did_not_make_is_foreign_and_left_alone_whatever_it_looks_like():
+    """Named like Cinder's, but no volume of this Cinder's has or had its id (or it was unmanaged): another
+    deployment's on shared storage, or made by hand. Reported, never repaired, and the audit does not fail."""
+    luns = {"alpha": [lun(A), lun(GONE), lun(B, copying=True)], "beta": [lun(GONE, exported=True)]}
+    found = {f.subject: f for f in find(snapshot(luns, [volume(A)], made_here={f"volume-{A}"}))}
+    assert set(found) == {f"alpha/volume-{GONE}", f"alpha/volume-{B}", f"beta/volume-{GONE}"}
+    assert all((f.kind, f.repair) == (Kind.FOREIGN_LUN, None) for f in found.values()), found
+    assert "an array copies into it" in found[f"alpha/volume-{B}"].detail and "left alone" in found[
+        f"alpha/volume-{B}"].action  # fmt: skip
+    # the same LUNs made here: orphans and a takeover, repaired
+    found = {f.subject: f.kind for f in find(snapshot(luns, [volume(A)]))}
+    assert found[f"alpha/volume-{GONE}"] is Kind.ORPHAN_LUN and found[f"alpha/volume-{B}"] is Kind.UNOWNED_TAKEOVER
+    foreign = Finding(Kind.FOREIGN_LUN, f"beta/volume-{GONE}", "not made here", "left alone")
+    assert conclude([foreign], {}) == f"audit: nothing to do (1 foreign LUNs left alone: beta/volume-{GONE})"
+    assert "left alone" in format_findings([foreign]) and "0 inconsistencies, 1 foreign" in format_findings([foreign])
+    orphan = Finding(Kind.ORPHAN_LUN, f"beta/volume-{B}", "nobody's", "delete it")
+    with pytest.raises(InconsistenciesLeft, match=r"1 of 1 inconsistencies left for an operator \(1 foreign"):
+        conclude([foreign, orphan], {})
+
+
 def test_a_volume_whose_host_lacks_its_lun_is_reported_and_its_only_copy_is_kept():
     snap = snapshot({"alpha": [], "beta": [lun(A)]}, [volume(A, "lab@alpha#pool1")])
     found = {f.kind: f for f in find(snap)}
@@ -148,10 +171,12 @@ class ListingCinder(CinderApi):
         if path.startswith("/os-services"):
             return {"services": [{"host": "lab@alpha"}, {"host": "lab@ceph-hdd"}, {"host": "lab@gamma"}]}
         if path == f"/{BACKENDS_RESOURCE}/lab%40alpha/inventory":
-            return {"volumes": [HeldVolume(f"volume-{B}", 1 << 30, copying=True).to_json()], "repairable": True}
+            return {"volumes": [HeldVolume(f"volume-{B}", 1 << 30, copying=True).to_json()], "repairable": True,
+                    "made_here": [f"volume-{B}"]}  # fmt: skip
         if path == f"/{BACKENDS_RESOURCE}/lab%40ceph-hdd/inventory":
             held = [HeldVolume(f"volume-{A}", 2 << 30), HeldVolume(f"volume-{GONE}", 1 << 30)]
-            return {"volumes": [h.to_json() for h in held], "repairable": False}
+            return {"volumes": [h.to_json() for h in held], "repairable": False,
+                    "made_here": [f"volume-{A}", f"volume-{GONE}"]}  # fmt: skip
         if path == f"/{BACKENDS_RESOURCE}/lab%40gamma/inventory":
             raise CinderError("HTTP 400: no enabled volume service is up for lab@gamma", 400)
         if path == f"/{BACKENDS_RESOURCE}/lab%40alpha/action":
@@ -175,6 +200,7 @@ def test_each_backend_is_read_through_its_cinder_volume_and_only_an_inventory_dr
                                      HeldVolume(f"volume-{GONE}", 1 << 30).to_json()]  # fmt: skip
     assert snap.backends == {"alpha": "alpha", "ceph-hdd": "ceph-hdd"}
     assert snap.listed_by_cinder == frozenset({"ceph-hdd"})
+    assert snap.made_here == {f"volume-{A}", f"volume-{B}", f"volume-{GONE}"}  # each backend's, as Cinder said
     assert "no enabled volume service is up for lab@gamma" in snap.not_audited["gamma"]
     found = {f.subject: f for f in find(snap)}
     orphan = found[f"ceph-hdd/volume-{GONE}"]
