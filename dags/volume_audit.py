@@ -34,6 +34,7 @@ from include.migration.audit import Finding
 from include.migration.steps import AUDIT_DAG, AuditStep
 from plugins import migration_runtime as rt
 from plugins.migration_runs import MigrationRuns
+from plugins.notifiers.failure_notice import FailureNotice
 
 DEFAULT_SCHEDULE = "@hourly"
 PARAMS = {
@@ -55,6 +56,7 @@ def runs(context: Any) -> MigrationRuns:
     max_active_runs=1,  # one repair at a time
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     doc_md=__doc__,
+    on_failure_callback=FailureNotice(),  # a mail through the Connection migration_notices, if any
 )
 def volume_audit() -> None:
     @task(task_id=AuditStep.FIND)

@@ -36,6 +36,7 @@ from include.migration.branches import after_source_driver, after_target_driver,
 from include.migration.request import PARAMS_SCHEMA
 from include.migration.steps import BEFORE_ATTACHABLE, MIGRATION_DAG, Step
 from plugins import migration_runtime as rt
+from plugins.notifiers.failure_notice import FailureNotice
 from plugins.sensors.target_copy import TargetCopySensor
 
 PARAMS = {name: Param(**schema) for name, schema in PARAMS_SCHEMA.items()}
@@ -55,6 +56,7 @@ PLAN = f"ti.xcom_pull(task_ids='{Step.VALIDATE_AND_LOCK}', key='{rt.PLAN_KEY}')"
         "pre_execute": rt.apply_task_timeout,
     },
     doc_md=__doc__,
+    on_failure_callback=FailureNotice(),  # a mail through the Connection migration_notices, if any
 )
 def volume_migration() -> None:
     @task.branch(task_id=Step.VALIDATE_AND_LOCK)

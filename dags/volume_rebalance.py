@@ -32,6 +32,7 @@ from include.migration.planner import RebalancePlan
 from include.migration.rebalance import REBALANCE_PARAMS_SCHEMA
 from include.migration.steps import REBALANCE_DAG, RebalanceStep
 from plugins import migration_runtime as rt
+from plugins.notifiers.failure_notice import FailureNotice, send_failed_moves
 from plugins.rebalance_runtime import AirflowPorts
 
 PARAMS = {name: Param(**schema) for name, schema in REBALANCE_PARAMS_SCHEMA.items()}
@@ -48,6 +49,7 @@ DEFAULT_SCHEDULE = "0 3 * * *"
     max_active_runs=1,  # one dispatcher at a time: the limits are counted in one place
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     doc_md=__doc__,
+    on_failure_callback=FailureNotice(),  # a mail through the Connection migration_notices, if any
 )
 def volume_rebalance() -> None:
     @task(task_id=RebalanceStep.PLAN)
@@ -65,7 +67,9 @@ def volume_rebalance() -> None:
     @task(task_id=RebalanceStep.SUMMARIZE)
     def summarize(planned: dict[str, Any], results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
         moves = [MoveResult.from_json(r) for r in results]
-        return flow.summary(dict(context["params"]), RebalancePlan.from_json(planned), moves, rt.cinder()).to_json()
+        done = flow.summary(dict(context["params"]), RebalancePlan.from_json(planned), moves, rt.cinder())
+        send_failed_moves(context["run_id"], moves)  # the run succeeds: its failed moves are mailed here
+        return done.to_json()
 
     @task(task_id=RebalanceStep.PUBLISH, outlets=[REBALANCED])
     def publish(summary: dict[str, Any], **context: Any) -> None:
