@@ -44,6 +44,9 @@ def send(notice: notices.Notice, conn_id: str = NOTICE_CONN_ID) -> bool:
     except AirflowNotFoundException:
         log.info("no Connection %s: no notice sent (%s)", conn_id, notice.subject)
         return False
+    except Exception as exc:  # a notice never fails what it reports on
+        log.warning("Connection %s not read (%s): no notice sent (%s)", conn_id, exc, notice.subject)
+        return False
     recipients = [address.strip() for address in to.split(",") if address.strip()]
     if not recipients:
         log.warning('Connection %s names no recipient (extra "to"): no notice sent (%s)', conn_id, notice.subject)

@@ -108,3 +108,5 @@ def test_without_the_connection_or_a_server_nothing_is_sent_and_nothing_fails(mo
     closed = {"conn_type": "smtp", "host": "127.0.0.1", "port": free_port(), "extra": extra}
     monkeypatch.setenv(f"AIRFLOW_CONN_{NOTICE_CONN_ID.upper()}", json.dumps(closed))
     assert send(notice) is False  # nobody listens there: logged, not raised
+    monkeypatch.setenv(f"AIRFLOW_CONN_{NOTICE_CONN_ID.upper()}", '{"conn_type": "smtp", "port": "not a port"}')
+    assert send(notice) is False  # a Connection Airflow cannot parse is none: logged, not raised
