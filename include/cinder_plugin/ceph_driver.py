@@ -98,7 +98,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
         super()._update_volume_stats()
         self._stats.update({ASYNC_TARGET_CAPABILITY: True, ASYNC_TARGET_SOURCES: ["rbd"]})  # of this cluster
         try:  # kept warm here, so that neither a connection nor a takeover waits for the lookup
-            if self._monitors is None or time.monotonic() - self._monitors[0] > MONITORS_REFRESH_S:
+            if self._monitors_older_than(MONITORS_REFRESH_S):
                 self._look_up_monitors()
         except Exception as exc:  # the stats stand without it; the next connection looks them up
             LOG.warning("%s: this cluster's monitors not looked up: %s", self._backend, exc)
@@ -106,10 +106,14 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
     def _get_mon_addrs(self) -> tuple[list[str], list[str]]:
         """Cinder's (``ceph mon dump``, run for every connection it opens, a few tenths of a second each), kept
         up to ``MONITORS_TTL_S``: the hosts and ports of this cluster's monitors."""
-        kept = self._monitors
-        if kept and time.monotonic() - kept[0] <= MONITORS_TTL_S:
-            return list(kept[1]), list(kept[2])
-        return self._look_up_monitors()
+        if self._monitors_older_than(MONITORS_TTL_S):
+            return self._look_up_monitors()
+        _, hosts, ports = self._monitors  # type: ignore[misc]  # kept: not older than the TTL
+        return list(hosts), list(ports)
+
+    def _monitors_older_than(self, seconds: float) -> bool:
+        """None kept, or looked up more than ``seconds`` ago."""
+        return self._monitors is None or time.monotonic() - self._monitors[0] > seconds
 
     def _look_up_monitors(self) -> tuple[list[str], list[str]]:
         hosts, ports = super()._get_mon_addrs()
@@ -194,7 +198,7 @@ class AsyncRBDDriver(cinder_rbd.RBDDriver, AsyncMigrationTarget):
     def _of_this_cluster(self, monitors: set[tuple[str, str]]) -> bool:
         """Whether any of ``monitors`` {(host, port)} is this cluster's: by the monitors kept
         (``_get_mon_addrs``), and when none of them matches, by one lookup now (they may have changed)."""
-        looks_up = self._monitors is None or time.monotonic() - self._monitors[0] > MONITORS_TTL_S
+        looks_up = self._monitors_older_than(MONITORS_TTL_S)
         if monitors & set(zip(*self._get_mon_addrs(), strict=False)):
             return True
         return not looks_up and bool(monitors & set(zip(*self._look_up_monitors(), strict=False)))
