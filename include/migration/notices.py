@@ -31,10 +31,6 @@ class Notice:
     subject: str
     lines: tuple[str, ...]
 
-    @property
-    def body(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
     def html(self) -> str:
         """The body as HTML (what Airflow's SMTP hook sends): the text as it is, its links made links."""
 
