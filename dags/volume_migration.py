@@ -82,7 +82,9 @@ def volume_migration() -> None:
     def host_copy(**context: Any) -> dict[str, Any]:
         with rt.run_step(context):
             plan = rt.plan(context)
-            return flow.host_copy(plan, rt.cinder(), rt.state_dir(), rt.host_copy_progress(context, plan))
+            done = flow.host_copy(plan, rt.cinder(), rt.state_dir(), rt.host_copy_progress(context, plan),
+                                  slice_s=rt.task_timeout_s(context))  # fmt: skip
+        return rt.next_slice_unless_complete(done)  # a slice that ended early: rescheduled, from its checkpoint
 
     @task(task_id=Step.COMMIT, trigger_rule="none_failed_min_one_success")
     def commit(**context: Any) -> None:
@@ -101,7 +103,7 @@ def volume_migration() -> None:
         task_id=Step.WAIT_FOR_COPY,
         volume_id=f"{{{{ {PLAN}['volume_id'] }}}}",
         backend=f"{{{{ {PLAN}['dest_backend'] }}}}",
-        copy_timeout_s=f"{{{{ {PLAN}['copy_timeout_s'] }}}}",
+        deadline=f"{{{{ {PLAN}['copy_deadline'] }}}}",  # set once with the lock: the wait's retries keep it
         lock_owner=f"{{{{ {PLAN}['owner'] }}}}",
         poll_interval=5.0,
         pre_execute=None,

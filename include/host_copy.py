@@ -39,6 +39,8 @@ class HostCopyResult:
     bytes_skipped: int  # holes / zero runs not written
     seconds: float
     resumed_from: int  # offset the copy started from (0 unless resumed from a checkpoint)
+    complete: bool = True  # False: stopped at ``stop_at``; the checkpoint holds where the next call resumes
+    offset: int = 0  # where the copy stopped (``bytes_total`` when complete)
 
 
 # ---- pure helpers -------------------------------------------------------------------------
@@ -270,6 +272,7 @@ def host_copy(
     progress: Callable[[MigrationProgress], None] | None = None,
     progress_interval: float = 2.0,
     checkpoint_every: int = 64 * 1024 * 1024,
+    stop_at: float | None = None,
 ) -> HostCopyResult:
     """Copy the opened volume ``source`` to the opened volume ``target`` through this host.
 
@@ -300,6 +303,11 @@ def host_copy(
       ValueError (remove the file to start over). On success the target is
       flushed and the checkpoint deleted. Without ``checkpoint`` the target
       is flushed only at the end.
+    * With ``stop_at`` (a ``time.time()``; needs ``checkpoint``), a copy not
+      done by then stops after the chunk it is writing: it flushes the target,
+      saves the checkpoint at the offset reached and returns with
+      ``complete`` False (no ``done`` progress). The next call with the same
+      checkpoint goes on from there: a long copy runs in slices.
     * A failed read, write or flush is raised as ``BackendError`` naming both
       volumes and what the copy was doing at which offset; the device's error
       is chained as ``__cause__``.
@@ -311,6 +319,8 @@ def host_copy(
         raise ValueError(f"chunk must be a multiple of 512 between 512 and 64 MiB, got {chunk}")
     if checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be > 0, got {checkpoint_every}")
+    if stop_at is not None and checkpoint is None:
+        raise ValueError("stop_at needs a checkpoint to resume from")
     pacer = Pacer(speed_bps)
     began = time.monotonic()
     opened: list[BlockDevice] = []
@@ -353,6 +363,11 @@ def host_copy(
                 writer.flush()
                 _save_checkpoint(checkpoint, src.name, dst.name, size, offset)
                 saved = offset
+            if stop_at is not None and offset < size and time.time() >= stop_at:
+                writer.flush()
+                _save_checkpoint(checkpoint, src.name, dst.name, size, offset)  # type: ignore[arg-type]
+                return HostCopyResult(size, writer.written, writer.skipped, time.monotonic() - began, resumed_from,
+                                      complete=False, offset=offset)  # fmt: skip
             now = time.monotonic()
             if now - last_report >= progress_interval:
                 meter.add(now, offset)
@@ -372,6 +387,7 @@ def host_copy(
             bytes_skipped=writer.skipped,
             seconds=time.monotonic() - began,
             resumed_from=resumed_from,
+            offset=size,
         )
     except DeviceError as exc:
         doing = writer.where if writer is not None else "opening the volumes"

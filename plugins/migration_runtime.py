@@ -24,14 +24,15 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowTaskTimeout
 
 from include.backends.base import MigrationProgress
 from include.migration.cinder_progress import ProgressToCinder
-from include.migration.errors import InconsistenciesLeft, InvalidParams, MigrationRefused
+from include.migration.deadlines import HOST_COPY_GRACE_S
+from include.migration.errors import CopyDeadlinePassed, InconsistenciesLeft, InvalidParams, MigrationRefused
 from include.migration.flow import Plan, describe_failure
 from include.migration.steps import Step, run_owner
 
@@ -115,21 +116,37 @@ def token_cache() -> pathlib.Path:
     return state_dir() / "keystone-tokens"
 
 
-def apply_task_timeout(context: Any) -> None:
-    """``pre_execute``: bound this try of a synchronous step by the run's ``task_timeout_s``."""
+def task_timeout_s(context: Any) -> int | None:
+    """The run's ``task_timeout_s``: how long one try of a synchronous step, or one slice of a host copy, may take."""
     seconds = context["params"].get("task_timeout_s")
-    if isinstance(seconds, int) and seconds > 0:
-        context["task"].execution_timeout = timedelta(seconds=seconds)
+    return seconds if isinstance(seconds, int) and seconds > 0 else None
+
+
+def apply_task_timeout(context: Any) -> None:
+    """``pre_execute``: bound this try of a synchronous step by the run's ``task_timeout_s``; a host copy's slice,
+    which stops itself after that long, gets ``HOST_COPY_GRACE_S`` more (its target's creation, the last flush)."""
+    seconds = task_timeout_s(context)
+    if seconds is not None:
+        grace = HOST_COPY_GRACE_S if context["task"].task_id == Step.HOST_COPY else 0
+        context["task"].execution_timeout = timedelta(seconds=seconds + grace)
+
+
+def next_slice_unless_complete(done: dict[str, Any]) -> dict[str, Any]:
+    """A host copy's answer; a slice that ended before the copy was complete has the task run again at once
+    (rescheduled: the same try, on any worker, going on from the checkpoint), holding no worker slot between."""
+    if not done.get("complete", True):
+        raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=1))
+    return done
 
 
 @contextlib.contextmanager
 def run_step(context: Any) -> Iterator[None]:
-    """Run one step: refusals (and an audit that leaves inconsistencies) fail without retry; every failure is kept
-    for the rollback's reason."""
+    """Run one step: refusals, a passed copy deadline (and an audit that leaves inconsistencies) fail without retry;
+    every failure is kept for the rollback's reason."""
     ti = context["ti"]
     try:
         yield
-    except (InvalidParams, MigrationRefused, InconsistenciesLeft) as exc:
+    except (InvalidParams, MigrationRefused, CopyDeadlinePassed, InconsistenciesLeft) as exc:
         ti.xcom_push(FAILURE_KEY, describe_failure(ti.task_id, exc))
         raise AirflowFailException(str(exc)) from None
     except AirflowTaskTimeout:  # a BaseException: task_timeout_s passed

@@ -27,6 +27,7 @@ from include.cinder_plugin.names import (
     COPIED_KEY,
     COPY_CONNECTOR_KEY,
     COPY_TARGET_KEY,
+    DEADLINE_KEY,
     DEST_KEY,
     OWNER_KEY,
     RESOURCE,
@@ -43,7 +44,7 @@ NOT_MIGRATING = SETTLED_MIGRATION_STATUSES
 # admin metadata the blueprint's steps and a host copy record during one migration (cleared at begin and release)
 STEP_KEYS = (SOURCE_STEP_KEY, TARGET_STEP_KEY, TARGET_ARGS_KEY, SOURCE_LOCATION_KEY, COPY_TARGET_KEY,
              COPY_CONNECTOR_KEY, COPIED_KEY)  # fmt: skip
-ADMIN_KEYS = (DEST_KEY, OWNER_KEY, SOURCE_KEY, *STEP_KEYS)  # every admin metadata key of ours
+ADMIN_KEYS = (DEST_KEY, OWNER_KEY, SOURCE_KEY, DEADLINE_KEY, *STEP_KEYS)  # every admin metadata key of ours
 LOCKED = {"migration_status": "starting", "status": "maintenance"}  # what begin left: the state later steps expect
 ACTIONS = (
     "begin",
@@ -127,6 +128,20 @@ def action_args(req: Any, id: str, body: dict[str, Any], action: str) -> tuple[A
     context.authorize(policy_name(action))
     args = action_body(body, action)
     return context, args, volume_or_404(context, id)
+
+
+def deadline_of(args: dict[str, Any]) -> int | None:
+    """The action's ``deadline`` argument (epoch seconds), checked (400 when it is not a positive whole number)."""
+    deadline = args.get("deadline")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0):
+        raise webob.exc.HTTPBadRequest(explanation="'deadline' must be a positive whole number (epoch seconds)")
+    return deadline
+
+
+def kept_deadline(meta: dict[str, Any]) -> int | None:
+    """The deadline kept with a volume's lock (admin metadata), or None."""
+    value = meta.get(DEADLINE_KEY)
+    return int(value) if value and str(value).isdigit() else None
 
 
 def owner_of(args: dict[str, Any]) -> str | None:
@@ -217,6 +232,7 @@ def migration_view(volume: Any) -> dict[str, Any]:
             "source_host": meta.get(SOURCE_KEY),
             "dest_host": meta.get(DEST_KEY),
             "owner": meta.get(OWNER_KEY),
+            "deadline": kept_deadline(meta),
             "source_step": meta.get(SOURCE_STEP_KEY),
             "target_step": meta.get(TARGET_STEP_KEY),
             "copy_target": meta.get(COPY_TARGET_KEY),

@@ -88,6 +88,7 @@ from oslo_log import log as logging
 
 from include.cinder_plugin.common import (
     ADMIN_KEYS,
+    DEADLINE_KEY,
     DEST_KEY,
     LOCKED,
     NOT_MIGRATING,
@@ -99,7 +100,9 @@ from include.cinder_plugin.common import (
     backend_service,
     check_dest,
     check_holder,
+    deadline_of,
     dest_pool,
+    kept_deadline,
     migration_view,
     owner_of,
     refusal,
@@ -161,6 +164,7 @@ class AsyncMigrationController(Controller):
             "source_host": meta.get(SOURCE_KEY),
             "host": meta.get(DEST_KEY),
             "owner": meta.get(OWNER_KEY),
+            "deadline": kept_deadline(meta),
             "migration_status": volume.migration_status,
         }
         return webob.Response(status_int=202, json_body={"async_migration": lock})
@@ -178,8 +182,8 @@ class AsyncMigrationController(Controller):
     @wsgi.action("os-async_migration_begin")
     def _begin(self, req: Any, id: str, body: dict[str, Any]) -> Any:
         context, args, volume = action_args(req, id, body, "begin")
-        host, owner = _host(args), owner_of(args)
-        if owner and self._held_by(volume, host, owner):
+        host, owner, deadline = _host(args), owner_of(args), deadline_of(args)
+        if owner and self._held_by(volume, host, owner):  # the lock, and its deadline, as the first begin set them
             LOG.info("async migration of volume %s to %s: begin again by %s, already locked", id, host, owner)
             return self._lock_answer(volume)
         backend_service(context, host)
@@ -205,7 +209,8 @@ class AsyncMigrationController(Controller):
             "replication_status": (None, fields.ReplicationStatus.DISABLED, fields.ReplicationStatus.NOT_CAPABLE),
         }
         updates = {**LOCKED, "previous_status": "available"}
-        lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {})}
+        lock = {DEST_KEY: host, SOURCE_KEY: volume.host, **({OWNER_KEY: owner} if owner else {}),
+                **({DEADLINE_KEY: str(deadline)} if deadline else {})}  # fmt: skip
         # the state and the lock's keys in one transaction: a cinder-api killed between two commits left a volume
         # "starting" with no lock, which no owner could take back or fail (the fault matrix, trial 64)
         admin = context.elevated()

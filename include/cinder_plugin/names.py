@@ -24,6 +24,8 @@ ASYNC_TARGET_SOURCES = "async_migration_target_sources"
 DEST_KEY = "async_migration_dest"
 OWNER_KEY = "async_migration_owner"
 SOURCE_KEY = "async_migration_source"
+# volume admin metadata: when the migration's copy must be complete (epoch seconds), set once with the lock
+DEADLINE_KEY = "async_migration_deadline"
 # volume admin metadata: the outcome of blueprint step 1 (the source driver's migrate_volume) run in cinder-volume
 SOURCE_STEP_KEY = "async_migration_source_step"
 # volume admin metadata: the outcome of blueprint step 2 (the target driver's migrate_volume_target) in cinder-volume

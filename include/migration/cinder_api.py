@@ -33,14 +33,16 @@ class CinderApi(abc.ABC):
     def action(self, volume_id: str, action: str, args: dict[str, Any] | None = None) -> Any:
         return self.request("POST", f"/volumes/{volume_id}/action", {action: args or {}})
 
-    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:
-        """Lock the volume for a migration to ``host`` (``starting``), held by ``owner``.
+    def begin_migration(self, volume_id: str, host: str, owner: str | None = None,
+                        deadline: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """Lock the volume for a migration to ``host`` (``starting``), held by ``owner``, its copy to be complete
+        by ``deadline`` (epoch seconds, kept with the lock).
 
-        The same owner may begin again while the lock holds; any other is
-        refused (409). Returns the lock: ``source_host``, ``host``, ``owner``,
-        ``migration_status``.
+        The same owner may begin again while the lock holds (its ``deadline`` is then ignored); any other is
+        refused (409). Returns the lock: ``source_host``, ``host``, ``owner``, ``deadline`` (the one the first
+        begin set), ``migration_status``.
         """
-        args = {"host": host, **({"owner": owner} if owner else {})}
+        args = {"host": host, **({"owner": owner} if owner else {}), **({"deadline": deadline} if deadline else {})}
         return (self.action(volume_id, "os-async_migration_begin", args) or {}).get("async_migration") or {}
 
     def mark_attachable(self, volume_id: str, host: str, provider_location: str | None = None) -> None:

@@ -5,6 +5,8 @@
   for the move; nothing was changed.
 * ``MigrationFailed``: a step could not finish; the message says what state
   it left and what to do.
+* ``CopyDeadlinePassed``: the copy's deadline (set once, with the lock)
+  passed before it was complete; no retry can help.
 * ``InconsistenciesLeft``: the audit found inconsistencies that it did not
   repair; an operator must act (each one's action is in the message).
 * ``CinderError``: Cinder answered with an error (``status``: its HTTP
@@ -26,6 +28,10 @@ class MigrationRefused(Exception):
 
 class MigrationFailed(Exception):
     """A step could not finish; the message says what state it left."""
+
+
+class CopyDeadlinePassed(MigrationFailed):
+    """The copy's deadline passed before it was complete: fails without retry (a retry would meet it again)."""
 
 
 class InconsistenciesLeft(Exception):

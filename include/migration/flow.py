@@ -48,7 +48,8 @@ from include.cinder_plugin.names import IN_FLIGHT, MIGRATING_ATTACHABLE, SourceS
 from include.connectors import connection_type, open_volume, unattachable, worker_connector
 from include.host_copy import host_copy as copy_through_host
 from include.migration.cinder_api import CinderApi
-from include.migration.errors import CinderError, MigrationFailed, MigrationRefused
+from include.migration.deadlines import deadline_text, seconds_left
+from include.migration.errors import CinderError, CopyDeadlinePassed, MigrationFailed, MigrationRefused
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,22 @@ class Plan:
     path: str  # Step.SOURCE_DRIVER or Step.HOST_COPY
     speed_mib: int | None = None
     copy_mode: str | None = None  # a takeover's copy mode; None: the target array's default
-    copy_timeout_s: int = 24 * 3600
+    copy_timeout_s: int = 24 * 3600  # how long the copy may take (deadlines.copy_timeout): given, or derived
     volume_type_id: str | None = None
+    copy_deadline: float | None = None  # epoch seconds: the copy must be complete then (set once, kept with the lock)
+    copy_deadline_basis: str = ""  # how copy_timeout_s was found, for the log and the operator
+
+    def deadline(self, now: float) -> float:
+        """When the copy must be complete (epoch seconds): the lock's deadline, else ``copy_timeout_s`` from ``now``
+        (a plan made before deadlines were kept)."""
+        return self.copy_deadline if self.copy_deadline is not None else now + self.copy_timeout_s
+
+    def deadline_passed(self, now: float) -> str | None:
+        """Why the copy may not go on at ``now`` (epoch seconds), or None while its deadline is ahead."""
+        deadline = self.deadline(now)
+        if now < deadline:
+            return None
+        return f"the copy deadline {deadline_text(deadline)} has passed ({self.copy_deadline_basis or 'given'})"
 
     @property
     def source_backend(self) -> str:
@@ -120,7 +135,7 @@ def source_driver_migrate(
 ) -> dict[str, Any]:  # fmt: skip
     """Blueprint step 1: the source backend's cinder-volume runs its own driver's ``migrate_volume`` toward
     ``plan.dest_host`` (``os-async_migration_source_migrate``); this waits for what it did (a look after 0.05 s,
-    then ever less often, every ``poll_s`` at most), at most ``plan.copy_timeout_s``. Returns ``{"moved",
+    then ever less often, every ``poll_s`` at most), until the plan's copy deadline. Returns ``{"moved",
     "model_update"}``: a moved volume is on the destination already (Cinder applied the driver's model update) and
     stays locked until ``commit``.
 
@@ -147,15 +162,15 @@ def _outcome(plan: Plan, cinder: CinderApi, step: str, view: dict[str, Any], pol
              clock: Callable[[], float], sleep: Callable[[float], None],
              again: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """The migration's view once its driver ``step`` (``source_step``, ``target_step``) is no longer running: a
-    look after 0.05 s, then ever less often, every ``poll_s`` at most; MigrationFailed after
-    ``plan.copy_timeout_s``. ``again`` asks for the step once more every ``STEP_REASK_S`` while it runs (for a
-    request lost on its way: cinder-volume does nothing for a duplicate)."""
-    now = clock()
-    deadline, asked, pause = now + plan.copy_timeout_s, now, min(SOURCE_STEP_FIRST_POLL_S, poll_s)
+    look after 0.05 s, then ever less often, every ``poll_s`` at most; CopyDeadlinePassed at the plan's copy
+    deadline. ``again`` asks for the step once more every ``STEP_REASK_S`` while it runs (for a request lost on its
+    way: cinder-volume does nothing for a duplicate)."""
+    now, wall = clock(), time.time()
+    deadline, asked, pause = now + seconds_left(plan.deadline(wall), wall), now, min(SOURCE_STEP_FIRST_POLL_S, poll_s)
     while view.get(step) == SourceStep.RUNNING:
         if clock() >= deadline:
-            raise MigrationFailed(f"{step.replace('_', ' ')} toward {plan.dest_host} has not answered within "
-                                  f"copy_timeout_s={plan.copy_timeout_s}")  # fmt: skip
+            raise CopyDeadlinePassed(f"{step.replace('_', ' ')} toward {plan.dest_host} has not answered by the copy "
+                                     f"deadline {deadline_text(plan.deadline(wall))}")  # fmt: skip
         sleep(pause)
         pause = min(pause * 2, poll_s)
         if again is not None and clock() - asked >= STEP_REASK_S:
@@ -222,8 +237,9 @@ def pool_protocols(plan: Plan, cinder: CinderApi) -> tuple[str, str]:
 
 def host_copy(
     plan: Plan, cinder: CinderApi, state_dir: pathlib.Path,
-    progress: Callable[[MigrationProgress], None] | None = None, *, connector: dict[str, Any] | None = None,
-    poll_s: float = 1.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[MigrationProgress], None] | None = None, *, slice_s: float | None = None,
+    connector: dict[str, Any] | None = None, poll_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:  # fmt: skip
     """The generic path, as Cinder's own generic migration makes it, with the copy on this host.
 
@@ -233,10 +249,18 @@ def host_copy(
     same destination volume; ``progress`` every few seconds), then records with Cinder that the destination
     holds the whole copy and closes both connections. ``commit`` then has Cinder complete the migration.
 
+    A copy runs for ``slice_s`` seconds at most, and never past the plan's copy deadline: then it stops cleanly
+    (flushed, checkpoint saved, connections closed) and returns ``complete`` False; the caller calls again to go
+    on from the checkpoint (the DAG reschedules the task). A copy not complete at its deadline, or called after
+    it, raises CopyDeadlinePassed (no retry; the rollback deletes the destination volume).
+
     MigrationRefused, nothing made, when this host cannot open a pool's protocol; MigrationFailed when Cinder
     could not make the destination volume; BackendError when a read or write failed (the connections are closed:
-    a retry resumes from the checkpoint). Returns ``{"bytes_copied", "copy_target"}``.
+    a retry resumes from the checkpoint). Returns ``{"complete", "bytes_copied", "offset", "copy_target"}``.
     """
+    late = plan.deadline_passed(time.time())
+    if late:
+        raise CopyDeadlinePassed(f"host copy of volume {plan.volume_id}: {late}")
     problems = attach_problems(*pool_protocols(plan, cinder))
     if problems:
         raise MigrationRefused(f"no host copy of volume {plan.volume_id}: {'; '.join(problems)}")
@@ -254,15 +278,27 @@ def host_copy(
             open_volume(source_info, f"volume {plan.volume_id} on {plan.source_host}", writable=False) as source,
             open_volume(target_info, f"volume {target_id} on {plan.dest_host}") as target,
         ):
+            deadline = plan.deadline(time.time())
+            stop_at = deadline if slice_s is None else min(deadline, time.time() + slice_s)
             result = copy_through_host(source, target, checkpoint=checkpoint, speed_bps=plan.speed_bps or 0,
-                                       progress=progress)  # fmt: skip
+                                       progress=progress, stop_at=stop_at)  # fmt: skip
     except BaseException:
         with contextlib.suppress(CinderError):  # closed by Cinder at the end anyway; the copy's error matters
             cinder.copy_disconnect(plan.volume_id, plan.owner)
         raise
-    cinder.copy_disconnect(plan.volume_id, plan.owner, copied=True)
-    log.info("host copy of volume %s into volume %s: %s", plan.volume_id, target_id, result)
-    return {"bytes_copied": result.bytes_written, "copy_target": target_id}
+    done = {"complete": result.complete, "bytes_copied": result.bytes_written, "offset": result.offset,
+            "copy_target": target_id}  # fmt: skip
+    cinder.copy_disconnect(plan.volume_id, plan.owner, copied=result.complete)
+    if result.complete:
+        log.info("host copy of volume %s into volume %s: %s", plan.volume_id, target_id, result)
+        return done
+    share = f"{100 * result.offset / plan.size:.1f}% copied" if plan.size else "copied"
+    late = plan.deadline_passed(time.time())
+    if late:
+        raise CopyDeadlinePassed(f"host copy of volume {plan.volume_id}: {late}, {share}")
+    log.info("host copy of volume %s: slice ended at %s, %s; the next one goes on from the checkpoint",
+             plan.volume_id, result.offset, share)  # fmt: skip
+    return done
 
 
 def _copy_target(plan: Plan, cinder: CinderApi, poll_s: float, clock: Callable[[], float],

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from include.backends.base import COPY_MODES
+from include.migration.deadlines import HOST_COPY_GRACE_S, MAX_TIMEOUT_S
 from include.migration.errors import InvalidParams
 
 HOST_RE = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+#[A-Za-z0-9_.-]+$")
 MAX_SPEED_MIB = 100_000
-MAX_TIMEOUT_S = 7 * 24 * 3600
+# the longest try of a synchronous step (a host copy's slice): under the Celery visibility timeout of
+# docker-compose.yaml (6 h) with the slice's grace (HOST_COPY_GRACE_S), so no broker hands a running try out again
+MAX_TASK_TIMEOUT_S = 6 * 3600 - HOST_COPY_GRACE_S - 15 * 60
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,8 @@ class MigrationRequest:
     new_type: str | None = None
     copy_mode: str | None = None  # a takeover's copy mode (COPY_MODES); None: the target array's default
     speed_mib: int | None = None  # copy throttle; None: the target array's default, 0: unlimited
-    copy_timeout_s: int = 24 * 3600  # how long the background copy may take
-    task_timeout_s: int = 3600  # how long one synchronous step may take
+    copy_timeout_s: int | None = None  # how long the copy may take; None: derived from size and speed (deadlines.py)
+    task_timeout_s: int = 3600  # how long one try of a synchronous step, or one slice of a host copy, may take
 
 
 PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
@@ -60,18 +63,20 @@ PARAMS_SCHEMA: dict[str, dict[str, Any]] = {
         "description": "copy throttle in MiB/s; empty: the array's default; 0: unlimited",
     },
     "copy_timeout_s": {
-        "type": "integer",
+        "type": ["null", "integer"],
         "default": MigrationRequest.copy_timeout_s,
         "minimum": 60,
         "maximum": MAX_TIMEOUT_S,
-        "description": "seconds the background copy may take before the wait fails (the copy goes on)",
+        "description": "seconds the copy may take from the lock on, over all retries (a takeover's background copy "
+        "goes on after it); empty: derived from the volume's size and speed_mib",
     },
     "task_timeout_s": {
         "type": "integer",
         "default": MigrationRequest.task_timeout_s,
         "minimum": 10,
-        "maximum": MAX_TIMEOUT_S,
-        "description": "seconds one try of a synchronous step (pool move, host copy...) may take",
+        "maximum": MAX_TASK_TIMEOUT_S,
+        "description": "seconds one try of a synchronous step may take; a host copy goes on past it in slices of "
+        "this length, each resuming from the last one's checkpoint",
     },
 }
 
@@ -121,7 +126,7 @@ def parse_request(conf: dict[str, Any]) -> MigrationRequest:
     for key, lo, hi, default in (
         ("speed_mib", 0, MAX_SPEED_MIB, None),
         ("copy_timeout_s", 60, MAX_TIMEOUT_S, MigrationRequest.copy_timeout_s),
-        ("task_timeout_s", 10, MAX_TIMEOUT_S, MigrationRequest.task_timeout_s),
+        ("task_timeout_s", 10, MAX_TASK_TIMEOUT_S, MigrationRequest.task_timeout_s),
     ):
         try:
             numbers[key] = whole_number(conf, key, lo, hi, default)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from include.backends.base import GiB
@@ -16,6 +18,7 @@ from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SO
 from include.connectors import connection_type, takes_over
 from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
+from include.migration.deadlines import copy_timeout, deadline_text
 from include.migration.errors import CinderError, MigrationRefused
 from include.migration.flow import LOCK_STATUSES, Plan, attach_problems, backend_of, lun_of
 from include.migration.request import MigrationRequest, parse_request
@@ -67,8 +70,9 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
     volume = _volume_or_refuse(cinder, request.volume_id)
     current_host = volume.get("os-vol-host-attr:host") or ""
     if volume.get("migration_status") in LOCK_STATUSES and current_host == request.dest_host:
-        lock = _lock(cinder, request, owner)  # refused unless this owner moved it there (attachable, or its driver)
-        return _plan(request, volume, lock["source_host"], owner, cinder)
+        plan = _plan(request, volume, current_host, owner, cinder)
+        lock = _lock(cinder, plan, owner)  # refused unless this owner moved it there (attachable, or its driver)
+        return _locked(replace(plan, source_host=lock["source_host"]), lock)
     if current_host.count("@") != 1 or "#" not in current_host:
         raise MigrationRefused(f"volume {request.volume_id} has no pool host (host is {current_host!r})")
     if current_host == request.dest_host:
@@ -80,7 +84,7 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
     plan = _plan(request, volume, current_host, owner, cinder)
     resumed = volume.get("migration_status") == "starting"
     if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
-        _lock(cinder, request, owner)
+        plan = _locked(plan, _lock(cinder, plan, owner))
     problems = _pool_problems(plan, pools.get(current_host) or {}, pools[request.dest_host], resumed=resumed)
     problems += _type_problems(
         cinder, request.new_type or volume.get("volume_type_id") or volume.get("volume_type"), request, pools
@@ -88,17 +92,34 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
     if problems:
         raise MigrationRefused(f"volume {plan.volume_id} cannot be migrated to {plan.dest_host}: {'; '.join(problems)}")
     if not resumed:
-        _lock(cinder, request, owner)
+        plan = _locked(plan, _lock(cinder, plan, owner))
     log.info("volume %s locked for %s by %s; path %s", plan.volume_id, plan.dest_host, owner, plan.path)
     return plan
 
 
-def _lock(cinder: CinderApi, request: MigrationRequest, owner: str) -> dict[str, Any]:
+def _lock(cinder: CinderApi, plan: Plan, owner: str) -> dict[str, Any]:
+    """Lock the volume (again, for the same owner) with the copy's deadline from now; the lock as Cinder keeps it."""
+    deadline = int(time.time()) + plan.copy_timeout_s  # the first lock keeps it: a retry's is ignored
     with _refused_on((400, 409)):  # Cinder's refusal (status, snapshots, another run...)
-        return cinder.begin_migration(request.volume_id, request.dest_host, owner)
+        return {"deadline": deadline} | {
+            k: v for k, v in cinder.begin_migration(plan.volume_id, plan.dest_host, owner, deadline).items() if v
+        }
+
+
+def _locked(plan: Plan, lock: dict[str, Any]) -> Plan:
+    """``plan`` with the copy deadline its lock keeps, logged."""
+    plan = replace(plan, copy_deadline=float(lock["deadline"]))
+    log.info("volume %s: the copy must be complete by %s (%s)", plan.volume_id, deadline_text(plan.copy_deadline),
+             plan.copy_deadline_basis)  # fmt: skip
+    return plan
 
 
 def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, owner: str, cinder: CinderApi) -> Plan:
+    size = int(volume["size"]) * GiB
+    try:
+        timeout = copy_timeout(size, request.speed_mib, request.copy_timeout_s)
+    except ValueError as exc:
+        raise MigrationRefused(f"volume {request.volume_id}: {exc}") from None
     volume_type_id = None
     if request.new_type:
         with _refused_on((404,), f"volume type {request.new_type} does not exist"):
@@ -106,14 +127,15 @@ def _plan(request: MigrationRequest, volume: dict[str, Any], source_host: str, o
     return Plan(
         volume_id=request.volume_id,
         lun=lun_of(volume),
-        size=int(volume["size"]) * GiB,
+        size=size,
         source_host=source_host,
         dest_host=request.dest_host,
         owner=owner,
         path=first_step(request).value,
         speed_mib=request.speed_mib,
         copy_mode=request.copy_mode,
-        copy_timeout_s=request.copy_timeout_s,
+        copy_timeout_s=timeout.seconds,
+        copy_deadline_basis=timeout.basis,
         volume_type_id=volume_type_id,
     )
 

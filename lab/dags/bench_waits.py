@@ -44,7 +44,7 @@ def bench_waits() -> None:
     TargetCopySensor.partial(
         task_id=WAIT_TASK,
         backend="{{ params.backend }}",
-        copy_timeout_s="{{ params.timeout_s }}",
+        deadline="{{ dag_run.start_date.timestamp() + params.timeout_s }}",
         poll_interval=5.0,
     ).expand(volume_id=names())
 

@@ -14,10 +14,12 @@ the state changes and at least once a minute, and yields exactly one event:
   released the remote LUN;
 * ``{"status": "failed", "progress"|"message": ...}``: the copy cannot go on,
   or the volume is no longer attachable on its destination (or gone);
-* ``{"status": "timeout", "progress": ...}``: ``timeout_s`` passed first.
+* ``{"status": "timeout", "progress": ...}``: the copy's ``deadline`` (epoch
+  seconds, the migration's, set once with its lock) passed first. A trigger
+  made again (a triggerer restart, a retry of the wait) keeps the same one.
 
 A look that fails (Cinder or the destination's cinder-volume restarting, say)
-is not an event: polling goes on until it answers again or the timeout
+is not an event: polling goes on until it answers again or the deadline
 passes. The progress also goes to the volume's metadata at a bounded rate
 (``include/migration/cinder_progress.py``), as the migration's ``owner``.
 """
@@ -65,8 +67,7 @@ class TargetCopyTrigger(BaseTrigger):
         *,
         backend: str = "",
         poll_interval: float = 10.0,
-        timeout_s: float = 24 * 3600,
-        started_at: float | None = None,
+        deadline: float,
         owner: str | None = None,
         longest_poll_s: float = LONGEST_POLL_S,
     ) -> None:
@@ -74,8 +75,7 @@ class TargetCopyTrigger(BaseTrigger):
         self.volume_id = volume_id
         self.backend = backend  # the destination, for the log
         self.poll_interval = poll_interval
-        self.timeout_s = timeout_s
-        self.started_at = time.time() if started_at is None else started_at  # kept across triggerer restarts
+        self.deadline = deadline
         self.owner = owner
         self.longest_poll_s = longest_poll_s
 
@@ -86,8 +86,7 @@ class TargetCopyTrigger(BaseTrigger):
                 "volume_id": self.volume_id,
                 "backend": self.backend,
                 "poll_interval": self.poll_interval,
-                "timeout_s": self.timeout_s,
-                "started_at": self.started_at,
+                "deadline": self.deadline,
                 "owner": self.owner,
                 "longest_poll_s": self.longest_poll_s,
             },
@@ -121,7 +120,7 @@ class TargetCopyTrigger(BaseTrigger):
                 event = {"status": look.outcome.value, "message": look.message}
                 yield TriggerEvent({**event, "progress": last.to_json() if last else None})
                 return
-            if time.time() - self.started_at > self.timeout_s:
+            if time.time() >= self.deadline:
                 yield TriggerEvent({"status": "timeout", "progress": last.to_json() if last else None})
                 return
             await asyncio.sleep(next_poll_s(look.progress, self.poll_interval, self.longest_poll_s))

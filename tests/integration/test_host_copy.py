@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import nbd
@@ -234,3 +235,28 @@ def test_target_lost_midway_names_target_and_offset(lab, source_lun, target_lun)
         host_copy(src_uri, dst_uri, speed_bps=64 * MiB, progress=unexport, progress_interval=0.05)
     assert isinstance(info.value.__cause__, DeviceError)  # the target's: its libnbd error chained below
     assert isinstance(info.value.__cause__.__cause__, nbd.Error)
+
+
+def test_a_copy_in_slices_stops_cleanly_at_stop_at_and_the_next_slice_goes_on(tmp_path, source_lun, target_lun):
+    """``stop_at`` ends a slice after the chunk in flight, flushed, with the checkpoint at the offset reached (not
+    the last ``checkpoint_every`` mark): nothing copied is copied again, and the slices add up to the source."""
+    src_uri, data = source_lun("gamma", seed=5)
+    _, dst_uri = target_lun("alpha")
+    checkpoint = tmp_path / "copy.json"
+    slices, offsets = [], [0]
+    for _ in range(64):  # 16 MiB/s in 4 MiB chunks, a quarter second per slice: a few chunks each
+        result = host_copy(src_uri, dst_uri, checkpoint=checkpoint, speed_bps=16 * MiB, checkpoint_every=SIZE,
+                           stop_at=time.time() + 0.25)  # fmt: skip
+        slices.append(result)
+        assert result.resumed_from == offsets[-1]
+        offsets.append(result.offset)
+        if result.complete:
+            break
+        assert json.loads(checkpoint.read_text())["offset"] == result.offset  # saved where it stopped
+        assert read_uri(dst_uri, result.offset) == data[: result.offset]  # and flushed up to there
+    assert slices[-1].complete and offsets[-1] == SIZE and not checkpoint.exists()
+    assert len(slices) >= 3 and offsets == sorted(set(offsets))  # every slice went on from the one before
+    assert read_uri(dst_uri, SIZE) == data
+    assert sum(s.bytes_written for s in slices) == nonzero_bytes(data)  # nothing was written twice
+    with pytest.raises(ValueError, match="stop_at needs a checkpoint"):
+        host_copy(src_uri, dst_uri, stop_at=time.time())

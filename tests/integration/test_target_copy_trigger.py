@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -24,11 +25,14 @@ def test_trigger_yields_done_when_the_real_copy_ends_and_reports_progress_to_cin
     monkeypatch.setenv(f"AIRFLOW_CONN_{CINDER_CONN_ID.upper()}", json.dumps(services.cinder_connection("admin")))
     monkeypatch.setenv("MIGRATION_STATE_DIR", str(tmp_path))
     vid = volume("gamma")["id"]
-    admin.begin_migration(vid, f"{CINDER_HOST}@alpha#pool1", OWNER)
+    deadline = int(time.time()) + 120
+    assert admin.begin_migration(vid, f"{CINDER_HOST}@alpha#pool1", OWNER, deadline)["deadline"] == deadline
+    again = admin.begin_migration(vid, f"{CINDER_HOST}@alpha#pool1", OWNER, deadline + 3600)  # a retry's lock
+    assert again["deadline"] == admin.migration(vid)["deadline"] == deadline  # kept as the first begin set it
     admin.target_migrate(vid, OWNER, speed_mib=128)
     assert wait_until(lambda: admin.migration(vid)["target_step"] != TargetStep.RUNNING, 120, 0.5)
     assert admin.migration(vid)["target_step"] == TargetStep.ATTACHABLE
-    trigger = TargetCopyTrigger(vid, backend="alpha", poll_interval=0.2, timeout_s=120, owner=OWNER)
+    trigger = TargetCopyTrigger(vid, backend="alpha", poll_interval=0.2, deadline=deadline, owner=OWNER)
 
     async def collect():
         return [event async for event in trigger.run()]

@@ -20,11 +20,14 @@ import uuid
 import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
+from include.migration.deadlines import deadline_text
+from include.migration.flow import lun_of
 from lab import verify
 from lab.dags.migration_floor import FLOOR_DAG
 from lab.procutil import pid_alive, process_tree, wait_until
 from lab.services.airflow import CELERY_WORKERS
 from lab.services.airflow_api import AirflowError
+from lab.services.ceph import POOLS as CEPH_POOLS
 from lab.services.cinder import CINDER_HOST
 from tests.integration.conftest import CONNECTOR, wait_status
 from tests.integration.migration_runs import (
@@ -224,33 +227,71 @@ def test_refused_when_the_destination_service_is_down(lab, cinder, admin, api, v
     assert luns(lab) == arrays_before
 
 
-def test_a_failure_after_the_lock_rolls_back_and_says_why(lab, admin, api, volume):
-    """A forced host copy at 1 MiB/s with task_timeout_s=10: every try times out, resuming from the checkpoint
-    the one before left; then rollback has Cinder delete the destination volume, keeps the source and tells Cinder
-    why."""
+def test_a_host_copy_past_its_deadline_rolls_back_without_retry_and_says_why(lab, admin, api, volume):
+    """A forced host copy at 1 MiB/s in slices of task_timeout_s=15, with copy_timeout_s=60 from the lock: the slices
+    go on from each other's checkpoints (rescheduled, not retried) until the deadline; then host_copy fails at
+    once, without a retry, and rollback has Cinder delete the destination volume, keeps the source and tells
+    Cinder why."""
     vol = volume("beta")
     vid, lun, source = vol["id"], f"volume-{vol['id']}", vol["os-vol-host-attr:host"]
-    model = seed(lab, "beta", lun)
+    model = seed(lab, "beta", lun)  # 128 MiB of data: 128 s at 1 MiB/s
     alpha_before = luns(lab)["alpha"]
     conf = {"volume_id": vid, "dest_host": f"{CINDER_HOST}@alpha#pool1", "force_host_copy": True}
-    run_id, state, tis = run_and_wait(api, {**conf, "speed_mib": 1, "task_timeout_s": 10})
+    run_id, state, tis = run_and_wait(api, {**conf, "speed_mib": 1, "copy_timeout_s": 60, "task_timeout_s": 15})
     assert state == "failed" and tis["host_copy"]["state"] == "failed", states(tis)
-    assert tis["host_copy"]["try_number"] == 4 and tis["rollback"]["state"] == "success"
-
-    def first_percent(try_number):
-        log = api.task_log(DAG, run_id, "host_copy", try_number)
-        found = re.search(r"host copy: \w+: +([\d.]+)%", log)  # MigrationProgress.describe(): "copying:  12.5% (...)"
-        assert found, log[-2000:]
-        return float(found.group(1))
-
-    assert first_percent(1) == 0.0 and first_percent(4) > 0  # the later tries resumed from the checkpoint
-    assert "destination volume" in logs_of(api, run_id, "rollback", tis)
+    assert tis["host_copy"]["try_number"] == 1 and tis["rollback"]["state"] == "success"  # no retry
+    plan = api.xcom(DAG, run_id, "validate_and_lock", "plan")
+    assert plan["copy_timeout_s"] == 60 and plan["copy_deadline_basis"] == "copy_timeout_s=60 as given (1 min)"
+    log = api.task_log(DAG, run_id, "host_copy", 1)
+    # each slice's first progress line: where it went on from (the one before's checkpoint), at no rate yet
+    resumed = [float(p) for p in re.findall(r"host copy: copying: +([\d.]+)% \(\d+/\d+ MiB\) at 0\.0 MiB/s", log)]
+    assert len(resumed) >= 3 and resumed == sorted(set(resumed)) and resumed[0] == 0.0, resumed
+    assert log.count("slice ended at") == len(resumed) - 1 and "the copy deadline" in log
     assert "deleted by Cinder" in logs_of(api, run_id, "rollback", tis)
     v = admin.get_volume(vid)
     assert (v["status"], v["migration_status"], v["os-vol-host-attr:host"]) == ("available", "error", source)
-    assert v["metadata"]["async_migration_error"] == "host_copy: still running after task_timeout_s=10 s"
+    reason = v["metadata"]["async_migration_error"]
+    assert re.match(rf"host_copy: .*host copy of volume {vid}: the copy deadline .* UTC has passed \(copy_timeout_s"
+                    r"=60 as given \(1 min\)\), [\d.]+% copied", reason), reason  # fmt: skip
     assert wait_until(lambda: luns(lab)["alpha"] == alpha_before, 60, 0.5), luns(lab)["alpha"]
     assert model.mismatches(content_on(lab, "beta", lun)) == []
+
+
+def test_a_64_gib_volume_at_1_mib_s_gets_a_derived_deadline_and_its_host_copy_runs_in_slices(admin, ceph, api,
+                                                                                               volume):  # fmt: skip
+    """A sparse 64 GiB volume (on Ceph: thin pools under Cinder's RBD driver; the lab arrays' pools are 40 GiB)
+    with 36 MiB of data, host-copied to the other Ceph pool at speed_mib=1 in slices of task_timeout_s=10: the plan
+    derives its deadline from size and speed (36 h 40 min, not a fixed day), the copy runs in slices that go on
+    from each other's checkpoints (one try, rescheduled), and the volume arrives whole."""
+    vol = volume("ceph-hdd", size=64)
+    vid, lun = vol["id"], f"volume-{vol['id']}"
+    offsets = [i * 8 * GiB for i in range(8)] + [64 * GiB - 4 * MiB]  # 36 MiB: over 30 s at 1 MiB/s
+    blocks = {off: random.Random(off).randbytes(4 * MiB) for off in offsets}
+    for off, data in blocks.items():
+        ceph.write_image(CEPH_POOLS["ceph-hdd"], lun, data, off)
+    dest = f"{CINDER_HOST}@ceph-ssd#ceph-ssd"
+    conf = {"volume_id": vid, "dest_host": dest, "force_host_copy": True, "speed_mib": 1, "task_timeout_s": 10}
+    run_id, state, tis = run_and_wait(api, conf)
+    plan = api.xcom(DAG, run_id, "validate_and_lock", "plan")
+    lock_log = api.task_log(DAG, run_id, "validate_and_lock", 1)
+    print(
+        "\nplan:", {k: plan[k] for k in ("size", "speed_mib", "copy_timeout_s", "copy_deadline", "copy_deadline_basis")}
+    )
+    assert state == "success", states(tis)
+    assert plan["copy_timeout_s"] == 2 * 64 * 1024 + 15 * 60
+    assert plan["copy_deadline_basis"] == "derived: 64 GiB at speed_mib=1 is 18 h 12 min, x2 + 15 min = 36 h 40 min"
+    line = f"the copy must be complete by {deadline_text(plan['copy_deadline'])} ({plan['copy_deadline_basis']})"
+    assert line in lock_log, lock_log[-2000:]
+    assert tis["host_copy"]["try_number"] == 1, states(tis)
+    log = api.task_log(DAG, run_id, "host_copy", 1)
+    slices = re.findall(r"slice ended at \d+, [\d.]+% copied", log)
+    print("slices:", slices)
+    assert len(slices) >= 2, log[-3000:]  # at 1 MiB/s, 36 MiB take three 10 s slices or more
+    v = admin.get_volume(vid)
+    assert (v["migration_status"], v["os-vol-host-attr:host"]) == ("success", dest)
+    for off, data in blocks.items():
+        assert ceph.read_image(CEPH_POOLS["ceph-ssd"], lun_of(v), off, len(data)) == data, off
+    assert ceph.read_image(CEPH_POOLS["ceph-ssd"], lun_of(v), 12 * GiB, MiB) == bytes(MiB)
 
 
 # ---- dead processes ----------------------------------------------------------------------------

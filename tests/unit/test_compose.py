@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.migration.request import MigrationRequest
+from include.migration.deadlines import HOST_COPY_GRACE_S
+from include.migration.request import MAX_TASK_TIMEOUT_S
 from lab.services.airflow import AirflowLab
 from lab.services.openstack import Services
 
@@ -158,7 +159,7 @@ def test_long_running_services_have_healthchecks_and_wait_for_what_they_need(ser
 def test_broker_redelivers_only_after_the_longest_synchronous_step(airflow_services):
     for name, service in airflow_services.items():
         timeout = int(service["environment"][VISIBILITY_TIMEOUT])
-        assert timeout > MigrationRequest.task_timeout_s, name
+        assert timeout > MAX_TASK_TIMEOUT_S + HOST_COPY_GRACE_S, name
 
 
 def test_host_copy_state_is_on_a_volume_every_worker_mounts(compose, services):

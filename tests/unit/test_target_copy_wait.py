@@ -7,6 +7,7 @@ import time
 
 import pytest
 from airflow.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.backends.base import MigrationProgress, MigrationState
 from include.migration.errors import CinderError
@@ -71,18 +72,19 @@ def events(trigger):
 
 
 def fast(**kwargs):
+    kwargs.setdefault("deadline", time.time() + 3600)
     return TargetCopyTrigger("v-1", backend="alpha", poll_interval=0.01, longest_poll_s=0.01, **kwargs)
 
 
 def test_serialize_round_trip():
     trigger = TargetCopyTrigger(
-        "v-1", backend="alpha", poll_interval=0.5, timeout_s=60, started_at=100.0, owner="run", longest_poll_s=7.0
+        "v-1", backend="alpha", poll_interval=0.5, deadline=1_800_000_000.0, owner="run", longest_poll_s=7.0
     )
     path, kwargs = trigger.serialize()
     assert path == "plugins.triggers.target_copy.TargetCopyTrigger"
     assert TargetCopyTrigger(**kwargs).serialize() == (path, kwargs)
     assert (kwargs["volume_id"], kwargs["backend"], kwargs["owner"]) == ("v-1", "alpha", "run")
-    assert (kwargs["started_at"], kwargs["timeout_s"], kwargs["longest_poll_s"]) == (100.0, 60, 7.0)
+    assert (kwargs["deadline"], kwargs["longest_poll_s"]) == (1_800_000_000.0, 7.0)
 
 
 def test_the_wait_reports_progress_to_cinder_once_per_period(cinder):
@@ -147,17 +149,25 @@ def test_failure_is_one_failed_event(cinder, script, message):
 
 def test_timeout_is_one_event(cinder):
     cinder["cinder"] = scripted = ScriptedCinder([view(progress("copying", 5))])
-    got = events(fast(timeout_s=0.05))
+    got = events(fast(deadline=time.time() + 0.05))
     assert [e.payload["status"] for e in got] == ["timeout"]
     assert got[0].payload["progress"]["bytes_done"] == 5
     assert len(scripted.looks) > 1  # it polled until the timeout passed
 
 
-def test_the_timeout_counts_from_the_start_kept_across_triggerer_restarts(cinder):
+def test_a_trigger_made_again_keeps_the_deadline_and_times_out_at_once(cinder):
+    """A retry of the wait, or a triggerer restart, makes the trigger again with the migration's deadline: the
+    clock does not start over."""
     cinder["cinder"] = scripted = ScriptedCinder([view(copy_error="not now")])
-    got = events(fast(timeout_s=60, started_at=time.time() - 61))
+    got = events(fast(deadline=time.time() - 1))
     assert [e.payload for e in got] == [{"status": "timeout", "progress": None}]
     assert len(scripted.looks) == 1
+
+
+def test_a_copy_found_done_after_its_deadline_is_done(cinder):
+    """An operator clears a wait that met its deadline once the copy ended: the wait commits it."""
+    cinder["cinder"] = ScriptedCinder([view(progress("done", GiB))])
+    assert [e.payload["status"] for e in events(fast(deadline=time.time() - 1))] == ["done"]
 
 
 def look(state, eta):
@@ -185,7 +195,9 @@ def test_a_copy_is_looked_at_more_often_as_its_end_nears(progress_, expected):
 def test_a_paused_copy_is_logged_once_a_minute_not_at_every_look(cinder, capsys):
     script = [view(progress("paused", 5))] * 40 + [view(progress("copying", 6)), view(progress("done", GiB))]
     cinder["cinder"] = scripted = ScriptedCinder(script)
-    got = events(TargetCopyTrigger("v-1", backend="alpha", poll_interval=0.001, longest_poll_s=0.001))
+    got = events(
+        TargetCopyTrigger("v-1", backend="alpha", poll_interval=0.001, longest_poll_s=0.001, deadline=time.time() + 60)
+    )
     assert [e.payload["status"] for e in got] == ["done"] and len(scripted.looks) == 42
     out = capsys.readouterr().out  # the triggers' log lines (structlog writes them to stdout here)
     states = [line.split("copy of volume v-1 on alpha: ")[1].split(":")[0] for line in out.splitlines()
@@ -195,24 +207,26 @@ def test_a_paused_copy_is_logged_once_a_minute_not_at_every_look(cinder, capsys)
 
 def test_sensor_defers_and_resumes():
     sensor = TargetCopySensor(
-        task_id="wait", volume_id="v-1", backend="alpha", poll_interval=2.0, copy_timeout_s="600", lock_owner="run"
+        task_id="wait", volume_id="v-1", backend="alpha", poll_interval=2.0, deadline="1800000000.5", lock_owner="run"
     )
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute({})
     trigger = deferred.value.trigger
     assert isinstance(trigger, TargetCopyTrigger) and deferred.value.method_name == "execute_complete"
     assert (trigger.volume_id, trigger.backend, trigger.owner) == ("v-1", "alpha", "run")
-    assert (trigger.poll_interval, trigger.timeout_s) == (2.0, 600.0)
+    assert (trigger.poll_interval, trigger.deadline) == (2.0, 1_800_000_000.5)
     done = progress("done", GiB).to_json()
     assert sensor.execute_complete({}, {"status": "done", "message": "", "progress": done}) == done
-    with pytest.raises(AirflowException, match="ended timeout"):
+    with pytest.raises(
+        AirflowFailException, match="not complete at its deadline 2027-01-15 08:00:00 UTC; the copy goes on"
+    ):
         sensor.execute_complete({}, {"status": "timeout", "progress": progress("copying").to_json()})
     with pytest.raises(AirflowException, match="ended failed: no migration of volume v-1"):
         sensor.execute_complete({}, {"status": "failed", "message": "no migration of volume v-1"})
 
 
 def test_sensor_without_a_lock_owner_defers_without_an_owner():
-    sensor = TargetCopySensor(task_id="wait", volume_id="v-1", lock_owner="")
+    sensor = TargetCopySensor(task_id="wait", volume_id="v-1", lock_owner="", deadline=time.time() + 60)
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute({})
     assert deferred.value.trigger.owner is None
@@ -220,7 +234,9 @@ def test_sensor_without_a_lock_owner_defers_without_an_owner():
 
 def test_a_sensor_that_does_not_defer_pokes_until_done(cinder):
     cinder["cinder"] = scripted = ScriptedCinder([view(progress("copying", 1)), view(progress("done", GiB))])
-    sensor = TargetCopySensor(task_id="wait", volume_id="v-1", backend="alpha", deferrable=False)
+    sensor = TargetCopySensor(
+        task_id="wait", volume_id="v-1", backend="alpha", deferrable=False, deadline=time.time() + 60
+    )
     assert sensor.poke({}) is False
     assert sensor.poke({}) is True
     assert scripted.looks == ["v-1", "v-1"]
@@ -236,6 +252,8 @@ def test_a_sensor_that_does_not_defer_pokes_until_done(cinder):
 )
 def test_a_sensor_that_does_not_defer_fails_on_a_failed_copy(cinder, answer, message):
     cinder["cinder"] = ScriptedCinder([answer])
-    sensor = TargetCopySensor(task_id="wait", volume_id="v-1", backend="alpha", deferrable=False)
+    sensor = TargetCopySensor(
+        task_id="wait", volume_id="v-1", backend="alpha", deferrable=False, deadline=time.time() + 60
+    )
     with pytest.raises(AirflowException, match=f"copy of volume v-1 on alpha failed: .*{message}"):
         sensor.poke({})

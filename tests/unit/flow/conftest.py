@@ -116,12 +116,14 @@ class ScriptedCinder:
             return {"id": f"id-{name_or_id}", "name": name_or_id, "extra_specs": self.types[name_or_id]}
         raise CinderError(f"volume type {name_or_id} does not exist", 404)
 
-    def begin_migration(self, volume_id: str, host: str, owner: str | None = None) -> dict[str, Any]:
+    def begin_migration(self, volume_id: str, host: str, owner: str | None = None,
+                        deadline: int | None = None) -> dict[str, Any]:  # fmt: skip
         self.calls.append(("begin", (host, owner)))
         if self.lock and self.lock["owner"] != owner:
             raise CinderError(f"volume {volume_id} cannot be migrated: it is already migrating", 400)
-        if not self.lock:
-            self.lock = {"source_host": self.volume["os-vol-host-attr:host"], "host": host, "owner": owner}
+        if not self.lock:  # the deadline is kept with the lock, as the first begin gave it
+            self.lock = {"source_host": self.volume["os-vol-host-attr:host"], "host": host, "owner": owner,
+                         "deadline": deadline}  # fmt: skip
             self.volume.update(status="maintenance", migration_status="starting")
         return {**self.lock, "migration_status": self.volume["migration_status"]}
 

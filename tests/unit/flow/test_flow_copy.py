@@ -26,7 +26,8 @@ def test_host_copy_waits_for_cinders_destination_volume_copies_it_and_records_it
     plan = validate(cinder, force_host_copy=True)
     cinder.copy_statuses = ["creating", "creating", "available"]
     clock, seen = Clock(), []
-    assert copy(plan, cinder, disks, clock, progress=seen.append) == {"bytes_copied": 2 * MiB, "copy_target": "copy-1"}
+    done = {"complete": True, "bytes_copied": 2 * MiB, "offset": 3 * MiB, "copy_target": "copy-1"}
+    assert copy(plan, cinder, disks, clock, progress=seen.append) == done
     assert clock.now == 2  # two looks at the destination volume a second apart
     assert (disks.volumes / "copy-1").read_bytes() == disks.data
     assert [c[0] for c in cinder.calls if c[0].startswith("copy")] == [
