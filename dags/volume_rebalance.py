@@ -4,7 +4,8 @@
 
 ``plan`` reads Cinder's pools and volumes, plans which volumes leave which
 pools for where (``include/migration/planner.py``) and logs the plan as a
-table; ``migrate`` runs one ``volume_migration`` per move, at most
+table; ``migrate`` runs one ``volume_migration`` per move (deferred between its
+rounds: no worker slot held while they run), at most
 ``max_per_source`` off a pool, ``max_per_destination`` onto a pool and
 ``max_total`` in all at once, counting every migration in flight in Cinder
 (an operator's by hand too); ``summarize`` logs what happened to every
@@ -33,7 +34,7 @@ from include.migration.rebalance import REBALANCE_PARAMS_SCHEMA
 from include.migration.steps import REBALANCE_DAG, RebalanceStep
 from plugins import migration_runtime as rt
 from plugins.notifiers.failure_notice import FailureNotice, send_failed_moves
-from plugins.rebalance_runtime import AirflowPorts
+from plugins.operators.rebalance_moves import RebalanceMovesOperator
 
 PARAMS = {name: Param(**schema) for name, schema in REBALANCE_PARAMS_SCHEMA.items()}
 REBALANCED = Asset("volume_rebalance")
@@ -57,13 +58,6 @@ def volume_rebalance() -> None:
         with rt.run_step(context):
             return flow.plan(dict(context["params"]), rt.cinder()).to_json()
 
-    @task(task_id=RebalanceStep.MIGRATE, execution_timeout=timedelta(days=2, hours=1))
-    def migrate(planned: dict[str, Any], **context: Any) -> list[dict[str, Any]]:
-        params, ti = dict(context["params"]), context["ti"]
-        ports = AirflowPorts(ti, rt.cinder(), params.get("speed_mib"))
-        results = flow.migrate(params, RebalancePlan.from_json(planned), context["run_id"], ports)
-        return [r.to_json() for r in results]
-
     @task(task_id=RebalanceStep.SUMMARIZE)
     def summarize(planned: dict[str, Any], results: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
         moves = [MoveResult.from_json(r) for r in results]
@@ -78,8 +72,8 @@ def volume_rebalance() -> None:
         context["outlet_events"][REBALANCED].extra = summary
 
     planned = plan()
-    results = migrate(planned)
-    publish(summarize(planned, results))
+    results = RebalanceMovesOperator(task_id=RebalanceStep.MIGRATE, planned=planned)  # deferred between rounds
+    publish(summarize(planned, results.output))
 
 
 volume_rebalance()

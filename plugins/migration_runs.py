@@ -60,3 +60,18 @@ class MigrationRuns:
 
     def resume(self, run_id: str, conf: dict[str, Any]) -> None:
         trigger(run_id, conf, self.note, clear_existing=True)
+
+
+async def first_ended(run_ids: list[str]) -> tuple[str, str] | None:
+    """From a trigger: the first of ``run_ids`` that has ended, with its state (``success``, ``failed``), or None.
+    Asked over the triggerer's channel to the API server, as ``state`` is from a task."""
+    from asgiref.sync import sync_to_async
+
+    for run_id in run_ids:
+        found = await sync_to_async(task_runner.RuntimeTaskInstance.get_dagrun_state)(
+            dag_id=MIGRATION_DAG, run_id=run_id
+        )
+        value = found.value if isinstance(found, DagRunState) else str(found)
+        if value in (DagRunState.SUCCESS.value, DagRunState.FAILED.value):
+            return run_id, value
+    return None

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from include.migration.inventory import Cloud
 from include.migration.planner import Move
 from include.migration.rebalance import Limits, admit, load
+from include.migration.steps import Step
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,18 @@ class _Running:
     started: float
 
 
+def _move_json(move: Move) -> dict[str, Any]:
+    return {**asdict(move), "path": str(move.path)}
+
+
+def _move_of(data: dict[str, Any]) -> Move:
+    return Move(**{**data, "path": Step(data["path"])})
+
+
 @dataclass
 class Dispatch:
-    """The loop's state, for one rebalance run."""
+    """The loop's state, for one rebalance run: JSON between rounds (``to_json``), so a rebalance that waits
+    between rounds holds nothing but this (the DAG defers its task)."""
 
     max_failures: int = 2
     pending: list[Move] = field(default_factory=list)
@@ -123,6 +133,68 @@ class Dispatch:
     results: dict[str, MoveResult] = field(default_factory=dict)
     failed_in_a_row: Counter[str] = field(default_factory=Counter)
     peak: Counter[str] = field(default_factory=Counter)  # the most in flight seen at once, by the keys of load()
+    run_ids: dict[str, str] = field(default_factory=dict)  # volume id -> its move's run (move_run_id)
+    ends_at: float = 0.0  # the rebalance's deadline, in the clock of the rounds
+
+    @classmethod
+    def begin(cls, moves: Sequence[Move], rebalance_run_id: str, ports: Ports, now: float, deadline_s: float,
+              max_failures: int = 2) -> Dispatch:  # fmt: skip
+        """The state before the first round: runs an earlier try of this rebalance started are followed, never
+        started again."""
+        state = cls(max_failures, pending=list(moves), ends_at=now + deadline_s)
+        state.run_ids = {m.volume_id: move_run_id(rebalance_run_id, m.volume_id) for m in moves}
+        existing = ports.exists(list(state.run_ids.values())) if moves else set()
+        for move in list(state.pending):
+            run_id = state.run_ids[move.volume_id]
+            if run_id in existing:
+                state.pending.remove(move)
+                state.running[move.volume_id] = _Running(move, run_id, now)
+                log.info("volume %s: run %s exists already; following it", move.volume_id, run_id)
+        return state
+
+    @property
+    def busy(self) -> bool:
+        """Moves are waiting to start or running."""
+        return bool(self.pending or self.running)
+
+    def round(self, limits: Limits, ports: Ports, now: float) -> bool:
+        """One look: note the runs that ended, drop the moves that can no longer start, start those the limits
+        admit. True while there is more to do and time left for it."""
+        for vid, run in list(self.running.items()):
+            run_state = ports.state(run.run_id)
+            if run_state in RUN_ENDED:
+                moved = RUN_ENDED[run_state]
+                reason = "" if moved else ports.failure(run.run_id, vid)
+                self.finish(vid, moved, reason, now)
+                log.info("volume %s %s -> %s: %s %s", vid, run.move.source, run.move.destination,
+                         self.results[vid].outcome, reason)  # fmt: skip
+        if now > self.ends_at:
+            return False
+        cloud = ports.look()
+        for move in list(self.pending):
+            why = self.not_startable(move, cloud)
+            if why is not None:
+                self.pending.remove(move)
+                self.results[move.volume_id] = MoveResult.of(move, Outcome.NOT_STARTED, why)
+                log.warning("volume %s not moved to %s: %s", move.volume_id, move.destination, why)
+        flying = self.in_flight(cloud)
+        for move in admit(self.pending, flying.values(), limits):
+            run_id = self.run_ids[move.volume_id]
+            ports.start(move, run_id)
+            self.pending.remove(move)
+            self.running[move.volume_id] = _Running(move, run_id, now)
+            flying[move.volume_id] = (move.source, move.destination)
+            log.info("volume %s: %s -> %s started as run %s", move.volume_id, move.source, move.destination, run_id)
+        self.note_peak(flying)
+        return self.busy
+
+    def close(self) -> None:
+        """The end: moves not started and runs still going get a result saying so."""
+        for move in self.pending:
+            self.results[move.volume_id] = MoveResult.of(move, Outcome.NOT_STARTED, "the rebalance ran out of time")
+        for vid, run in self.running.items():
+            self.results[vid] = MoveResult.of(run.move, Outcome.RUNNING, f"run {run.run_id} still going", run.run_id)
+        self.pending, self.running = [], {}
 
     def not_startable(self, move: Move, cloud: Cloud) -> str | None:
         """Why ``move`` must not start now, or None."""
@@ -159,6 +231,34 @@ class Dispatch:
         self.results[vid] = MoveResult.of(run.move, outcome, reason, run.run_id, now - run.started)
         self.failed_in_a_row[run.move.destination] = 0 if moved else self.failed_in_a_row[run.move.destination] + 1
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_failures": self.max_failures,
+            "pending": [_move_json(m) for m in self.pending],
+            "running": {
+                v: {"move": _move_json(r.move), "run_id": r.run_id, "started": r.started}
+                for v, r in self.running.items()
+            },  # fmt: skip
+            "results": {v: r.to_json() for v, r in self.results.items()},
+            "failed_in_a_row": dict(self.failed_in_a_row),
+            "peak": dict(self.peak),
+            "run_ids": self.run_ids,
+            "ends_at": self.ends_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Dispatch:
+        return cls(
+            max_failures=data["max_failures"],
+            pending=[_move_of(m) for m in data["pending"]],
+            running={v: _Running(_move_of(r["move"]), r["run_id"], r["started"]) for v, r in data["running"].items()},
+            results={v: MoveResult.from_json(r) for v, r in data["results"].items()},
+            failed_in_a_row=Counter(data["failed_in_a_row"]),
+            peak=Counter(data["peak"]),
+            run_ids=data["run_ids"],
+            ends_at=data["ends_at"],
+        )
+
 
 def dispatch(
     moves: Sequence[Move],
@@ -172,51 +272,12 @@ def dispatch(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Dispatch:
-    """Run every move of the plan (in plan order) under ``limits``; returns the state with a result per move."""
-    state = Dispatch(max_failures, pending=list(moves))
-    started_at = clock()
-    ids = {m.volume_id: move_run_id(rebalance_run_id, m.volume_id) for m in moves}
-    existing = ports.exists(list(ids.values())) if moves else set()
-    for move in list(state.pending):  # started by an earlier try of this run: follow them, never start again
-        if ids[move.volume_id] in existing:
-            state.pending.remove(move)
-            state.running[move.volume_id] = _Running(move, ids[move.volume_id], clock())
-            log.info("volume %s: run %s exists already; following it", move.volume_id, ids[move.volume_id])
-    while state.pending or state.running:
-        now = clock()
-        for vid, run in list(state.running.items()):
-            run_state = ports.state(run.run_id)
-            if run_state in RUN_ENDED:
-                moved = RUN_ENDED[run_state]
-                reason = "" if moved else ports.failure(run.run_id, vid)
-                state.finish(vid, moved, reason, now)
-                log.info("volume %s %s -> %s: %s %s", vid, run.move.source, run.move.destination,
-                         state.results[vid].outcome, reason)  # fmt: skip
-        if now - started_at > deadline_s:
-            break
-        cloud = ports.look()
-        for move in list(state.pending):
-            why = state.not_startable(move, cloud)
-            if why is not None:
-                state.pending.remove(move)
-                state.results[move.volume_id] = MoveResult.of(move, Outcome.NOT_STARTED, why)
-                log.warning("volume %s not moved to %s: %s", move.volume_id, move.destination, why)
-        flying = state.in_flight(cloud)
-        for move in admit(state.pending, flying.values(), limits):
-            run_id = ids[move.volume_id]
-            ports.start(move, run_id)
-            state.pending.remove(move)
-            state.running[move.volume_id] = _Running(move, run_id, clock())
-            flying[move.volume_id] = (move.source, move.destination)
-            log.info("volume %s: %s -> %s started as run %s", move.volume_id, move.source, move.destination, run_id)
-        state.note_peak(flying)
-        if state.pending or state.running:
-            sleep(poll_s)
-    for move in state.pending:
-        state.results[move.volume_id] = MoveResult.of(move, Outcome.NOT_STARTED, "the rebalance ran out of time")
-    for vid, run in state.running.items():
-        state.results[vid] = MoveResult.of(run.move, Outcome.RUNNING, f"run {run.run_id} still going", run.run_id)
-    state.pending, state.running = [], {}
+    """Run every move of the plan (in plan order) under ``limits`` in rounds ``poll_s`` apart, in this process;
+    returns the state with a result per move. (The DAG runs the same rounds with its task deferred between them.)"""
+    state = Dispatch.begin(moves, rebalance_run_id, ports, clock(), deadline_s, max_failures)
+    while state.busy and state.round(limits, ports, clock()):
+        sleep(poll_s)
+    state.close()
     return state
 
 

@@ -3,8 +3,9 @@
 * ``plan``: validate the params (the pool names against Cinder's), read
   Cinder, plan, log the plan as a table; bad params fail before anything is
   read or changed;
-* ``migrate``: unless a dry run, carry the plan out (``dispatch``) and return
-  a result per move;
+* ``migrate``: unless a dry run, carry the plan out in rounds (``begin_moves``,
+  then ``Dispatch.round`` until it is done, the task deferred between rounds)
+  and return a result per move (``moves_done``);
 * ``summarize``: read the pools again and put every volume's result and the
   pools before and after in one summary.
 """
@@ -15,7 +16,8 @@ import logging
 from typing import Any
 
 from include.migration.cinder_api import CinderApi
-from include.migration.dispatch import MoveResult, Ports, dispatch, planned
+from include.migration.deadlines import deadline_text, rebalance_timeout
+from include.migration.dispatch import Dispatch, MoveResult, Ports, planned
 from include.migration.inventory import read_cloud, read_pools
 from include.migration.planner import RebalancePlan, format_plan, plan_rebalance
 from include.migration.rebalance import parse_rebalance_request
@@ -34,18 +36,28 @@ def plan(conf: dict[str, Any], cinder: CinderApi) -> RebalancePlan:
     return result
 
 
-def migrate(
-    conf: dict[str, Any], plan: RebalancePlan, rebalance_run_id: str, ports: Ports, poll_s: float = 5.0
-) -> list[MoveResult]:
-    """Every move of ``plan`` run as its own ``volume_migration`` run under the limits (a dry run starts none)."""
+def begin_moves(conf: dict[str, Any], plan: RebalancePlan, rebalance_run_id: str, ports: Ports,
+                now: float) -> Dispatch | None:  # fmt: skip
+    """The dispatcher's state before its first round, with the rebalance's deadline derived from the moves (their
+    copies at ``speed_mib``, ``max_total`` at a time); None for a dry run (nothing is started)."""
     request = parse_rebalance_request(conf)
     if request.dry_run:
         log.info("dry run: %d move(s) planned, none started", len(plan.moves))
+        return None
+    deadline_s = rebalance_timeout((m.size_bytes for m in plan.moves), request.speed_mib, request.limits.total)
+    log.info("following %d move(s) until %s at most (each copy's derived time, %d at a time)", len(plan.moves),
+             deadline_text(now + deadline_s), request.limits.total)  # fmt: skip
+    return Dispatch.begin(plan.moves, rebalance_run_id, ports, now, deadline_s)
+
+
+def moves_done(plan: RebalancePlan, state: Dispatch | None) -> list[MoveResult]:
+    """A result per move of ``plan``, in plan order, once the dispatcher is done (a dry run: every move planned)."""
+    if state is None:
         return planned(plan.moves)
-    state = dispatch(plan.moves, request.limits, rebalance_run_id, ports, poll_s=poll_s)
+    state.close()
     peaks = ", ".join(f"{k} {v}" for k, v in sorted(state.peak.items()))
     log.info("most migrations in flight at once (as polled): %s", peaks or "none")
-    return [state.results[m.volume_id] for m in plan.moves]  # in plan order
+    return [state.results[m.volume_id] for m in plan.moves]
 
 
 def summary(

@@ -11,6 +11,7 @@ import pytest
 
 from include.backends.base import GiB
 from include.migration.dispatch import (
+    Dispatch,
     MoveResult,
     Outcome,
     dispatch,
@@ -192,6 +193,34 @@ def test_no_moves_no_calls():
     ports = FakePorts(clock, [], [])
     state = run([], Limits(), ports, clock)
     assert state.results == {} and ports.started == [] and clock.now == 0
+
+
+def test_rounds_with_the_state_kept_as_json_between_them_end_as_the_loop_does():
+    """The DAG's task defers between rounds and keeps only ``Dispatch.to_json()``: the same moves, limits and runs
+    give the same results, starts and peaks as the loop in one process."""
+    moves = [move(f"v{i}", (A1, A2)[i % 2], (B, C)[(i // 2) % 2]) for i in range(7)]
+
+    def ends(m, n):
+        return "failed" if m.volume_id == "v3" else "success" if n >= 1 + int(m.volume_id[1:]) % 3 else "running"
+
+    limits = Limits(per_source=2, per_destination=1, total=3)
+    clock = Clock()
+    ports = FakePorts(clock, *cloud_for(moves), ends=ends)
+    expected, started = run(moves, limits, ports, clock), ports.started
+
+    clock = Clock()
+    ports = FakePorts(clock, *cloud_for(moves), ends=ends)
+    kept = Dispatch.begin(moves, REBALANCE, ports, clock(), 2 * 24 * 3600).to_json()
+    for _ in range(100):
+        state = Dispatch.from_json(json.loads(json.dumps(kept)))  # as the trigger's kwargs keep it
+        if not (state.busy and state.round(limits, ports, clock())):
+            break
+        kept = state.to_json()
+        clock.sleep(5.0)
+    state.close()
+    assert state.results == expected.results and state.peak == expected.peak
+    assert ports.started == started and len(started) == len(moves)
+    assert outcomes(state)["v3"] == Outcome.FAILED
 
 
 # ---- (b) migrations in flight that this run did not start -----------------------------
