@@ -88,6 +88,8 @@ from include.cinder_plugin.names import (
     ASYNC_TARGET_CAPABILITY,
     DEST_KEY,
     IN_FLIGHT,
+    MANAGER_CAPABILITY,
+    MANAGER_VERSION,
     SOURCE_KEY,
     SOURCE_LOCATION_KEY,
     SOURCE_STEP_KEY,
@@ -107,6 +109,18 @@ RECORD_TRIES, RECORD_PAUSE_S = 20, 3.0  # a step's outcome is recorded through a
 
 class AsyncMigrationManager(manager.VolumeManager):
     """Cinder's volume manager plus the blueprint's steps (see the module's docstring)."""
+
+    def update_service_capabilities(self, capabilities: Any) -> None:
+        """Cinder's, with ``MANAGER_CAPABILITY`` in the backend's and each pool's capabilities: the scheduler's
+        pools say which services run the blueprint's steps (``validate_and_lock`` refuses the others)."""
+        if isinstance(capabilities, dict):
+            capabilities = {**capabilities, MANAGER_CAPABILITY: MANAGER_VERSION}
+            if isinstance(capabilities.get("pools"), list):
+                capabilities["pools"] = [
+                    {**pool, MANAGER_CAPABILITY: MANAGER_VERSION} if isinstance(pool, dict) else pool
+                    for pool in capabilities["pools"]
+                ]
+        super().update_service_capabilities(capabilities)
 
     def async_migration_features(self, context: Any) -> dict[str, Any]:
         """What this backend's driver offers of the blueprint, as ``Features.to_json()``."""

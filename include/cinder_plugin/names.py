@@ -16,6 +16,18 @@ SETTLED_MIGRATION_STATUSES = (None, "deleting", "error", "success")
 MIGRATING_ATTACHABLE = "migrating_attachable"
 # migration_status of a volume this extension's lock holds through the blueprint's steps: begin's, attachable's
 IN_FLIGHT = ("starting", MIGRATING_ATTACHABLE)
+# The Cinder side as its own distribution (cinder_dist/, README "Installing the Cinder side"): what cinder.conf names
+DISTRIBUTION = "cinder-async-migration"
+EXTENSION_CLASS = "include.cinder_plugin.extension.Async_migration"  # [DEFAULT] osapi_volume_extension (cinder-api)
+MANAGER_CLASS = "include.cinder_plugin.manager.AsyncMigrationManager"  # [DEFAULT] volume_manager (cinder-volume)
+INSTALL_HINT = (
+    f"install the distribution {DISTRIBUTION} into Cinder's own environment and name its classes in cinder.conf "
+    f"(osapi_volume_extension = {EXTENSION_CLASS} for cinder-api, volume_manager = {MANAGER_CLASS} for "
+    "cinder-volume), then restart them (README: Installing the Cinder side)"
+)
+# backend and pool capability: this backend's cinder-volume runs AsyncMigrationManager (the blueprint's steps)
+MANAGER_CAPABILITY = "async_migration_manager"
+MANAGER_VERSION = 1
 ASYNC_TARGET_CAPABILITY = "async_migration_target"  # pool capability: takes volumes over (migrate_volume_target)
 # pool capability: the connection types (os-brick's, lower case: nbd, rbd...) of the sources it takes over; a
 # pool that does not say may take any over

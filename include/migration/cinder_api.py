@@ -158,6 +158,10 @@ class CinderApi(abc.ABC):
         """The cinder-volume services: host (host@backend), status (enabled/disabled), state (up/down)."""
         return self.request("GET", "/os-services?binary=cinder-volume")["services"]
 
+    def extension_aliases(self) -> set[str]:
+        """The aliases of the API extensions this Cinder loaded (``GET /extensions``)."""
+        return {str(e.get("alias")) for e in self.request("GET", "/extensions").get("extensions") or []}
+
     def pool_details(self) -> list[dict[str, Any]]:
         """Every pool with its capabilities (capacity, over-subscription, what the driver reports)."""
         return self.request("GET", "/scheduler-stats/get_pools?detail=True")["pools"]

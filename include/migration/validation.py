@@ -14,7 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 from include.backends.base import GiB
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY, ASYNC_TARGET_SOURCES
+from include.cinder_plugin.names import (
+    ALIAS,
+    ASYNC_TARGET_CAPABILITY,
+    ASYNC_TARGET_SOURCES,
+    INSTALL_HINT,
+    MANAGER_CAPABILITY,
+)
 from include.connectors import connection_type, takes_over
 from include.migration.branches import first_step
 from include.migration.cinder_api import CinderApi
@@ -67,6 +73,8 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
     even once the volume is attachable on the destination.
     """
     request: MigrationRequest = parse_request(conf)
+    if ALIAS not in cinder.extension_aliases():
+        raise MigrationRefused(f"this Cinder has not loaded the API extension {ALIAS}: {INSTALL_HINT}")
     volume = _volume_or_refuse(cinder, request.volume_id)
     current_host = volume.get("os-vol-host-attr:host") or ""
     if volume.get("migration_status") in LOCK_STATUSES and current_host == request.dest_host:
@@ -81,6 +89,7 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
     pools = {pool["name"]: pool.get("capabilities") or {} for pool in cinder.pool_details()}
     if request.dest_host not in pools:
         raise MigrationRefused(f"destination {request.dest_host} is not a pool Cinder knows ({', '.join(pools)})")
+    _check_managers(pools, current_host, request.dest_host)
     plan = _plan(request, volume, current_host, owner, cinder)
     resumed = volume.get("migration_status") == "starting"
     if resumed:  # locked already: by this run (a retry, a cleared run) or refused here
@@ -95,6 +104,15 @@ def validate_and_lock(conf: dict[str, Any], owner: str, cinder: CinderApi) -> Pl
         plan = _locked(plan, _lock(cinder, plan, owner))
     log.info("volume %s locked for %s by %s; path %s", plan.volume_id, plan.dest_host, owner, plan.path)
     return plan
+
+
+def _check_managers(pools: dict[str, dict[str, Any]], *hosts: str) -> None:
+    """Each pool's cinder-volume runs the blueprint's steps (its pools report ``MANAGER_CAPABILITY``), else
+    MigrationRefused saying what to install. A pool the scheduler does not report is left to the steps."""
+    missing = sorted({backend_of(h) for h in hosts if h in pools and not pools[h].get(MANAGER_CAPABILITY)})
+    if missing:
+        raise MigrationRefused(f"the cinder-volume of {', '.join(missing)} does not run the async migration volume "
+                               f"manager: {INSTALL_HINT}")  # fmt: skip
 
 
 def _lock(cinder: CinderApi, plan: Plan, owner: str) -> dict[str, Any]:

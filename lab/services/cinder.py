@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from include.cinder_plugin.names import ALIAS as EXTENSION_ALIAS
+from include.cinder_plugin.names import EXTENSION_CLASS, MANAGER_CLASS
 from lab.env import HOST, PROJECT_ROOT
 from lab.errors import LabError
 from lab.lab import Lab
@@ -40,13 +41,13 @@ from lab.services.daemon import Daemons, run_cli
 CINDER_VENV = PROJECT_ROOT / ".venv-cinder"
 SERVICES = ("cinder-api", "cinder-scheduler", "cinder-volume")
 CINDER_HOST = "lab"  # the [DEFAULT] host: volume hosts are lab@<array>#<pool>
-EXTENSIONS = ("cinder.api.contrib.standard_extensions", "include.cinder_plugin.extension.Async_migration")
+EXTENSIONS = ("cinder.api.contrib.standard_extensions", EXTENSION_CLASS)
 ASYNC_RBD_DRIVER = "include.cinder_plugin.ceph_driver.AsyncRBDDriver"  # Cinder's RBDDriver plus the takeover
 STOCK_RBD_DRIVER = "cinder.volume.drivers.rbd.RBDDriver"  # Cinder's own, unmodified, as a cloud runs it
 # Ceph backend -> its driver: ceph-hdd and ceph-ssd take volumes over by RBD live migration; ceph-stock is a
 # backend as a cloud without the plugin's drivers has it (its moves are Cinder's RBD driver's own)
 RBD_DRIVERS = {"ceph-hdd": ASYNC_RBD_DRIVER, "ceph-ssd": ASYNC_RBD_DRIVER, "ceph-stock": STOCK_RBD_DRIVER}
-VOLUME_MANAGER = "include.cinder_plugin.manager.AsyncMigrationManager"  # Cinder's, plus the blueprint's steps
+VOLUME_MANAGER = MANAGER_CLASS  # Cinder's, plus the blueprint's steps
 DEFAULT_ZONE = "nova"  # Cinder's own default name; the zone of a volume created without one: Ceph's pools
 DEFAULT_TYPE = "__DEFAULT__"  # Cinder's own default volume type: pins no backend
 
@@ -62,6 +63,10 @@ class CinderLab(Daemons):
         self.services = services
         self.ceph = ceph
         self.conf_path = self.root / "cinder.conf"
+        # where Cinder's programs come from; with the project's tree on PYTHONPATH for the plugin (the lab's way),
+        # or without it: a virtualenv with the Cinder side's wheel installed (make_plugin_venv)
+        self.venv = CINDER_VENV
+        self.project_on_path = True
 
     def backends(self) -> list[str]:
         """Every backend of cinder.conf: the lab's arrays, then Ceph's pools."""
@@ -74,7 +79,7 @@ class CinderLab(Daemons):
 
     # ---- configuration -------------------------------------------------------------
     def bin(self, name: str) -> str:
-        return str(CINDER_VENV / "bin" / name)
+        return str(self.venv / "bin" / name)
 
     def configure(self) -> None:
         """(Re)write cinder.conf and the arrays' token files from the lab's current state."""
@@ -97,8 +102,8 @@ class CinderLab(Daemons):
             "osapi_volume_workers = 1",
             *(f"osapi_volume_extension = {ext}" for ext in EXTENSIONS),
             f"volume_manager = {VOLUME_MANAGER}",
-            f"rootwrap_config = {CINDER_VENV / 'etc' / 'cinder' / 'rootwrap.conf'}",
-            f"api_paste_config = {CINDER_VENV / 'etc' / 'cinder' / 'api-paste.ini'}",
+            f"rootwrap_config = {self.venv / 'etc' / 'cinder' / 'rootwrap.conf'}",
+            f"api_paste_config = {self.venv / 'etc' / 'cinder' / 'api-paste.ini'}",
             "report_interval = 5",
             "service_down_time = 30",
             # pool stats (read from the arrays, so they follow a takeover) reach the scheduler within seconds
@@ -106,7 +111,7 @@ class CinderLab(Daemons):
             "periodic_fuzzy_delay = 0",
             "backend_stats_polling_interval = 5",
             # the filters a member may use in listings (cinder list --name), as a packaged Cinder installs them
-            f"resource_query_filters_file = {CINDER_VENV / 'etc' / 'cinder' / 'resource_filters.json'}",
+            f"resource_query_filters_file = {self.venv / 'etc' / 'cinder' / 'resource_filters.json'}",
             f"storage_availability_zone = {DEFAULT_ZONE}",
             f"default_availability_zone = {DEFAULT_ZONE}",
             f"default_volume_type = {DEFAULT_TYPE}",
@@ -163,7 +168,12 @@ class CinderLab(Daemons):
         write_private(self.conf_path, "\n".join(lines) + "\n")
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        if self.project_on_path:
+            env["PYTHONPATH"] = str(PROJECT_ROOT)
+        else:
+            env.pop("PYTHONPATH", None)
+        return env
 
     def manage(self, *args: str, timeout: float = 300) -> str:
         """Run ``cinder-manage`` on our configuration (logged to ``log/cinder-manage.out``)."""
@@ -261,3 +271,31 @@ class CinderLab(Daemons):
                 binary, host, state = fields[0], fields[1], fields[4]
                 states[(binary, host)] = state == ":-)"
         return states
+
+
+def make_plugin_venv(venv: Path, wheel: Path) -> Path:
+    """A fresh virtualenv that runs Cinder with the Cinder side installed from ``wheel``, not from the tree.
+
+    Cinder and its dependencies are the lab's (``.venv-cinder``'s site-packages, added with ``site.addsitedir``
+    by a ``.pth`` file: installing Cinder again would take minutes and prove nothing of the wheel); the wheel is
+    installed into the new environment's own site-packages with pip, and Cinder's programs are made there,
+    pointing at its interpreter. Returns ``venv``.
+    """
+    run_cli(["/usr/bin/python3", "-m", "venv", str(venv)], venv.parent / f"{venv.name}.log", timeout=120,
+            what="python3 -m venv")  # fmt: skip
+    python = venv / "bin" / "python"
+    site = run_cli([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   venv.parent / f"{venv.name}.log", timeout=30).strip()  # fmt: skip
+    cinder_site = next((CINDER_VENV / "lib").glob("python3*/site-packages"))
+    Path(site, "lab-cinder.pth").write_text(f"import site; site.addsitedir({str(cinder_site)!r})\n")
+    run_cli([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", str(wheel)],
+            venv.parent / f"{venv.name}.log", timeout=300, what="pip install the Cinder side's wheel")  # fmt: skip
+    for program in (*SERVICES, "cinder-manage", "privsep-helper"):
+        source = (CINDER_VENV / "bin" / program).read_text().splitlines()
+        script = venv / "bin" / program
+        script.write_text("\n".join([f"#!{python}", *source[1:]]) + "\n")
+        script.chmod(0o755)
+    etc = venv / "etc"
+    if not etc.exists():
+        etc.symlink_to(CINDER_VENV / "etc")
+    return venv

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from include.backends.base import GiB, MiB, MigrationState, Volume
-from include.cinder_plugin.names import ASYNC_TARGET_CAPABILITY
+from include.cinder_plugin.names import ALIAS, ASYNC_TARGET_CAPABILITY, MANAGER_CAPABILITY
 from include.migration.errors import CinderError
 from lab import verify
 from lab.errors import LabError
@@ -67,6 +67,9 @@ def test_pools_and_capabilities_reach_the_scheduler(admin):
     alpha1 = next(p for p in pools if p["name"] == f"{CINDER_HOST}@alpha#pool1")["capabilities"]
     assert alpha1["storage_protocol"] == "nbd" and alpha1[ASYNC_TARGET_CAPABILITY] is True
     assert alpha1["total_capacity_gb"] == 40
+    # every backend's cinder-volume runs AsyncMigrationManager, which says so in each pool (validate_and_lock checks)
+    assert {p["name"]: p["capabilities"].get(MANAGER_CAPABILITY) for p in pools} == dict.fromkeys(names, 1)
+    assert ALIAS in admin.extension_aliases()
 
 
 def test_attachment_gives_nbd_connection_info_that_works(lab, admin, volume):

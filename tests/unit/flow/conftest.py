@@ -20,7 +20,7 @@ import pytest
 
 from include.backends.base import MiB
 from include.block_devices import FileDevice
-from include.cinder_plugin.names import SourceStep, TargetStep
+from include.cinder_plugin.names import ALIAS, MANAGER_CAPABILITY, MANAGER_VERSION, SourceStep, TargetStep
 from include.migration import flow, validation
 from include.migration.errors import CinderError
 from tests.unit.fake_clock import Clock
@@ -37,7 +37,8 @@ def _next(script: list[str]) -> str:
 
 def lab_pool(takes_over: bool = True) -> dict[str, Any]:
     """A lab array's pool as Cinder's scheduler reports it (NBD exports; alpha and beta take volumes over)."""
-    caps = {"storage_protocol": "nbd", "free_capacity_gb": 40.0, "thin_provisioning_support": False}
+    caps = {"storage_protocol": "nbd", "free_capacity_gb": 40.0, "thin_provisioning_support": False,
+            MANAGER_CAPABILITY: MANAGER_VERSION}  # fmt: skip
     return {**caps, "async_migration_target": True} if takes_over else caps
 
 
@@ -50,6 +51,7 @@ class ScriptedCinder:
         self.services = {"lab@alpha": "up", "lab@beta": "up", "lab@gamma": "up"}
         self.pools = {"lab@alpha#pool1": lab_pool(), "lab@alpha#pool2": lab_pool(), "lab@beta#pool1": lab_pool(),
                       "lab@gamma#pool1": lab_pool(takes_over=False)}  # fmt: skip
+        self.extensions = {ALIAS}  # the API extensions Cinder loaded
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.lock: dict[str, Any] = {}
         self.types: dict[str, dict[str, str]] = {"beta-only": {"volume_backend_name": "beta"}, "any": {},
@@ -104,6 +106,9 @@ class ScriptedCinder:
         if volume_id != VID:
             raise CinderError(f"GET /volumes/{volume_id}: HTTP 404", 404)
         return dict(self.volume)
+
+    def extension_aliases(self) -> set[str]:
+        return set(self.extensions)
 
     def pool_details(self) -> list[dict[str, Any]]:
         return [{"name": name, "capabilities": dict(caps)} for name, caps in self.pools.items()]
@@ -234,7 +239,8 @@ def ceph_volume(**conf):
     cinder = ScriptedCinder(host="lab@ceph-hdd#ceph-hdd")
     cinder.services["lab@ceph-ssd"] = cinder.services["lab@ceph-hdd"] = "up"
     for pool in ("lab@ceph-hdd#ceph-hdd", "lab@ceph-ssd#ceph-ssd"):
-        cinder.pools[pool] = {"storage_protocol": "ceph", "free_capacity_gb": 100.0, "thin_provisioning_support": True}
+        cinder.pools[pool] = {"storage_protocol": "ceph", "free_capacity_gb": 100.0, "thin_provisioning_support": True,
+                              MANAGER_CAPABILITY: MANAGER_VERSION}  # fmt: skip
     return cinder, {"dest_host": "lab@ceph-ssd#ceph-ssd", **conf}
 
 

@@ -222,3 +222,23 @@ def test_a_step_two_that_runs_long_is_asked_again_once_a_minute_and_its_outcome_
     assert [c[0] for c in cinder.calls if c[0].startswith("target_migrate")] == [
         "target_migrate", "target_migrate again", "target_migrate again"]  # fmt: skip
     assert 120 <= clock.now <= 140
+
+
+def test_a_cinder_without_the_extension_or_the_volume_manager_is_refused_with_what_to_install():
+    cinder = ScriptedCinder()
+    cinder.extensions = {"os-extended-snapshot-attributes"}
+    with pytest.raises(
+        MigrationRefused,
+        match="has not loaded the API extension os-async-migration: install the "
+        "distribution cinder-async-migration into Cinder's own environment",
+    ):
+        validate(cinder)
+    cinder = ScriptedCinder()
+    del cinder.pools["lab@alpha#pool1"]["async_migration_manager"]  # alpha's cinder-volume runs Cinder's own manager
+    with pytest.raises(
+        MigrationRefused,
+        match="the cinder-volume of alpha does not run the async migration volume "
+        r"manager: install .*volume_manager = include\.cinder_plugin\.manager",
+    ):
+        validate(cinder)
+    assert not cinder.called("begin")
