@@ -22,6 +22,7 @@ APT_PACKAGES=(
   rabbitmq-server     # the lab's message queue (Cinder); its own node per lab
   redis-server        # the Celery broker of lab up --executor celery; its own server per lab
   chromium            # headless browser for the UI tests (driven by Playwright from .venv)
+  prometheus          # the lab's Prometheus, scraping the operator view's /metrics (lab/services/prometheus.py)
   build-essential     # uWSGI builds from source in .venv-keystone
   python3-dev
   ceph-mon            # the lab's Ceph 16.2: one monitor, one manager, one OSD (lab/services/ceph.py)

@@ -106,6 +106,11 @@ class AirflowLab(Daemons):
     def url(self) -> str:
         return f"http://{HOST}:{self.config['port']}"
 
+    @property
+    def metrics_token_path(self) -> Path:
+        """The scrape token of the operator view's ``/metrics`` (0600), which the api-server and Prometheus read."""
+        return self.root / "metrics-token"
+
     def configure(self) -> None:
         """Fix ports and secrets once (``airflow.json``, 0600); write the password file and ``airflow.env``.
 
@@ -144,6 +149,8 @@ class AirflowLab(Daemons):
             self._write_redis_conf()
         passwords = {ADMIN: self.config["admin_password"], VIEWER: self.config["viewer_password"]}
         write_private(self.root / "passwords.json", json.dumps(passwords) + "\n")
+        if not self.metrics_token_path.exists():  # what Prometheus scrapes /volume-migration/metrics with
+            write_private(self.metrics_token_path, secrets.token_hex(24) + "\n")
         lines = [f"{key}={value}" for key, value in self.settings().items()]
         write_private(self.root / "airflow.env", "\n".join(lines) + "\n")
 
@@ -180,6 +187,7 @@ class AirflowLab(Daemons):
             # and the tasks a dead scheduler had queued are reset within ~30 s of the next one's start (default 300)
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
             "MIGRATION_STATE_DIR": str(self.root / "migration-state"),
+            "VOLUME_MIGRATION_METRICS_TOKEN_FILE": str(self.metrics_token_path),  # plugins/operator_view_app.py
             # the lab's rebalances run when a test or a bench triggers them, never on the daily schedule
             "VOLUME_REBALANCE_SCHEDULE": "none",
             "VOLUME_AUDIT_SCHEDULE": "none",  # and its audits likewise
