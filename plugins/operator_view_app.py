@@ -5,6 +5,8 @@ Mounted by the api-server under ``/volume-migration`` (``plugins/operator_view.p
 * the FastAPI app (``fastapi_apps``):
   ``GET /`` the page (``operator_view.html``), ``GET /api/migrations`` the
   rows as JSON (``include/migration/operator_rows.py``), and
+  ``GET /metrics`` for Prometheus (``include/migration/metrics.py``; the
+  scrape token, or a login that may read the runs), and
   ``POST /api/migrations/<run_id>/{pause,resume,speed}`` on a takeover's
   background copy, through Cinder (``os-async_migration_copy``: the
   destination's cinder-volume asks its driver), and ``abandon`` for
@@ -29,17 +31,22 @@ Airflow holds no array credentials for either.
 from __future__ import annotations
 
 import functools
+import hmac
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from include.backends.base import MigrationProgress
@@ -47,24 +54,30 @@ from include.backends.features import Features
 from include.cinder_plugin.names import PROGRESS_KEY
 from include.migration.copy_watch import judge_copy
 from include.migration.errors import CinderError, MigrationRefused
+from include.migration.metrics import ScrapeFacts, render
+from include.migration.notices import run_url
 from include.migration.operator_rows import (
     RUNNING_RUN_STATES,
     Control,
     MigrationRow,
     RebalanceRow,
+    RowFilter,
     RunFacts,
     array_copy_running,
     controls_for,
     host_copy_running,
     migration_row,
+    rebalance_row,
+    trail_entry,
 )
-from include.migration.steps import MIGRATION_DAG, REBALANCE_DAG, Step
+from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, REBALANCE_DAG, AuditStep, RebalanceStep, Step
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("operator_view.html")
 RECENT_RUNS = 50  # the latest runs shown, besides every run still going
 RECENT_REBALANCES = 10
+FILTER_SCAN_RUNS = 1000  # a filtered list looks among this many latest runs
 
 
 # ---- who may do what ---------------------------------------------------------------------------
@@ -95,7 +108,32 @@ def _may(method: str) -> Callable[..., Awaitable[Any]]:
     return dependency
 
 
+METRICS_TOKEN_FILE = "VOLUME_MIGRATION_METRICS_TOKEN_FILE"  # the api-server's environment: the scrape token's file
+
+
+def scrape_token() -> str | None:
+    """The token Prometheus may scrape ``/metrics`` with (``METRICS_TOKEN_FILE``), or None when none is set."""
+    path = os.environ.get(METRICS_TOKEN_FILE)
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        log.warning("the metrics scrape token cannot be read from %s: %s", path, exc)
+        return None
+
+
+async def _scraper(request: Request, creds: Credentials) -> Any:
+    """Prometheus with the scrape token (a bearer token, compared in constant time), or a user who may read the
+    migration DAG's runs (as the view's GETs)."""
+    token = scrape_token()
+    if token and creds is not None and hmac.compare_digest(creds.credentials.encode(), token.encode()):
+        return "prometheus"
+    return await _may("GET")(request, creds)
+
+
 Reader = Annotated[Any, Depends(_may("GET"))]
+Scraper = Annotated[Any, Depends(_scraper)]
 Operator = Annotated[Any, Depends(_may("PUT"))]  # as clearing a run in Airflow's own API
 
 
@@ -139,11 +177,14 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
     if not run_ids:
         return []
     states: dict[str, dict[str, str]] = {run_id: {} for run_id in run_ids}
-    query = select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.state).where(
+    ends: dict[str, dict[str, Any]] = {run_id: {} for run_id in run_ids}
+    query = select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.state, TaskInstance.end_date).where(
         TaskInstance.dag_id == MIGRATION_DAG, TaskInstance.run_id.in_(run_ids)
     )
-    for run_id, task_id, state in session.execute(query):
+    for run_id, task_id, state, end_date in session.execute(query):
         states[run_id][task_id] = _name(state)
+        if end_date is not None:
+            ends[run_id][task_id] = end_date
     plans: dict[str, dict[str, Any]] = {}
     failures: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
     order = list(Step)
@@ -163,6 +204,7 @@ def run_facts(session: Any, runs: list[Any]) -> list[RunFacts]:
             failures=failures[run.run_id],
             started=run.start_date,
             ended=run.end_date,
+            task_ended=ends[run.run_id],
         )
         for run in runs
     ]
@@ -216,10 +258,57 @@ def features_of(facts: RunFacts, known: dict[str, Features | None]) -> Features 
     return known[backend]
 
 
-def migration_rows(session: Any, limit: int = RECENT_RUNS) -> list[MigrationRow]:
+def trails(session: Any, run_ids: list[str]) -> dict[str, tuple[dict[str, str], ...]]:
+    """The controls used on each run, oldest first, as Airflow's audit log keeps them (``record_control``)."""
+    from airflow.models.log import Log
+    from sqlalchemy import select
+
+    found: dict[str, list[dict[str, str]]] = {}
+    if not run_ids:
+        return {}
+    query = select(Log).where(Log.dag_id == MIGRATION_DAG, Log.run_id.in_(run_ids),
+                              Log.event.like(f"{AUDIT_EVENT_PREFIX}%")).order_by(Log.id)  # fmt: skip
+    for entry in session.scalars(query):
+        try:
+            extra = json.loads(entry.extra or "{}")
+        except ValueError:
+            extra = {}
+        found.setdefault(entry.run_id, []).append(trail_entry(entry.dttm, entry.owner, entry.event, extra))
+    return {run_id: tuple(entries) for run_id, entries in found.items()}
+
+
+def migration_rows(session: Any, limit: int = RECENT_RUNS, wanted: RowFilter | None = None) -> list[MigrationRow]:
+    """The latest ``limit`` runs (and every one still going) that ``wanted`` matches, among the latest
+    ``FILTER_SCAN_RUNS`` when it asks for something."""
     known: dict[str, Features | None] = {}
-    facts = run_facts(session, read_runs(session, MIGRATION_DAG, limit))
-    return [migration_row(f, progress_of(f), features_of(f, known)) for f in facts]
+    wanted = wanted or RowFilter()
+    runs = read_runs(session, MIGRATION_DAG, limit if wanted.empty else FILTER_SCAN_RUNS)
+    if wanted.state:
+        runs = [run for run in runs if _name(run.state) == wanted.state]
+    facts = run_facts(session, runs)
+    kept = trails(session, [f.run_id for f in facts])
+    rows = []
+    for f in facts:
+        row = migration_row(f, None, None, kept.get(f.run_id, ()))  # the filters first: no Cinder call for the rest
+        if wanted.matches(row):
+            rows.append(migration_row(f, progress_of(f), features_of(f, known), kept.get(f.run_id, ())))
+    return rows[: max(limit, sum(1 for r in rows if r.state in RUNNING_RUN_STATES))]
+
+
+def last_audit(session: Any) -> dict[str, Any] | None:
+    """The last audit that ended: its run, state, end and findings (its find step's output)."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    query = select(DagRun).where(DagRun.dag_id == AUDIT_DAG, DagRun.end_date.is_not(None))
+    for run in session.scalars(query.order_by(DagRun.end_date.desc()).limit(10)):
+        found = [v for _, task_id, _, v in _xcoms(session, AUDIT_DAG, [run.run_id], ("return_value",))
+                 if task_id == AuditStep.FIND and isinstance(v, list)]  # fmt: skip
+        if found:
+            findings = [f for f in found[0] if isinstance(f, dict)]
+            return {"run_id": run.run_id, "state": _name(run.state), "ended": run.end_date.isoformat(),
+                    "run_path": run_url("", AUDIT_DAG, run.run_id), "findings": findings}  # fmt: skip
+    return None
 
 
 def rebalance_rows(session: Any, limit: int = RECENT_REBALANCES) -> list[RebalanceRow]:
@@ -229,7 +318,12 @@ def rebalance_rows(session: Any, limit: int = RECENT_REBALANCES) -> list[Rebalan
     from include.migration.dispatch import MOVE_RUN_PREFIX, rebalance_of
 
     rows = []
-    for run in read_runs(session, REBALANCE_DAG, limit):
+    runs = read_runs(session, REBALANCE_DAG, limit)
+    outputs: dict[tuple[str, str], Any] = {
+        (run_id, task_id): value
+        for run_id, task_id, _, value in _xcoms(session, REBALANCE_DAG, [r.run_id for r in runs], ("return_value",))
+    }
+    for run in runs:
         query = (
             select(DagRun.run_id, DagRun.state)
             .where(DagRun.dag_id == MIGRATION_DAG, DagRun.run_id.like(f"{MOVE_RUN_PREFIX}%"))
@@ -240,11 +334,33 @@ def rebalance_rows(session: Any, limit: int = RECENT_REBALANCES) -> list[Rebalan
             if rebalance_of(run_id) == run.run_id:
                 key = _name(state)
                 moves[key] = moves.get(key, 0) + 1
-        started = run.start_date.isoformat() if run.start_date else None
-        ended = run.end_date.isoformat() if run.end_date else None
-        state = _name(run.state)
-        rows.append(RebalanceRow(run.run_id, state, started, ended, dict(run.conf or {}), moves))
+        plan, results = outputs.get((run.run_id, RebalanceStep.PLAN)), outputs.get((run.run_id, RebalanceStep.MIGRATE))
+        rows.append(rebalance_row(run.run_id, _name(run.state), run.start_date, run.end_date, dict(run.conf or {}),
+                                  moves, plan, results))  # fmt: skip
     return rows
+
+
+# ---- what Prometheus scrapes -------------------------------------------------------------------
+METRICS_RUNS = 5000  # the latest volume_migration runs counted (every one still going too)
+
+
+def scrape_facts(session: Any) -> ScrapeFacts:
+    """The runs, the copies running now, the ended rebalances' moves and the last audit's findings."""
+    runs = run_facts(session, read_runs(session, MIGRATION_DAG, METRICS_RUNS))
+    progress = {f.run_id: p for f in runs if (p := progress_of(f)) is not None}
+    ended = ("success", "failed")
+    rebalances = [r.run_id for r in read_runs(session, REBALANCE_DAG, METRICS_RUNS) if _name(r.state) in ended]
+    moves = [
+        str(move.get("outcome"))
+        for _, task_id, _, value in _xcoms(session, REBALANCE_DAG, rebalances, ("return_value",))
+        if task_id == RebalanceStep.MIGRATE and isinstance(value, list)
+        for move in value
+        if isinstance(move, dict)
+    ]
+    audit = last_audit(session)
+    audit_kinds = [str(f.get("kind")) for f in audit["findings"]] if audit else None
+    audit_at = datetime.fromisoformat(audit["ended"]) if audit else None
+    return ScrapeFacts(runs, progress, moves, audit_kinds, audit_at)
 
 
 # ---- the app -----------------------------------------------------------------------------------
@@ -269,13 +385,26 @@ async def page(request: Request, creds: Credentials) -> Any:
 
 
 @app.get("/api/migrations")
-def list_migrations(user: Reader, session: SessionDep, limit: int = RECENT_RUNS) -> dict[str, Any]:
-    """The latest runs of volume_migration (and every one still going), and of volume_rebalance, newest first."""
+def list_migrations(
+    user: Reader, session: SessionDep, limit: int = RECENT_RUNS, volume: str = "", pool: str = "", state: str = "",
+    since: datetime | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The latest runs of volume_migration (and every one still going) that the filters match (``volume``: a part
+    of its id, ``pool``: a part of the source's or destination's pool, ``state``: the run's, ``since``: started at
+    or after), the latest of volume_rebalance, newest first, and the last audit's findings."""
     limit = max(1, min(limit, 500))
+    wanted = RowFilter(volume.strip(), pool.strip(), state.strip(), since)
     return {
-        "migrations": [row.to_json() for row in migration_rows(session, limit)],
+        "migrations": [row.to_json() for row in migration_rows(session, limit, wanted)],
         "rebalances": [row.to_json() for row in rebalance_rows(session)],
+        "audit": last_audit(session),
     }
+
+
+@app.get("/metrics", include_in_schema=False)
+def metrics(scraper: Scraper, session: SessionDep) -> Response:
+    """Prometheus's text format (``include/migration/metrics.py``): with the scrape token or an Airflow login."""
+    return Response(render(scrape_facts(session)), media_type=CONTENT_TYPE_LATEST)
 
 
 @app.post("/api/migrations/{run_id}/{control}")
@@ -283,11 +412,40 @@ def control_copy(
     run_id: str, control: Control, body: ControlBody, user: Operator, session: SessionDep
 ) -> dict[str, Any]:
     """Pause, resume or re-pace the background copy of a running takeover, or abandon a mirror before its
-    switch-over; 409 when that does not apply now."""
+    switch-over; 409 when that does not apply now. Each one, done or refused, goes to Airflow's audit log."""
     facts = run_facts(session, read_runs(session, MIGRATION_DAG, 1, [run_id]))
     if not facts:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {MIGRATION_DAG} run {run_id}")
-    run = facts[0]
+    what = f"{control} to {body.speed_mib} MiB/s" if control is Control.SPEED else str(control)
+    try:
+        done = _control(facts[0], control, body, user, session)
+    except HTTPException as exc:
+        record_control(session, run_id, user, what, f"refused (HTTP {exc.status_code}): {exc.detail}")
+        raise
+    result = done.get("done") or (done.get("progress") or {}).get("state") or "ok"
+    record_control(session, run_id, user, what, f"done: {result}")
+    return done
+
+
+AUDIT_EVENT_PREFIX = "volume_migration.operator_view."  # Airflow's audit log: one entry per control used
+
+
+def record_control(session: Any, run_id: str, user: Any, what: str, result: str) -> None:
+    """Who did what to which run, when, and the result, in Airflow's own audit log (the UI's Browse -> Audit Log,
+    ``GET /api/v2/eventLogs``); the row's trail reads it back."""
+    from airflow.models.log import Log
+
+    name = user.get_name() if hasattr(user, "get_name") else str(user)
+    event = f"{AUDIT_EVENT_PREFIX}{what.split()[0]}"
+    extra = json.dumps({"what": what, "result": result[:500]})
+    session.add(Log(event=event, owner=name, owner_display_name=name, extra=extra, dag_id=MIGRATION_DAG,
+                    run_id=run_id))  # fmt: skip
+    session.commit()
+
+
+def _control(run: RunFacts, control: Control, body: ControlBody, user: Any, session: Any) -> dict[str, Any]:
+    """``control`` on ``run``'s copy, through Cinder; HTTPException when it does not apply or Cinder refuses."""
+    run_id = run.run_id
     progress = progress_of(run)
     allowed = controls_for(run, progress, features_of(run, {}))
     if control not in allowed:
@@ -306,8 +464,8 @@ def control_copy(
     except CinderError as exc:
         code = status.HTTP_409_CONFLICT if exc.status in (400, 409) else status.HTTP_502_BAD_GATEWAY
         raise HTTPException(code, f"{run.plan['dest_backend']} refused {control}: {exc}") from None
-    what = f" to {body.speed_mib} MiB/s" if control is Control.SPEED else ""
-    log.warning("%s: %s%s of run %s (volume %s on %s)", user.get_name(), control, what, run_id, volume_id,
+    pace = f" to {body.speed_mib} MiB/s" if control is Control.SPEED else ""
+    log.warning("%s: %s%s of run %s (volume %s on %s)", user.get_name(), control, pace, run_id, volume_id,
                 run.plan["dest_backend"])  # fmt: skip
     return {"run_id": run_id, "control": control.value, "progress": after, "by": user.get_name()}
 

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from include.backends.base import MigrationProgress, MigrationState
+from include.backends.base import GiB, MigrationProgress, MigrationState
 from include.backends.features import Features
 from include.migration.dispatch import rebalance_of
-from include.migration.steps import Step
+from include.migration.notices import run_url, step_url
+from include.migration.steps import MIGRATION_DAG, REBALANCE_DAG, Step
 
 RUNNING_RUN_STATES = frozenset({"queued", "running"})
 DONE_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
@@ -61,6 +62,7 @@ class RunFacts:
     failures: list[str] = field(default_factory=list)
     started: datetime | None = None
     ended: datetime | None = None
+    task_ended: dict[str, datetime] = field(default_factory=dict)  # task id -> when it ended (the tasks that did)
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,51 @@ class MigrationRow:
     started: str | None
     ended: str | None
     rebalance: str | None  # the volume_rebalance run that started it
+    run_path: str = ""  # the run's page in Airflow's UI, below its base URL
+    step_path: str = ""  # the page (and log) of the step the row names: the one that failed, runs or ran last
+    trail: tuple[dict[str, str], ...] = ()  # the controls operators used on it, oldest first (Airflow's audit log)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "controls": list(self.controls)}
+        return {**asdict(self), "controls": list(self.controls), "trail": list(self.trail)}
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """What the operator view's filters ask: every given part must match (empty: anything)."""
+
+    volume: str = ""  # a part of the volume's id
+    pool: str = ""  # a part of the source's or the destination's host@backend#pool
+    state: str = ""  # the run's state: queued, running, success, failed
+    since: datetime | None = None  # started at or after
+
+    @property
+    def empty(self) -> bool:
+        return not (self.volume or self.pool or self.state or self.since)
+
+    def matches(self, row: MigrationRow) -> bool:
+        if self.volume and self.volume.lower() not in row.volume_id.lower():
+            return False
+        if self.pool and not any(self.pool.lower() in host.lower() for host in (row.source, row.dest)):
+            return False
+        if self.state and row.state != self.state:
+            return False
+        if self.since is not None:
+            started = datetime.fromisoformat(row.started) if row.started else None
+            since = self.since if self.since.tzinfo or not started else self.since.replace(tzinfo=started.tzinfo)
+            if started is None or started < since:
+                return False
+        return True
+
+
+def step_of(facts: RunFacts) -> str:
+    """The step a row links to: the first that failed, else the one running, else the last that ran."""
+    states = facts.task_states
+    for wanted in (("failed",), tuple(LIVE_TASK_STATES)):
+        for step in Step:
+            if states.get(step) in wanted:
+                return step.value
+    ran = [step for step in Step if states.get(step) == "success"]
+    return ran[-1].value if ran else Step.VALIDATE_AND_LOCK.value
 
 
 def path_of(task_states: dict[str, str]) -> CopyPath:
@@ -143,10 +187,11 @@ def _when(value: datetime | None) -> str | None:
 
 
 def migration_row(
-    facts: RunFacts, progress: MigrationProgress | None = None, features: Features | None = None
-) -> MigrationRow:
+    facts: RunFacts, progress: MigrationProgress | None = None, features: Features | None = None,
+    trail: tuple[dict[str, str], ...] = (),
+) -> MigrationRow:  # fmt: skip
     """The row of one run; ``progress``: the copy's, when one runs (the destination's, or the host copy's report);
-    ``features``: what the destination's driver offers (``controls_for``)."""
+    ``features``: what the destination's driver offers (``controls_for``); ``trail``: the controls used on it."""
     plan, conf = facts.plan or {}, facts.conf or {}
     path = path_of(facts.task_states)
     if facts.state == "success" and path is not CopyPath.UNDECIDED:
@@ -175,6 +220,9 @@ def migration_row(
         started=_when(facts.started),
         ended=_when(facts.ended),
         rebalance=rebalance_of(facts.run_id),
+        run_path=run_url("", MIGRATION_DAG, facts.run_id),
+        step_path=step_url("", MIGRATION_DAG, facts.run_id, step_of(facts)),
+        trail=trail,
     )
 
 
@@ -186,6 +234,38 @@ class RebalanceRow:
     ended: str | None
     conf: dict[str, Any]
     moves: dict[str, int]  # the volume_migration runs it started, by their state
+    planned: int | None = None  # moves in its plan (the plan step's output), None before it planned
+    planned_gib: float | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)  # its moves' results (the migrate step's), by outcome
+    run_path: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def rebalance_row(run_id: str, state: str, started: datetime | None, ended: datetime | None, conf: dict[str, Any],
+                  moves: dict[str, int], plan: Any = None, results: Any = None) -> RebalanceRow:  # fmt: skip
+    """A rebalance run's row; ``plan``: its plan step's output (``RebalancePlan.to_json``), ``results``: its migrate
+    step's (a ``MoveResult.to_json`` per move), as Airflow keeps them."""
+    planned = plan.get("moves") if isinstance(plan, dict) and isinstance(plan.get("moves"), list) else None
+    outcomes: dict[str, int] = {}
+    for result in results if isinstance(results, list) else ():
+        if isinstance(result, dict):
+            outcomes[str(result.get("outcome"))] = outcomes.get(str(result.get("outcome")), 0) + 1
+    return RebalanceRow(
+        run_id, state, _when(started), _when(ended), conf, moves,
+        planned=None if planned is None else len(planned),
+        planned_gib=None if planned is None else round(sum(int(m.get("size_bytes") or 0) for m in planned) / GiB, 1),
+        outcomes=outcomes, run_path=run_url("", REBALANCE_DAG, run_id),
+    )  # fmt: skip
+
+
+def trail_entry(when: datetime | None, who: str | None, event: str, extra: Any) -> dict[str, str]:
+    """One control as the row shows it, from Airflow's audit log (``Log``: its ``extra`` is our JSON)."""
+    details = extra if isinstance(extra, dict) else {}
+    return {
+        "when": _when(when) or "",
+        "who": who or "?",
+        "what": str(details.get("what") or event.rsplit(".", 1)[-1]),
+        "result": str(details.get("result") or ""),
+    }

@@ -181,6 +181,12 @@ class AirflowApi:
         return "\n".join(lines)
 
     # ---- connections ----------------------------------------------------------------------
+    def event_logs(self, dag_id: str, run_id: str, event_prefix: str = "") -> list[dict[str, Any]]:
+        """Airflow's audit log (the UI's Browse -> Audit Log) for one run, oldest first."""
+        path = f"/eventLogs?dag_id={self._q(dag_id)}&run_id={self._q(run_id)}&order_by=id&limit=100"
+        logs = self.request("GET", path)["event_logs"]
+        return [e for e in logs if e["event"].startswith(event_prefix)]
+
     def set_connection(self, conn_id: str, conn_type: str, **fields: Any) -> None:
         """Create or replace a Connection (``extra`` may be a dict)."""
         body = {"connection_id": conn_id, "conn_type": conn_type, **fields}

@@ -11,6 +11,7 @@ the viewport's and every element the step is about lies inside it.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -112,7 +113,9 @@ def test_operator_view_in_the_browser_during_a_throttled_copy(lab, admin, servic
     expect(row).to_have_attribute("data-copy-state", "paused")
     rate_cell = row.locator("td[data-field=rate]")
     expect(rate_cell).to_have_attribute("data-rate", "0", timeout=30_000)  # the view's rate drops to 0
-    shot(page, tmp_path, "2-paused", row, row.locator("button[data-control=resume]"), rate_cell)
+    paused = row.locator('td[data-field=trail] div[data-trail="pause"]')  # the trail: who, what, the result
+    expect(paused).to_contain_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC admin: pause, done: paused$"))
+    shot(page, tmp_path, "2-paused", row, row.locator("button[data-control=resume]"), rate_cell, paused)
 
     row.locator("button[data-control=resume]").click()
     assert wait_until(lambda: alpha.complete_migration_target(copied).state is MigrationState.COPYING, 10, 0.2)
@@ -127,12 +130,38 @@ def test_operator_view_in_the_browser_during_a_throttled_copy(lab, admin, servic
     expect(rate_cell).not_to_have_attribute("data-rate", "0")
     shot(page, tmp_path, "3-faster", row, rate_cell)
 
+    # every control is in Airflow's own audit log, with who and the result, and in the row's trail
+    logged = api.event_logs(MIGRATION_DAG, run_id, "volume_migration.operator_view.")
+    assert [(e["event"].rsplit(".", 1)[1], e["owner"]) for e in logged] == [
+        ("pause", "admin"), ("resume", "admin"), ("speed", "admin")], logged  # fmt: skip
+    assert json.loads(logged[2]["extra"]) == {"what": "speed to 32 MiB/s", "result": "done: copying"}
+    expect(row.locator("td[data-field=trail] div")).to_have_count(3)
+
+    # the filters: by a part of the volume id, by pool, by state; and the links to the run and its step
+    filters = frame.locator("#filters")
+    filters.locator("input[name=volume]").fill(vid[:8])
+    expect(frame.locator("#migrations tbody tr")).to_have_count(1)
+    expect(row).to_be_visible()
+    filters.locator("input[name=volume]").fill("")
+    filters.locator("input[name=pool]").fill("@gamma#")  # neither its source (beta) nor its destination
+    expect(row).to_have_count(0)
+    filters.locator("input[name=pool]").fill("@beta#")
+    filters.locator("select[name=state]").select_option("failed")
+    expect(row).to_have_count(0)
+    filters.locator("select[name=state]").select_option("running")
+    expect(row).to_be_visible()
+    run_link = row.locator("td a").first
+    expect(run_link).to_have_attribute("href", re.compile(re.escape(f"/dags/{MIGRATION_DAG}/runs/")))
+    shot(page, tmp_path, "4-filtered", filters, row, run_link)
+    filters.locator("select[name=state]").select_option("")
+    filters.locator("input[name=pool]").fill("")
+
     row.locator("input[data-speed]").fill("0")
     row.locator("button[data-control=speed]").click()
     assert api.wait_run(MIGRATION_DAG, run_id, RUN_TIMEOUT)["state"] == "success"
     expect(row).to_have_attribute("data-state", "success", timeout=30_000)
     expect(row.locator("button")).to_have_count(0)
-    shot(page, tmp_path, "4-done", row)
+    shot(page, tmp_path, "5-done", row)
     assert_migrated(lab, admin, services, vid, dest, model, "beta")
 
 

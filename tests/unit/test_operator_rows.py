@@ -9,7 +9,16 @@ import pytest
 from include.backends.base import MigrationProgress, MigrationState
 from include.backends.features import Features
 from include.migration.dispatch import move_run_id, rebalance_of
-from include.migration.operator_rows import CopyPath, RunFacts, controls_for, migration_row, path_of
+from include.migration.operator_rows import (
+    CopyPath,
+    RowFilter,
+    RunFacts,
+    controls_for,
+    migration_row,
+    path_of,
+    rebalance_row,
+    trail_entry,
+)
 from include.migration.steps import Step
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -120,3 +129,47 @@ def test_progress_reads_back_what_describe_wrote():
     assert back == seen
     assert MigrationProgress.parse(MigrationProgress(MigrationState.COPYING, 0, GiB).describe()).eta_seconds is None
     assert MigrationProgress.parse("some operator's note") is None
+
+
+# ---- filters, links, the trail, rebalances (issue 22, item 3) -------------------------------------------------
+def test_filters_match_a_part_of_the_volume_or_a_pool_the_state_and_the_start():
+    row = migration_row(facts(TAKEOVER_WAITING))
+    assert RowFilter().empty and RowFilter().matches(row)
+    assert RowFilter(volume="0D3C6A55").matches(row) and not RowFilter(volume="ffff").matches(row)
+    assert RowFilter(pool="beta#pool1").matches(row) and RowFilter(pool="@alpha").matches(row)
+    assert not RowFilter(pool="gamma").matches(row)
+    assert RowFilter(state="running").matches(row) and not RowFilter(state="failed").matches(row)
+    assert RowFilter(since=datetime(2026, 12, 2, 20, 59, tzinfo=UTC)).matches(row)
+    assert not RowFilter(since=datetime(2026, 12, 2, 21, 1)).matches(row)  # naive: taken in the row's zone
+    assert not RowFilter(volume="0d3c", state="success").matches(row)  # every part must match
+
+
+def test_a_row_links_to_its_run_and_to_the_step_that_failed_runs_or_ran_last():
+    running = migration_row(facts(TAKEOVER_WAITING, run_id="manual__2026-12-07T12:00:00+00:00"))
+    assert running.run_path == "/dags/volume_migration/runs/manual__2026-12-07T12%3A00%3A00%2B00%3A00"
+    assert running.step_path == f"{running.run_path}/tasks/wait_for_copy"
+    failed = migration_row(facts({**TAKEOVER_WAITING, Step.WAIT_FOR_COPY: "failed"}, "failed", failures=["x"]))
+    assert failed.step_path.endswith("/tasks/wait_for_copy")
+    done = {**TAKEOVER_WAITING, Step.WAIT_FOR_COPY: "success", Step.COMMIT: "success"}
+    assert migration_row(facts(done, "success")).step_path.endswith("/tasks/commit")
+    assert migration_row(facts({}, "queued", plan=None)).step_path.endswith("/tasks/validate_and_lock")
+
+
+def test_the_trail_says_who_did_what_when_and_the_result():
+    when = datetime(2026, 12, 7, 12, 0, 5, tzinfo=UTC)
+    entry = trail_entry(when, "admin", "volume_migration.operator_view.speed",
+                        {"what": "speed to 32 MiB/s", "result": "done: copying"})  # fmt: skip
+    assert entry == {"when": when.isoformat(), "who": "admin", "what": "speed to 32 MiB/s", "result": "done: copying"}
+    assert trail_entry(None, None, "volume_migration.operator_view.pause", None)["what"] == "pause"
+    row = migration_row(facts(TAKEOVER_WAITING), trail=(entry,))
+    assert row.to_json()["trail"] == [entry]
+
+
+def test_a_rebalance_row_has_its_plan_and_its_results():
+    plan = {"moves": [{"size_bytes": GiB}, {"size_bytes": 2 * GiB}]}
+    results = [{"outcome": "moved"}, {"outcome": "failed"}, {"outcome": "moved"}]
+    started = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    row = rebalance_row("scheduled__x", "success", started, None, {}, {"success": 2}, plan, results)
+    assert (row.planned, row.planned_gib, row.outcomes) == (2, 3.0, {"moved": 2, "failed": 1})
+    assert row.run_path == "/dags/volume_rebalance/runs/scheduled__x" and row.started == started.isoformat()
+    assert rebalance_row("r", "running", None, None, {}, {}).planned is None
