@@ -25,6 +25,8 @@ from include.migration.deadlines import deadline_text, seconds_left
 from plugins.migration_runtime import progress_cinder
 from plugins.triggers.target_copy import TargetCopyTrigger
 
+LEGACY_WAIT_S = 24 * 3600  # the wait of a plan without a copy deadline (made before they were kept with the lock)
+
 
 class TargetCopySensor(BaseSensorOperator):
     template_fields = ("volume_id", "backend", "deadline", "lock_owner")
@@ -51,8 +53,17 @@ class TargetCopySensor(BaseSensorOperator):
         self.lock_owner = lock_owner
         self.deferrable = deferrable
 
+    def _deadline(self) -> float:
+        """The rendered deadline; a run locked before deadlines were kept with the lock has none: a day from now."""
+        try:
+            return float(self.deadline)
+        except (TypeError, ValueError):
+            self.log.warning("no copy deadline in the plan (%r): waiting up to %d s", self.deadline, LEGACY_WAIT_S)
+            self.deadline = time.time() + LEGACY_WAIT_S
+            return self.deadline
+
     def pre_execute(self, context: Any) -> None:
-        self.timeout = seconds_left(float(self.deadline), time.time())  # rendered by now; bounds the poke loop
+        self.timeout = seconds_left(self._deadline(), time.time())  # rendered by now; bounds the poke loop
 
     def poke(self, context: Any) -> bool:
         look = judge_copy(progress_cinder().migration(self.volume_id))
@@ -70,7 +81,7 @@ class TargetCopySensor(BaseSensorOperator):
                 self.volume_id,
                 backend=self.backend,
                 poll_interval=self.poll_interval,
-                deadline=float(self.deadline),
+                deadline=self._deadline(),
                 owner=self.lock_owner or None,
             ),
             method_name="execute_complete",
@@ -86,7 +97,7 @@ class TargetCopySensor(BaseSensorOperator):
         if status == "timeout":  # a retry would meet the same deadline
             raise AirflowFailException(
                 f"copy of volume {self.volume_id} on {self.backend} is not complete at its deadline "
-                f"{deadline_text(float(self.deadline))}; the copy goes on: abandon it, or clear this task once it "
+                f"{deadline_text(self._deadline())}; the copy goes on: abandon it, or clear this task once it "
                 "is done (a wait that finds the copy done commits it whatever the time)"
             )
         raise AirflowException(

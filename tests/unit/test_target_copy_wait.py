@@ -257,3 +257,12 @@ def test_a_sensor_that_does_not_defer_fails_on_a_failed_copy(cinder, answer, mes
     )
     with pytest.raises(AirflowException, match=f"copy of volume v-1 on alpha failed: .*{message}"):
         sensor.poke({})
+
+
+def test_a_plan_without_a_deadline_waits_a_day():
+    """A run locked before deadlines were kept with the lock renders its deadline as "None"."""
+    sensor = TargetCopySensor(task_id="wait", volume_id="v-1", deadline="None")
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    assert before + 24 * 3600 - 1 <= deferred.value.trigger.deadline <= time.time() + 24 * 3600
