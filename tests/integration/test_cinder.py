@@ -335,8 +335,9 @@ def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(lab, 
     vol = volume("beta")
     vid, src, dest = vol["id"], vol["os-vol-host-attr:host"], f"{CINDER_HOST}@alpha#pool1"
     assert vid not in admin.migration_locks()
-    lock = admin.begin_migration(vid, dest, owner="run-a")
-    assert lock == {"source_host": src, "host": dest, "owner": "run-a", "migration_status": "starting"}
+    lock = admin.begin_migration(vid, dest, owner="run-a", deadline=2_000_000_000)
+    assert lock == {"source_host": src, "host": dest, "owner": "run-a", "deadline": 2_000_000_000,
+                    "migration_status": "starting"}  # fmt: skip
     # the lock is listed by the extension's own resource: who moves it, from where, to where
     listed = admin.migration_locks()[vid]
     assert (listed["source_host"], listed["dest_host"], listed["owner"], listed["migration_status"]) == (
@@ -345,6 +346,7 @@ def test_begin_is_owned_a_retry_by_the_owner_passes_and_others_are_refused(lab, 
     assert [k for k in admin.get_volume(vid) if "async" in k] == []
     assert [k for v in admin.list_volumes() for k in v if "async" in k] == []
     assert admin.begin_migration(vid, dest, owner="run-a") == lock  # the same run again: nothing changes
+    assert admin.begin_migration(vid, dest, owner="run-a", deadline=2_100_000_000) == lock  # its deadline kept
     with pytest.raises(CinderError, match="already migrating"):
         admin.begin_migration(vid, dest, owner="run-b")
     with pytest.raises(CinderError, match="locked by run-a, not run-b") as err:
