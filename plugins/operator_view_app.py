@@ -278,8 +278,8 @@ def trails(session: Any, run_ids: list[str]) -> dict[str, tuple[dict[str, str], 
 
 
 def migration_rows(session: Any, limit: int = RECENT_RUNS, wanted: RowFilter | None = None) -> list[MigrationRow]:
-    """The latest ``limit`` runs (and every one still going) that ``wanted`` matches, among the latest
-    ``FILTER_SCAN_RUNS`` when it asks for something."""
+    """The latest ``limit`` runs and every one still going; with filters (``wanted``), the latest ``limit`` runs
+    that match among the latest ``FILTER_SCAN_RUNS``."""
     known: dict[str, Features | None] = {}
     wanted = wanted or RowFilter()
     runs = read_runs(session, MIGRATION_DAG, limit if wanted.empty else FILTER_SCAN_RUNS)
@@ -292,7 +292,7 @@ def migration_rows(session: Any, limit: int = RECENT_RUNS, wanted: RowFilter | N
         row = migration_row(f, None, None, kept.get(f.run_id, ()))  # the filters first: no Cinder call for the rest
         if wanted.matches(row):
             rows.append(migration_row(f, progress_of(f), features_of(f, known), kept.get(f.run_id, ())))
-    return rows[: max(limit, sum(1 for r in rows if r.state in RUNNING_RUN_STATES))]
+    return rows if wanted.empty else rows[:limit]  # unfiltered: the latest limit and every one still going
 
 
 def last_audit(session: Any) -> dict[str, Any] | None:
