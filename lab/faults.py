@@ -422,6 +422,7 @@ class Matrix:
             self.restart()
         except (LabError, subprocess.SubprocessError) as exc:
             outcome.notes.append(f"restart failed: {exc}")
+            self.log(f"  restart failed: {exc}")  # printed at once: a trial left hanging behind it says why
 
     def lab_up(self) -> None:
         """``lab up``, as an operator runs it: starts whatever is not running."""

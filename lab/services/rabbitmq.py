@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lab.env import HOST, port_open
 from lab.errors import LabError
-from lab.procutil import process_tree, read_pid, stop_pid, wait_ready, write_private
+from lab.procutil import pid_alive, process_tree, read_pid, stop_pid, wait_ready, wait_until, write_private
 from lab.services.config import RABBIT_USER, ServicesConfig
 from lab.services.daemon import Daemons, left, run_cli
 
@@ -108,8 +108,13 @@ class RabbitMQ(Daemons):
         if self.node_pid() is not None:
             return None
         script = self.pid("server")
-        if script is not None:  # still booting from an earlier call
-            return script
+        if script is not None:
+            if not (d / "rabbitmq.pid").exists():  # still booting from an earlier call (the VM writes that file)
+                return script
+            # the VM it started has died (its PID file names a dead process) and the start script is on its way
+            # out: taken for a boot in progress, it would fail the wait as "exited at start" (a fault trial did)
+            if not wait_until(lambda: not pid_alive(script), 10, 0.1):
+                stop_pid(script, 5)
         for sub in ("mnesia", "log"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         cookie = d / ".erlang.cookie"
