@@ -40,12 +40,13 @@ class Mailbox:
             self._arrived.notify_all()
         return "250 OK"
 
-    def wait_for(self, subject: str, timeout: float) -> Message | None:
-        """The first mail whose subject contains ``subject``, once it came; None if none did within ``timeout``
-        seconds (others may come meanwhile: a run that failed before may be reported late)."""
+    def wait_for(self, subject: str, timeout: float, body: str = "") -> Message | None:
+        """The first mail whose subject contains ``subject`` (and whose text ``body``), once it came; None if none
+        did within ``timeout`` seconds (others may come meanwhile: a run that failed before, in another test, may
+        be reported late, once this test's Connection exists)."""
 
         def found() -> Message | None:
-            return next((m for m in self.mails if subject in str(m["Subject"])), None)
+            return next((m for m in self.mails if subject in str(m["Subject"]) and body in self.text(m)), None)
 
         with self._arrived:
             self._arrived.wait_for(lambda: found() is not None, timeout)

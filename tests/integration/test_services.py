@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -157,20 +156,6 @@ def test_up_again_is_a_no_op(services):
     start = time.monotonic()
     assert services.up() == before
     assert time.monotonic() - start < 5
-
-
-def test_a_killed_rabbitmq_comes_back_with_up_at_once(services):
-    """SIGKILL to the Erlang VM's tree, then ``up`` before its start script has exited: that script is on its way
-    out, not booting, and a new node starts (a fault trial once took it for a boot and failed the restart)."""
-    rabbit = services.rabbitmq
-    beam, script = rabbit.node_pid(), rabbit.pid("server")
-    assert beam and script
-    for pid in process_tree(beam):
-        os.kill(pid, signal.SIGKILL)
-    pids = services.up()
-    assert pids["rabbitmq"] not in (None, beam) and rabbit.node_pid() == pids["rabbitmq"]
-    assert port_open(services.port("rabbitmq"))
-    assert rabbit.pid("server") not in (None, script)
 
 
 def test_secrets_are_private(services):
