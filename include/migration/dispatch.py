@@ -1,7 +1,11 @@
 """Carry out a rebalance plan: one ``volume_migration`` run per move, under the limits, to the end.
 
-``dispatch(moves, limits, ports)`` is a plain loop (no Airflow here; the DAG
-gives it ``Ports`` that read Cinder and start and watch Airflow runs):
+``Dispatch`` is the loop's state, one round at a time (no Airflow here):
+``Dispatch.begin``, then ``round`` until it answers False, then ``close``.
+The DAG's ``migrate`` step (``plugins/operators/rebalance_moves.py``) runs
+one round, defers until one of its runs ends, and runs the next, keeping the
+state as JSON between them; it gives the rounds ``Ports`` that read Cinder
+and start and watch Airflow runs:
 
 * each round it reads the migrations in flight in Cinder (whoever started
   them: this run, an operator by hand) and adds the runs it started that have
@@ -22,9 +26,8 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -258,27 +261,6 @@ class Dispatch:
             run_ids=data["run_ids"],
             ends_at=data["ends_at"],
         )
-
-
-def dispatch(
-    moves: Sequence[Move],
-    limits: Limits,
-    rebalance_run_id: str,
-    ports: Ports,
-    *,
-    poll_s: float = 5.0,
-    deadline_s: float = 2 * 24 * 3600,
-    max_failures: int = 2,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Dispatch:
-    """Run every move of the plan (in plan order) under ``limits`` in rounds ``poll_s`` apart, in this process;
-    returns the state with a result per move. (The DAG runs the same rounds with its task deferred between them.)"""
-    state = Dispatch.begin(moves, rebalance_run_id, ports, clock(), deadline_s, max_failures)
-    while state.busy and state.round(limits, ports, clock()):
-        sleep(poll_s)
-    state.close()
-    return state
 
 
 def planned(moves: Sequence[Move]) -> list[MoveResult]:

@@ -14,7 +14,6 @@ from include.migration.dispatch import (
     Dispatch,
     MoveResult,
     Outcome,
-    dispatch,
     migration_conf,
     move_run_id,
     planned,
@@ -143,9 +142,14 @@ def cloud_for(moves: Sequence[Move], **kw) -> tuple[list[PoolState], list[Volume
     return [pool(n, up=n not in down) for n in names], [VolumeState(m.volume_id, m.size_bytes, m.source) for m in moves]
 
 
-def run(moves, limits, ports, clock, **kw):
-    kw.setdefault("poll_s", 5.0)
-    return dispatch(moves, limits, REBALANCE, ports, clock=clock, sleep=clock.sleep, **kw)
+def run(moves, limits, ports, clock, *, poll_s=5.0, deadline_s=2 * 24 * 3600, max_failures=2):
+    """The rounds in one process, ``poll_s`` apart on the fake clock, as the DAG's task runs them between its
+    deferrals: begin, round until it answers False, close."""
+    state = Dispatch.begin(moves, REBALANCE, ports, clock(), deadline_s, max_failures)
+    while state.busy and state.round(limits, ports, clock()):
+        clock.sleep(poll_s)
+    state.close()
+    return state
 
 
 def outcomes(state) -> dict[str, Outcome]:
