@@ -29,6 +29,8 @@ ASSUMED_RATE_MIB_S = 25  # a copy left at the array's own speed, or unlimited: a
 SLACK_FACTOR = 2  # the time the copy would take at its speed, this many times over
 START_ALLOWANCE_S = 15 * 60  # the steps before the copy starts (lock, a driver's own move, the target's creation)
 MIN_COPY_TIMEOUT_S = 2 * 3600
+# a plan made before deadlines were kept with the lock has none: its copy was given this long, as it always was
+LEGACY_COPY_TIMEOUT_S = 24 * 3600
 MAX_TIMEOUT_S = 30 * 24 * 3600  # the longest copy_timeout_s a run may give, or be given
 # a host copy's try copies for task_timeout_s at most (one slice), and may take this much longer around it: the
 # destination volume's creation (flow.TARGET_CREATE_TIMEOUT_S), the connections, the last flush and checkpoint

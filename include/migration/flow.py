@@ -48,7 +48,7 @@ from include.cinder_plugin.names import IN_FLIGHT, MIGRATING_ATTACHABLE, SourceS
 from include.connectors import connection_type, open_volume, unattachable, worker_connector
 from include.host_copy import host_copy as copy_through_host
 from include.migration.cinder_api import CinderApi
-from include.migration.deadlines import deadline_text, seconds_left
+from include.migration.deadlines import LEGACY_COPY_TIMEOUT_S, deadline_text, seconds_left
 from include.migration.errors import CinderError, CopyDeadlinePassed, MigrationFailed, MigrationRefused
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Plan:
     path: str  # Step.SOURCE_DRIVER or Step.HOST_COPY
     speed_mib: int | None = None
     copy_mode: str | None = None  # a takeover's copy mode; None: the target array's default
-    copy_timeout_s: int = 24 * 3600  # how long the copy may take (deadlines.copy_timeout): given, or derived
+    copy_timeout_s: int = LEGACY_COPY_TIMEOUT_S  # how long the copy may take (deadlines.copy_timeout)
     volume_type_id: str | None = None
     copy_deadline: float | None = None  # epoch seconds: the copy must be complete then (set once, kept with the lock)
     copy_deadline_basis: str = ""  # how copy_timeout_s was found, for the log and the operator

@@ -21,11 +21,9 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.migration.copy_watch import CopyOutcome, judge_copy
-from include.migration.deadlines import deadline_text, seconds_left
+from include.migration.deadlines import LEGACY_COPY_TIMEOUT_S, deadline_text, seconds_left
 from plugins.migration_runtime import progress_cinder
 from plugins.triggers.target_copy import TargetCopyTrigger
-
-LEGACY_WAIT_S = 24 * 3600  # the wait of a plan without a copy deadline (made before they were kept with the lock)
 
 
 class TargetCopySensor(BaseSensorOperator):
@@ -58,8 +56,10 @@ class TargetCopySensor(BaseSensorOperator):
         try:
             return float(self.deadline)
         except (TypeError, ValueError):
-            self.log.warning("no copy deadline in the plan (%r): waiting up to %d s", self.deadline, LEGACY_WAIT_S)
-            self.deadline = time.time() + LEGACY_WAIT_S
+            self.log.warning(
+                "no copy deadline in the plan (%r): waiting up to %d s", self.deadline, LEGACY_COPY_TIMEOUT_S
+            )
+            self.deadline = time.time() + LEGACY_COPY_TIMEOUT_S
             return self.deadline
 
     def pre_execute(self, context: Any) -> None:
