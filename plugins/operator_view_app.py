@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import json
 import logging
 import os
 import time
@@ -68,9 +67,9 @@ from include.migration.operator_rows import (
     host_copy_running,
     migration_row,
     rebalance_row,
-    trail_entry,
 )
 from include.migration.steps import AUDIT_DAG, MIGRATION_DAG, REBALANCE_DAG, AuditStep, RebalanceStep, Step
+from plugins.control_trail import record_control, trails
 
 log = logging.getLogger(__name__)
 
@@ -258,25 +257,6 @@ def features_of(facts: RunFacts, known: dict[str, Features | None]) -> Features 
     return known[backend]
 
 
-def trails(session: Any, run_ids: list[str]) -> dict[str, tuple[dict[str, str], ...]]:
-    """The controls used on each run, oldest first, as Airflow's audit log keeps them (``record_control``)."""
-    from airflow.models.log import Log
-    from sqlalchemy import select
-
-    found: dict[str, list[dict[str, str]]] = {}
-    if not run_ids:
-        return {}
-    query = select(Log).where(Log.dag_id == MIGRATION_DAG, Log.run_id.in_(run_ids),
-                              Log.event.like(f"{AUDIT_EVENT_PREFIX}%")).order_by(Log.id)  # fmt: skip
-    for entry in session.scalars(query):
-        try:
-            extra = json.loads(entry.extra or "{}")
-        except ValueError:
-            extra = {}
-        found.setdefault(entry.run_id, []).append(trail_entry(entry.dttm, entry.owner, entry.event, extra))
-    return {run_id: tuple(entries) for run_id, entries in found.items()}
-
-
 def migration_rows(session: Any, limit: int = RECENT_RUNS, wanted: RowFilter | None = None) -> list[MigrationRow]:
     """The latest ``limit`` runs and every one still going; with filters (``wanted``), the latest ``limit`` runs
     that match among the latest ``FILTER_SCAN_RUNS``."""
@@ -289,9 +269,10 @@ def migration_rows(session: Any, limit: int = RECENT_RUNS, wanted: RowFilter | N
     kept = trails(session, [f.run_id for f in facts])
     rows = []
     for f in facts:
-        row = migration_row(f, None, None, kept.get(f.run_id, ()))  # the filters first: no Cinder call for the rest
-        if wanted.matches(row):
-            rows.append(migration_row(f, progress_of(f), features_of(f, known), kept.get(f.run_id, ())))
+        trail = kept.get(f.run_id, ())
+        if not wanted.empty and not wanted.matches(migration_row(f, trail=trail)):  # filtered before any Cinder call
+            continue
+        rows.append(migration_row(f, progress_of(f), features_of(f, known), trail))
     return rows if wanted.empty else rows[:limit]  # unfiltered: the latest limit and every one still going
 
 
@@ -306,7 +287,7 @@ def last_audit(session: Any) -> dict[str, Any] | None:
                  if task_id == AuditStep.FIND and isinstance(v, list)]  # fmt: skip
         if found:
             findings = [f for f in found[0] if isinstance(f, dict)]
-            return {"run_id": run.run_id, "state": _name(run.state), "ended": run.end_date.isoformat(),
+            return {"run_id": run.run_id, "state": _name(run.state), "ended": run.end_date,  # ISO in the JSON
                     "run_path": run_url("", AUDIT_DAG, run.run_id), "findings": findings}  # fmt: skip
     return None
 
@@ -359,7 +340,7 @@ def scrape_facts(session: Any) -> ScrapeFacts:
     ]
     audit = last_audit(session)
     audit_kinds = [str(f.get("kind")) for f in audit["findings"]] if audit else None
-    audit_at = datetime.fromisoformat(audit["ended"]) if audit else None
+    audit_at = audit["ended"] if audit else None
     return ScrapeFacts(runs, progress, moves, audit_kinds, audit_at)
 
 
@@ -425,22 +406,6 @@ def control_copy(
     result = done.get("done") or (done.get("progress") or {}).get("state") or "ok"
     record_control(session, run_id, user, what, f"done: {result}")
     return done
-
-
-AUDIT_EVENT_PREFIX = "volume_migration.operator_view."  # Airflow's audit log: one entry per control used
-
-
-def record_control(session: Any, run_id: str, user: Any, what: str, result: str) -> None:
-    """Who did what to which run, when, and the result, in Airflow's own audit log (the UI's Browse -> Audit Log,
-    ``GET /api/v2/eventLogs``); the row's trail reads it back."""
-    from airflow.models.log import Log
-
-    name = user.get_name() if hasattr(user, "get_name") else str(user)
-    event = f"{AUDIT_EVENT_PREFIX}{what.split()[0]}"
-    extra = json.dumps({"what": what, "result": result[:500]})
-    session.add(Log(event=event, owner=name, owner_display_name=name, extra=extra, dag_id=MIGRATION_DAG,
-                    run_id=run_id))  # fmt: skip
-    session.commit()
 
 
 def _control(run: RunFacts, control: Control, body: ControlBody, user: Any, session: Any) -> dict[str, Any]:
