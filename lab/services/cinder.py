@@ -63,10 +63,9 @@ class CinderLab(Daemons):
         self.services = services
         self.ceph = ceph
         self.conf_path = self.root / "cinder.conf"
-        # where Cinder's programs come from; with the project's tree on PYTHONPATH for the plugin (the lab's way),
-        # or without it: a virtualenv with the Cinder side's wheel installed (make_plugin_venv)
+        # where Cinder's programs come from: .venv-cinder with the project's tree on PYTHONPATH for the plugin (the
+        # lab's way), or a virtualenv with the Cinder side's wheel installed (make_plugin_venv), without it
         self.venv = CINDER_VENV
-        self.project_on_path = True
 
     def backends(self) -> list[str]:
         """Every backend of cinder.conf: the lab's arrays, then Ceph's pools."""
@@ -169,7 +168,7 @@ class CinderLab(Daemons):
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-        if self.project_on_path:
+        if self.venv == CINDER_VENV:  # the plugin from the tree
             env["PYTHONPATH"] = str(PROJECT_ROOT)
         else:
             env.pop("PYTHONPATH", None)
@@ -281,15 +280,15 @@ def make_plugin_venv(venv: Path, wheel: Path) -> Path:
     installed into the new environment's own site-packages with pip, and Cinder's programs are made there,
     pointing at its interpreter. Returns ``venv``.
     """
-    run_cli(["/usr/bin/python3", "-m", "venv", str(venv)], venv.parent / f"{venv.name}.log", timeout=120,
-            what="python3 -m venv")  # fmt: skip
+    log = venv.parent / f"{venv.name}.log"
+    run_cli(["/usr/bin/python3", "-m", "venv", str(venv)], log, timeout=120, what="python3 -m venv")
     python = venv / "bin" / "python"
-    site = run_cli([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                   venv.parent / f"{venv.name}.log", timeout=30).strip()  # fmt: skip
+    site = run_cli([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], log,
+                   timeout=30).strip()  # fmt: skip
     cinder_site = next((CINDER_VENV / "lib").glob("python3*/site-packages"))
     Path(site, "lab-cinder.pth").write_text(f"import site; site.addsitedir({str(cinder_site)!r})\n")
     run_cli([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", str(wheel)],
-            venv.parent / f"{venv.name}.log", timeout=300, what="pip install the Cinder side's wheel")  # fmt: skip
+            log, timeout=300, what="pip install the Cinder side's wheel")  # fmt: skip
     for program in (*SERVICES, "cinder-manage", "privsep-helper"):
         source = (CINDER_VENV / "bin" / program).read_text().splitlines()
         script = venv / "bin" / program

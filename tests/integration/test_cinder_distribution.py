@@ -51,7 +51,7 @@ def test_the_cinder_side_is_its_own_wheel_and_the_lab_cinder_runs_from_it(cinder
     assert where.startswith(str(venv / "lib")) and airflow_spec == "None", (where, airflow_spec)
 
     cinder.down()
-    cinder.venv, cinder.project_on_path = venv, False
+    cinder.venv = venv  # the project's tree off PYTHONPATH
     try:
         pids = cinder.up()  # fails unless every backend's cinder-volume is up and cinder-api loaded the extension
         for service, pid in pids.items():
@@ -68,5 +68,5 @@ def test_the_cinder_side_is_its_own_wheel_and_the_lab_cinder_runs_from_it(cinder
         assert (after["migration_status"], after["os-vol-host-attr:host"]) == ("success", f"{CINDER_HOST}@alpha#pool1")
     finally:
         cinder.down()
-        cinder.venv, cinder.project_on_path = CINDER_VENV, True
+        cinder.venv = CINDER_VENV
         cinder.up()
